@@ -1,0 +1,77 @@
+//! Map keys and values shared by Kestrel's eBPF programs and user space.
+//!
+//! Every type here is `#[repr(C)]` with explicit padding and holds only
+//! integers: no `bool`, `Option` or enums, because the kernel and user space
+//! must agree on every byte. With the `user` feature each type also
+//! implements [`aya::Pod`] so user space can read and write maps of it.
+#![no_std]
+#![forbid(unsafe_code)]
+
+pub mod packet;
+
+/// Names of maps that user space opens by name.
+pub mod map_names {
+    /// Per-CPU array of [`crate::PacketCount`], indexed by [`crate::ProtoSlot`].
+    pub const PROTO_COUNTERS: &str = "PROTO_COUNTERS";
+}
+
+/// Names of programs that user space loads by name.
+pub mod program_names {
+    /// The TC classifier that counts packets per protocol.
+    pub const PROTO_COUNTER: &str = "proto_counter";
+}
+
+/// Index into the protocol counter array.
+///
+/// A plain `u32` newtype rather than an enum: the value is a map index shared
+/// with the kernel, and an out-of-range integer must never be undefined behaviour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(transparent)]
+pub struct ProtoSlot(pub u32);
+
+impl ProtoSlot {
+    /// IPv4 or IPv6 TCP.
+    pub const TCP: Self = Self(0);
+    /// IPv4 or IPv6 UDP.
+    pub const UDP: Self = Self(1);
+    /// ICMP or ICMPv6.
+    pub const ICMP: Self = Self(2);
+    /// Any other IP protocol.
+    pub const OTHER_IP: Self = Self(3);
+    /// Not IP at all (ARP, LLDP, ...).
+    pub const NON_IP: Self = Self(4);
+    /// Number of slots; the size of the counter array.
+    pub const COUNT: u32 = 5;
+
+    /// Every slot, in index order.
+    pub const ALL: [Self; Self::COUNT as usize] =
+        [Self::TCP, Self::UDP, Self::ICMP, Self::OTHER_IP, Self::NON_IP];
+
+    /// A short lowercase name, used as a metrics label.
+    pub const fn name(self) -> &'static str {
+        match self.0 {
+            0 => "tcp",
+            1 => "udp",
+            2 => "icmp",
+            3 => "other_ip",
+            _ => "non_ip",
+        }
+    }
+}
+
+/// Per-CPU packet and byte counter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct PacketCount {
+    /// Packets seen.
+    pub packets: u64,
+    /// Bytes seen, counting from the Ethernet header.
+    pub bytes: u64,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: `PacketCount` is `#[repr(C)]`, made of two `u64`s with no
+    // padding, and every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::PacketCount {}
+}
