@@ -5,7 +5,7 @@
 //! must agree on every byte. With the `user` feature each type also
 //! implements [`aya::Pod`] so user space can read and write maps of it.
 #![no_std]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod packet;
 
@@ -44,8 +44,13 @@ impl ProtoSlot {
     pub const COUNT: u32 = 5;
 
     /// Every slot, in index order.
-    pub const ALL: [Self; Self::COUNT as usize] =
-        [Self::TCP, Self::UDP, Self::ICMP, Self::OTHER_IP, Self::NON_IP];
+    pub const ALL: [Self; Self::COUNT as usize] = [
+        Self::TCP,
+        Self::UDP,
+        Self::ICMP,
+        Self::OTHER_IP,
+        Self::NON_IP,
+    ];
 
     /// A short lowercase name, used as a metrics label.
     pub const fn name(self) -> &'static str {
@@ -70,6 +75,7 @@ pub struct PacketCount {
 }
 
 #[cfg(feature = "user")]
+#[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
 mod user {
     // SAFETY: `PacketCount` is `#[repr(C)]`, made of two `u64`s with no
     // padding, and every bit pattern is a valid value.

@@ -1,0 +1,58 @@
+//! The dataplane's error type.
+
+/// Errors from loading, attaching and reading eBPF programs and maps.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The binary was built with `AYA_BUILD_SKIP=1` and embeds no eBPF object.
+    #[error(
+        "this binary was built without eBPF programs (AYA_BUILD_SKIP=1); rebuild after \
+         `cargo xtask setup`"
+    )]
+    ObjectNotBuilt,
+    /// The kernel or aya refused the object.
+    #[error("loading the eBPF object")]
+    Load(#[source] aya::EbpfError),
+    /// The object has no program of that name.
+    #[error("the eBPF object has no program named {0:?}")]
+    MissingProgram(&'static str),
+    /// The object has no map of that name.
+    #[error("the eBPF object has no map named {0:?}")]
+    MissingMap(&'static str),
+    /// Loading or attaching a program failed.
+    #[error("{what} program {name:?}")]
+    Program {
+        /// What we were doing: "loading", "attaching to <iface>", ...
+        what: String,
+        /// Program name.
+        name: &'static str,
+        /// The cause.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A map operation failed.
+    #[error("{what} map {name:?}")]
+    Map {
+        /// What we were doing.
+        what: &'static str,
+        /// Map name.
+        name: &'static str,
+        /// The cause.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// The aya-log ring buffer could not be opened.
+    #[error("opening the eBPF log ring buffer")]
+    Log(#[source] aya_log::Error),
+    /// An I/O error on a kernel file descriptor.
+    #[error("{what}")]
+    Io {
+        /// What we were doing.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The dataplane's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

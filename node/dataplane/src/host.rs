@@ -1,0 +1,62 @@
+//! Facts about the host that decide where the dataplane may attach.
+
+/// Interfaces that carry an IPv4 default route, parsed from the text of
+/// `/proc/net/route`. Kestrel never attaches programs to these: they are the
+/// host's uplink, which the project did not create.
+pub fn default_route_interfaces(proc_net_route: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    // Columns: Iface Destination Gateway Flags RefCnt Use Metric Mask ...
+    for line in proc_net_route.lines().skip(1) {
+        let mut fields = line.split_whitespace();
+        let (Some(iface), Some(destination)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let mask = fields.nth(5);
+        if destination == "00000000"
+            && mask == Some("00000000")
+            && !found.iter().any(|f| f == iface)
+        {
+            found.push(iface.to_owned());
+        }
+    }
+    found
+}
+
+/// Reads `/proc/net/route` of the calling thread's network namespace.
+pub fn read_default_route_interfaces() -> std::io::Result<Vec<String>> {
+    Ok(default_route_interfaces(&std::fs::read_to_string(
+        "/proc/net/route",
+    )?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROUTES: &str = "\
+Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0
+eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+kfab0\t00002A0A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0
+";
+
+    #[test]
+    fn finds_the_uplink() {
+        assert_eq!(default_route_interfaces(ROUTES), vec!["eth0".to_owned()]);
+    }
+
+    #[test]
+    fn no_default_route_means_no_uplink() {
+        let only_header = ROUTES.lines().next().unwrap_or_default();
+        assert!(default_route_interfaces(only_header).is_empty());
+        assert!(default_route_interfaces("").is_empty());
+        assert!(default_route_interfaces("garbage\nx\n").is_empty());
+    }
+
+    #[test]
+    fn a_zero_destination_with_a_mask_is_not_a_default_route() {
+        let routes = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n\
+                      veth0\t00000000\t00000000\t0001\t0\t0\t0\t000000FF\n";
+        assert!(default_route_interfaces(routes).is_empty());
+    }
+}
