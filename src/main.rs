@@ -1,1 +1,153 @@
-fn main(){}
+//! `kestrel`: the single binary. Each subcommand is a thin shell over a
+//! library crate; see docs/architecture.md for the map.
+
+use std::{process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use kestrel_dataplane::{EbpfLogLevel, ProtoCounter, host, spawn_log_pump};
+use kestrel_ebpf_common::ProtoSlot;
+
+/// Kestrel: an eBPF-native Kubernetes distribution.
+#[derive(Debug, Parser)]
+#[command(name = "kestrel", version, about, propagate_version = true)]
+struct Cli {
+    /// Log filter, in `tracing` EnvFilter syntax.
+    #[arg(long, global = true, env = "KESTREL_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect and exercise the eBPF dataplane.
+    #[command(subcommand)]
+    Bpf(BpfCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BpfCommand {
+    /// Attach the per-protocol packet counter to an interface and print its counts.
+    ///
+    /// It attaches in the current network namespace (use `ip netns exec NS kestrel ...`)
+    /// and refuses the interface that carries the host's default route.
+    Count {
+        /// Interface to attach to.
+        #[arg(long)]
+        iface: String,
+        /// Which direction to count.
+        #[arg(long, value_enum, default_value_t = Direction::Ingress)]
+        direction: Direction,
+        /// Seconds between reports.
+        #[arg(long, default_value_t = 1)]
+        interval: u64,
+        /// Stop after this many reports (0 = until interrupted).
+        #[arg(long, default_value_t = 0)]
+        reports: u64,
+        /// Log every packet from the kernel through aya-log (costly).
+        #[arg(long)]
+        debug: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Direction {
+    Ingress,
+    Egress,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One readable line with the whole cause chain; no backtrace for user errors.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log)
+                .with_context(|| format!("invalid --log filter {:?}", cli.log))?,
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Bpf(BpfCommand::Count {
+                iface,
+                direction,
+                interval,
+                reports,
+                debug,
+            }) => {
+                bpf_count(
+                    &iface,
+                    direction,
+                    Duration::from_secs(interval.max(1)),
+                    reports,
+                    debug,
+                )
+                .await
+            }
+        }
+    })
+}
+
+async fn bpf_count(
+    iface: &str,
+    direction: Direction,
+    interval: Duration,
+    reports: u64,
+    debug: bool,
+) -> anyhow::Result<()> {
+    let uplinks = host::read_default_route_interfaces().context("reading /proc/net/route")?;
+    if uplinks.iter().any(|u| u == iface) {
+        bail!(
+            "{iface} carries this namespace's default route; Kestrel never attaches to the uplink"
+        );
+    }
+    let level = if debug {
+        EbpfLogLevel::Debug
+    } else {
+        EbpfLogLevel::Info
+    };
+    let mut counter = ProtoCounter::load(level).context("loading the counter")?;
+    let _pump = spawn_log_pump(counter.ebpf_mut()).context("starting the eBPF log pump")?;
+    let attach = match direction {
+        Direction::Ingress => aya::programs::TcAttachType::Ingress,
+        Direction::Egress => aya::programs::TcAttachType::Egress,
+    };
+    counter
+        .attach(iface, attach)
+        .with_context(|| format!("attaching to {iface}"))?;
+    tracing::info!(iface, ?direction, "counting; interrupt to stop");
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    let mut printed = 0;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        let counts = counter.counts().context("reading counters")?;
+        let line: Vec<String> = ProtoSlot::ALL
+            .iter()
+            .map(|&slot| {
+                let c = counts.get(slot);
+                format!("{}={}p/{}B", slot.name(), c.packets, c.bytes)
+            })
+            .collect();
+        println!("{iface} {direction:?}: {}", line.join(" "));
+        printed += 1;
+        if reports != 0 && printed >= reports {
+            return Ok(());
+        }
+    }
+}
