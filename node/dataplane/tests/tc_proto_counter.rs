@@ -2,8 +2,6 @@
 //! embedded in the binary, is attached to a veth in a fresh namespace, real
 //! traffic crosses it, and its per-CPU counters and aya-log records are read back.
 
-mod support;
-
 use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
@@ -14,7 +12,7 @@ use std::{
 use aya::programs::TcAttachType;
 use kestrel_dataplane::{EbpfLogLevel, ProtoCounter, spawn_log_pump};
 use kestrel_ebpf_common::{PacketCount, ProtoSlot};
-use support::{Netns, privileged_test_can_run, run, unique_name};
+use kestrel_testkit::{Netns, privileged_test_can_run, run, unique_name};
 
 const UDP_DATAGRAMS: u64 = 10;
 const UDP_PAYLOAD: usize = 32;
@@ -42,7 +40,11 @@ impl Captured {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_packets_per_protocol_on_a_veth() {
-    if !privileged_test_can_run("counts_packets_per_protocol_on_a_veth") {
+    let built = (
+        kestrel_dataplane::object_is_built(),
+        "the eBPF object was not built (AYA_BUILD_SKIP=1)",
+    );
+    if !privileged_test_can_run("counts_packets_per_protocol_on_a_veth", &[built]) {
         return;
     }
     let logs = Captured::default();

@@ -1,5 +1,6 @@
 //! Helpers for privileged tests: skip policy, network namespaces with Drop
-//! guards, and running code inside a namespace.
+//! guards, and running code inside a namespace. A dev-dependency only.
+#![forbid(unsafe_code)]
 
 use std::{
     fs::File,
@@ -9,26 +10,27 @@ use std::{
 
 use nix::sched::{CloneFlags, setns};
 
-/// Returns `false` (after saying why) when privileged tests may be skipped
-/// here. Without root they fail, unless `KESTREL_SKIP_PRIVILEGED=1` is set;
-/// under `CI` they never skip.
-pub fn privileged_test_can_run(test: &str) -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    let built = kestrel_dataplane::object_is_built();
-    if root && built {
-        return true;
-    }
-    let why = if !root {
-        "it needs root"
+/// Whether a privileged test can run here. Pass the test's own extra needs
+/// as `(met, what is missing)`.
+///
+/// When something is missing the test fails, unless
+/// `KESTREL_SKIP_PRIVILEGED=1` is set, in which case this prints why and
+/// returns `false`. Under `CI` nothing is ever skipped.
+pub fn privileged_test_can_run(test: &str, needs: &[(bool, &str)]) -> bool {
+    let missing = if nix::unistd::geteuid().is_root() {
+        needs.iter().find(|(met, _)| !met).map(|(_, what)| *what)
     } else {
-        "the eBPF object was not built (AYA_BUILD_SKIP=1)"
+        Some("it needs root")
+    };
+    let Some(why) = missing else {
+        return true;
     };
     let may_skip = std::env::var("KESTREL_SKIP_PRIVILEGED").is_ok_and(|v| v == "1");
     if may_skip && std::env::var_os("CI").is_none() {
         eprintln!("SKIPPED {test}: {why} and KESTREL_SKIP_PRIVILEGED=1");
         return false;
     }
-    panic!("{test}: {why}; run as root with the eBPF toolchain, or set KESTREL_SKIP_PRIVILEGED=1");
+    panic!("{test}: {why}; run `cargo xtask test` as root, or set KESTREL_SKIP_PRIVILEGED=1");
 }
 
 /// A name unique to this process and call, short enough for an interface
@@ -57,10 +59,13 @@ pub fn run(args: &[&str]) {
 /// A named network namespace (`ip netns add`), deleted on drop.
 #[derive(Debug)]
 pub struct Netns {
+    /// The namespace's name under /run/netns.
     pub name: String,
 }
 
 impl Netns {
+    /// Creates the namespace (replacing a leftover of the same name) with
+    /// loopback up and IPv6 off, so tests see only the traffic they make.
     #[track_caller]
     pub fn new(name: String) -> Self {
         // A crashed earlier run may have left the same name behind.
