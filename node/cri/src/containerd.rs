@@ -1,0 +1,311 @@
+//! Runs one containerd per node, each with its own root, state, sockets and
+//! CNI directories, so several nodes can share one machine.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use nix::{sys::signal, unistd::Pid};
+use tokio::{
+    process::{Child, Command},
+    time::Instant,
+};
+
+use crate::{Error, Result, RuntimeClient, connect, v1};
+
+/// How long containerd gets to answer its first CRI call.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long containerd gets to exit after SIGTERM before SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where one node's containerd keeps everything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerdConfig {
+    /// Persistent data: content store, snapshots, metadata.
+    pub root: PathBuf,
+    /// Runtime state: sockets of shims, task bundles.
+    pub state: PathBuf,
+    /// The gRPC socket the CRI client dials.
+    pub socket: PathBuf,
+    /// Where containerd finds CNI plugin binaries.
+    pub cni_bin_dir: PathBuf,
+    /// Where the agent writes the CNI network configuration.
+    pub cni_conf_dir: PathBuf,
+    /// The image every pod sandbox runs (the pause image).
+    pub sandbox_image: String,
+}
+
+impl ContainerdConfig {
+    /// The conventional layout under a node's data directory.
+    pub fn under(dir: &Path, sandbox_image: &str) -> Self {
+        Self {
+            root: dir.join("root"),
+            state: dir.join("state"),
+            socket: dir.join("containerd.sock"),
+            cni_bin_dir: dir.join("cni/bin"),
+            cni_conf_dir: dir.join("cni/net.d"),
+            sandbox_image: sandbox_image.to_owned(),
+        }
+    }
+
+    /// The containerd 1.6 configuration file (schema version 2).
+    pub fn render(&self) -> String {
+        let q = |p: &Path| toml_string(&p.to_string_lossy());
+        let mut out = String::new();
+        // `write!` into a String cannot fail.
+        let _ = write!(
+            out,
+            r#"# Written by Kestrel; one containerd per node.
+version = 2
+root = {root}
+state = {state}
+
+[grpc]
+  address = {socket}
+
+[ttrpc]
+  address = {ttrpc}
+
+# No debug or metrics listeners: nodes share the machine's loopback.
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = {opt}
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = {sandbox}
+  # Port 0: each node's streaming server (exec, attach, port-forward) gets
+  # its own ephemeral loopback port instead of all fighting over 10010.
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  restrict_oom_score_adj = false
+
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = {cni_bin}
+    conf_dir = {cni_conf}
+"#,
+            root = q(&self.root),
+            state = q(&self.state),
+            socket = q(&self.socket),
+            ttrpc = q(&self.socket.with_extension("sock.ttrpc")),
+            opt = q(&self.root.join("opt")),
+            sandbox = toml_string(&self.sandbox_image),
+            cni_bin = q(&self.cni_bin_dir),
+            cni_conf = q(&self.cni_conf_dir),
+        );
+        out
+    }
+
+    /// Where the rendered configuration is written.
+    pub fn config_path(&self) -> PathBuf {
+        self.root.with_file_name("containerd.toml")
+    }
+
+    /// Where containerd's output goes.
+    pub fn log_path(&self) -> PathBuf {
+        self.root.with_file_name("containerd.log")
+    }
+}
+
+/// A TOML basic string with the characters TOML requires escaped.
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A running containerd. Dropping it kills the process.
+#[derive(Debug)]
+pub struct Containerd {
+    child: Child,
+    config: ContainerdConfig,
+}
+
+impl Containerd {
+    /// Writes the configuration, starts containerd (inside network namespace
+    /// `netns` when given), and waits until it answers CRI `Version`.
+    pub async fn start(config: ContainerdConfig, netns: Option<&str>) -> Result<Self> {
+        for dir in [
+            &config.root,
+            &config.state,
+            &config.cni_bin_dir,
+            &config.cni_conf_dir,
+        ] {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                what: "creating",
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let config_path = config.config_path();
+        std::fs::write(&config_path, config.render()).map_err(|source| Error::Io {
+            what: "writing",
+            path: config_path.clone(),
+            source,
+        })?;
+        let log_path = config.log_path();
+        let log = std::fs::File::create(&log_path).map_err(|source| Error::Io {
+            what: "creating",
+            path: log_path.clone(),
+            source,
+        })?;
+        let log_err = log.try_clone().map_err(|source| Error::Io {
+            what: "duplicating",
+            path: log_path.clone(),
+            source,
+        })?;
+
+        // `ip netns exec` enters the namespace and then execs containerd, so
+        // the PID we hold is containerd's own.
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, "containerd"]);
+                cmd
+            }
+            None => Command::new("containerd"),
+        };
+        cmd.arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .kill_on_drop(true);
+        let program = format!("{:?}", cmd.as_std());
+        let child = cmd
+            .spawn()
+            .map_err(|source| Error::Spawn { program, source })?;
+        let mut containerd = Self { child, config };
+        containerd.wait_ready().await?;
+        tracing::info!(socket = %containerd.config.socket.display(), pid = ?containerd.pid(), "containerd ready");
+        Ok(containerd)
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut client = RuntimeClient::new(connect(&self.config.socket)?);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(self.not_ready(format!("it exited with {status}")));
+            }
+            if self.config.socket.exists() {
+                let version = client
+                    .version(v1::VersionRequest {
+                        version: "v1".into(),
+                    })
+                    .await;
+                if version.is_ok() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(self.not_ready(format!("no answer within {READY_TIMEOUT:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn not_ready(&self, reason: String) -> Error {
+        Error::NotReady {
+            reason,
+            log: self.config.log_path(),
+        }
+    }
+
+    /// The configuration this containerd runs with.
+    pub fn config(&self) -> &ContainerdConfig {
+        &self.config
+    }
+
+    /// containerd's PID, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// A CRI runtime client on this containerd's socket.
+    pub fn runtime_client(&self) -> Result<RuntimeClient> {
+        Ok(RuntimeClient::new(connect(&self.config.socket)?))
+    }
+
+    /// Asks containerd to exit (SIGTERM), and kills it if it has not within
+    /// ten seconds.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = signal::kill(Pid::from_raw(pid), signal::Signal::SIGTERM);
+            if tokio::time::timeout(STOP_TIMEOUT, self.child.wait())
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            tracing::warn!(pid, "containerd ignored SIGTERM; killing it");
+        }
+        let _ = self.child.kill().await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_is_valid_toml_with_every_path_per_node() {
+        let config = ContainerdConfig::under(
+            Path::new("/var/lib/kestrel/node-1/containerd"),
+            "kestrel/pause:1",
+        );
+        let text = config.render();
+        let doc: toml::Table = text.parse().expect("valid TOML");
+        assert_eq!(doc["version"].as_integer(), Some(2));
+        assert_eq!(
+            doc["root"].as_str(),
+            Some("/var/lib/kestrel/node-1/containerd/root")
+        );
+        assert_eq!(
+            doc["grpc"]["address"].as_str(),
+            Some("/var/lib/kestrel/node-1/containerd/containerd.sock")
+        );
+        let cri = &doc["plugins"]["io.containerd.grpc.v1.cri"];
+        assert_eq!(cri["sandbox_image"].as_str(), Some("kestrel/pause:1"));
+        assert_eq!(cri["stream_server_port"].as_str(), Some("0"));
+        assert_eq!(
+            cri["cni"]["conf_dir"].as_str(),
+            Some("/var/lib/kestrel/node-1/containerd/cni/net.d")
+        );
+        assert_eq!(doc["debug"]["address"].as_str(), Some(""));
+    }
+
+    #[test]
+    fn awkward_paths_are_escaped() {
+        let config = ContainerdConfig::under(Path::new("/tmp/a \"quoted\" \\ dir"), "p");
+        let doc: toml::Table = config.render().parse().expect("valid TOML");
+        assert_eq!(doc["root"].as_str(), Some("/tmp/a \"quoted\" \\ dir/root"));
+    }
+}
