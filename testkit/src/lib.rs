@@ -114,3 +114,172 @@ impl Drop for Netns {
             .output();
     }
 }
+
+/// Where the cgroup v2 hierarchy is mounted on this machine (hybrid mode).
+pub const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
+/// Where the cgroup v1 hierarchies are mounted.
+pub const CGROUP1_ROOT: &str = "/sys/fs/cgroup";
+
+/// A cgroup the test owns, directly below the cgroup v2 root (never the
+/// root itself). On drop every process in its subtree is killed and the
+/// directory is removed from the v2 and every v1 hierarchy.
+#[derive(Debug)]
+pub struct Cgroup {
+    /// Its path relative to each hierarchy's root.
+    pub name: String,
+}
+
+impl Cgroup {
+    /// Creates `<cgroup2 root>/<name>`.
+    #[track_caller]
+    pub fn new(name: String) -> Self {
+        let cgroup = Self { name };
+        let dir = cgroup.v2_dir();
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        cgroup
+    }
+
+    /// The cgroup v2 directory.
+    pub fn v2_dir(&self) -> std::path::PathBuf {
+        std::path::Path::new(CGROUP2_ROOT).join(&self.name)
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let v2 = self.v2_dir();
+        let _ = std::fs::write(v2.join("cgroup.kill"), "1");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut roots: Vec<std::path::PathBuf> = vec![v2];
+        if let Ok(entries) = std::fs::read_dir(CGROUP1_ROOT) {
+            roots.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path().join(&self.name))
+                    .filter(|p| p.is_dir() && !p.starts_with(CGROUP2_ROOT)),
+            );
+        }
+        for root in roots {
+            // Killed processes take a moment to leave; a cgroup with members
+            // cannot be removed, so retry until the deadline.
+            while remove_cgroup_tree(&root).is_err() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// Removes a cgroup directory and its children, deepest first.
+fn remove_cgroup_tree(dir: &std::path::Path) -> std::io::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            remove_cgroup_tree(&path)?;
+        }
+    }
+    std::fs::remove_dir(dir)
+}
+
+/// The directory holding the image archives built by `cargo xtask images`
+/// (`$KESTREL_IMAGES_DIR`, or `target/images` in the workspace).
+pub fn images_dir() -> std::path::PathBuf {
+    std::env::var_os("KESTREL_IMAGES_DIR").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/images"),
+        std::path::PathBuf::from,
+    )
+}
+
+/// A temporary directory that may end up holding mounts (containerd's
+/// snapshots, pod shm). On drop everything mounted below it is lazily
+/// unmounted, deepest first, and then the directory is removed.
+#[derive(Debug)]
+pub struct MountedTempDir {
+    dir: Option<tempfile::TempDir>,
+}
+
+impl MountedTempDir {
+    /// Creates the directory under the system temp dir.
+    #[track_caller]
+    pub fn new() -> Self {
+        Self {
+            dir: Some(tempfile::tempdir().unwrap_or_else(|e| panic!("creating a temp dir: {e}"))),
+        }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &std::path::Path {
+        self.dir
+            .as_ref()
+            .map_or(std::path::Path::new("/nonexistent"), |d| d.path())
+    }
+}
+
+impl Default for MountedTempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for MountedTempDir {
+    fn drop(&mut self) {
+        let Some(dir) = self.dir.take() else { return };
+        let mut mounts = mounts_under(dir.path());
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+        for mount in mounts {
+            let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = dir.close();
+    }
+}
+
+/// Mount points at or below `dir`, from /proc/self/mountinfo.
+fn mounts_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    info.lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| std::path::PathBuf::from(unescape_mountinfo(field)))
+        .filter(|path| path.starts_with(dir))
+        .collect()
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let value = bytes[i + 1..i + 4]
+                .iter()
+                .fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+            out.push(u8::try_from(value).unwrap_or(b'?'));
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo(r"/tmp/a\040b"), "/tmp/a b");
+        assert_eq!(unescape_mountinfo(r"/plain"), "/plain");
+        assert_eq!(unescape_mountinfo(r"/trailing\04"), r"/trailing\04");
+    }
+}

@@ -4,6 +4,7 @@
 //! is idempotent and prints what it did; `test` runs it first, so the README's
 //! test command works on a new machine.
 
+mod images;
 mod setup;
 mod test;
 
@@ -22,6 +23,8 @@ enum Command {
     /// Install what builds and tests need (apt packages, nightly rust-src,
     /// bpf-linker for LLVM 22, cargo-nextest, kubectl 1.35). Idempotent.
     Setup,
+    /// Build the offline OCI image archives (pause, busybox, kestrel-echo).
+    Images(images::ImagesArgs),
     /// The whole suite: setup, fmt, clippy (userspace and eBPF), and every
     /// test including the privileged ones (run as root).
     Test(test::TestArgs),
@@ -32,6 +35,7 @@ fn main() -> anyhow::Result<()> {
     let root = repo_root()?;
     match cli.command {
         Command::Setup => setup::run(&root),
+        Command::Images(args) => images::run(&root, &args),
         Command::Test(args) => test::run(&root, &args),
     }
 }

@@ -83,5 +83,7 @@ pub fn run(root: &Path, args: &TestArgs) -> anyhow::Result<()> {
     if !args.no_setup {
         crate::setup::run(root)?;
     }
+    // The CRI tests run containers from the offline images.
+    crate::images::run(root, &crate::images::ImagesArgs::default())?;
     run_suite(root, args)
 }

@@ -86,7 +86,10 @@ state = {state}
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   enable_selinux = false
-  restrict_oom_score_adj = false
+  # Some hosts (this project's CI among them) refuse to lower oom_score_adj
+  # below 0 even for root, which makes runc fail every sandbox at its -998.
+  # Clamp to containerd's own score instead; QoS ordering above it still holds.
+  restrict_oom_score_adj = true
 
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
@@ -140,6 +143,15 @@ fn toml_string(s: &str) -> String {
     out
 }
 
+/// Where a node's containerd runs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Placement<'a> {
+    /// The node's network namespace (a name under /run/netns).
+    pub netns: Option<&'a str>,
+    /// The node's cgroup v2 directory.
+    pub cgroup: Option<&'a Path>,
+}
+
 /// A running containerd. Dropping it kills the process.
 #[derive(Debug)]
 pub struct Containerd {
@@ -148,9 +160,14 @@ pub struct Containerd {
 }
 
 impl Containerd {
-    /// Writes the configuration, starts containerd (inside network namespace
-    /// `netns` when given), and waits until it answers CRI `Version`.
-    pub async fn start(config: ContainerdConfig, netns: Option<&str>) -> Result<Self> {
+    /// Writes the configuration, starts containerd, and waits until it
+    /// answers CRI `Version`.
+    ///
+    /// `placement.netns` puts it in the node's network namespace, and
+    /// `placement.cgroup` (a cgroup v2 directory, never the root) in the node's
+    /// cgroup before it execs, so every shim it forks lands there too and the
+    /// node can be torn down with one `cgroup.kill`.
+    pub async fn start(config: ContainerdConfig, placement: Placement<'_>) -> Result<Self> {
         for dir in [
             &config.root,
             &config.state,
@@ -181,19 +198,41 @@ impl Containerd {
             source,
         })?;
 
-        // `ip netns exec` enters the namespace and then execs containerd, so
-        // the PID we hold is containerd's own.
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut cmd = Command::new("ip");
-                cmd.args(["netns", "exec", ns, "containerd"]);
+        // Every step execs the next (`sh` joins the cgroup, `nsenter` the
+        // network namespace), so the PID we hold ends up containerd's own.
+        // Not `ip netns exec`: it also unshares the mount namespace and
+        // remounts /sys, which hides /sys/fs/cgroup from containerd and runc.
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(ns) = placement.netns {
+            argv.extend([
+                "nsenter".into(),
+                format!("--net=/run/netns/{ns}").into(),
+                "--".into(),
+            ]);
+        }
+        argv.push("containerd".into());
+        argv.push("--config".into());
+        argv.push(config_path.clone().into());
+        let mut cmd = match placement.cgroup {
+            Some(cgroup) => {
+                let procs = cgroup.join("cgroup.procs");
+                let mut cmd = Command::new("sh");
+                cmd.args([
+                    "-c",
+                    r#"echo $$ > "$1" && shift && exec "$@""#,
+                    "kestrel-containerd",
+                ])
+                .arg(procs)
+                .args(&argv);
                 cmd
             }
-            None => Command::new("containerd"),
+            None => {
+                let mut cmd = Command::new(&argv[0]);
+                cmd.args(&argv[1..]);
+                cmd
+            }
         };
-        cmd.arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
             .kill_on_drop(true);
@@ -251,6 +290,33 @@ impl Containerd {
     /// A CRI runtime client on this containerd's socket.
     pub fn runtime_client(&self) -> Result<RuntimeClient> {
         Ok(RuntimeClient::new(connect(&self.config.socket)?))
+    }
+
+    /// Imports an OCI or Docker image archive into the CRI namespace
+    /// (`k8s.io`), so pods can use the image without a registry.
+    ///
+    /// CRI has no import call, so this uses containerd's own client, `ctr`,
+    /// which ships with containerd.
+    pub async fn import_archive(&self, archive: &Path) -> Result<()> {
+        let output = Command::new("ctr")
+            .arg("--address")
+            .arg(&self.config.socket)
+            .args(["--namespace", "k8s.io", "images", "import"])
+            .arg(archive)
+            .output()
+            .await
+            .map_err(|source| Error::Spawn {
+                program: "ctr images import".into(),
+                source,
+            })?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(Error::Import {
+                archive: archive.to_path_buf(),
+                output: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            })
+        }
     }
 
     /// Asks containerd to exit (SIGTERM), and kills it if it has not within

@@ -37,6 +37,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// An image archive could not be imported.
+    #[error("importing image archive {}: {output}", archive.display())]
+    Import {
+        /// The archive.
+        archive: PathBuf,
+        /// What the importer said.
+        output: String,
+    },
     /// containerd exited or never became ready.
     #[error("containerd did not become ready: {reason}; its log is {}", log.display())]
     NotReady {

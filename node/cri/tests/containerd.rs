@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use kestrel_cri::{
-    containerd::{Containerd, ContainerdConfig},
+    containerd::{Containerd, ContainerdConfig, Placement},
     v1,
 };
 use kestrel_testkit::{Netns, privileged_test_can_run, unique_name};
@@ -31,7 +31,11 @@ async fn two_node_containerds_answer_cri_side_by_side() {
     let mut nodes = Vec::new();
     for (dir, ns) in dirs.iter().zip(&namespaces) {
         let config = ContainerdConfig::under(dir.path(), "kestrel.local/pause:test");
-        let containerd = Containerd::start(config, Some(&ns.name))
+        let placement = Placement {
+            netns: Some(&ns.name),
+            cgroup: None,
+        };
+        let containerd = Containerd::start(config, placement)
             .await
             .expect("containerd starts");
         nodes.push(containerd);
