@@ -11,8 +11,10 @@
 //!   compare-and-swap on the expected `mod_revision`;
 //! - `watch(prefix, start_revision)` yields every change at or after
 //!   `start_revision`, in revision order, without gap or duplicate;
-//! - after `compact(rev)`, reading below `rev` or watching from below `rev`
-//!   fails with [`Error::Compacted`] (the API server's 410 Gone).
+//! - after `compact(rev)`, reading below `rev`, or watching from `rev` or
+//!   below, fails with [`Error::Compacted`] (the API server's 410 Gone). A
+//!   watch must start after the compaction revision because etcd drops a
+//!   delete that happened exactly at it.
 //!
 //! The API server holds the store as `Arc<dyn Store>`, so the trait is
 //! object-safe: methods are `async_trait` and watches are boxed streams.
@@ -20,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod compactor;
+pub mod etcd;
 pub mod sqlite;
 
 use std::time::Duration;
@@ -219,8 +222,9 @@ pub trait Store: Send + Sync + 'static {
     /// The latest revision written.
     async fn current_revision(&self) -> Result<Revision>;
 
-    /// The revision of the last compaction: reads and watches below it fail
-    /// with [`Error::Compacted`]. 0 if the store was never compacted.
+    /// The revision of the last compaction: reads below it, and watches from
+    /// it or below, fail with [`Error::Compacted`]. 0 if the store was never
+    /// compacted.
     async fn compact_revision(&self) -> Result<Revision>;
 
     /// Reads one key at the current revision or at a past one.
@@ -253,7 +257,9 @@ pub trait Store: Send + Sync + 'static {
     /// Watches the keys starting with `prefix` from `start_revision`
     /// (inclusive; 0 means "changes after now"). Events come in revision
     /// order, each once; history is replayed from the store before live
-    /// events follow.
+    /// events follow. `start_revision` must be above the compaction
+    /// revision, or the watch fails with [`Error::Compacted`]: to follow a
+    /// list read at revision `r`, watch from `r + 1`.
     async fn watch(&self, prefix: &str, start_revision: Revision) -> Result<WatchStream>;
 
     /// Discards the history below `revision`. The latest version of each key

@@ -40,7 +40,7 @@ pub(crate) async fn start(
     } else {
         start_revision
     };
-    if next < compact {
+    if next <= compact {
         return Err(Error::Compacted {
             compact_revision: compact,
         });
@@ -130,7 +130,7 @@ async fn replay(
         let (events, current) = inner
             .snapshot(move |conn, revs| {
                 // A compaction may have run since the watch started.
-                if from < revs.compact {
+                if from <= revs.compact {
                     return Err(Error::Compacted {
                         compact_revision: revs.compact,
                     });

@@ -376,8 +376,8 @@ fn expire(tx: &Transaction<'_>, revision: &mut Revision, events: &mut Vec<Event>
 
 /// Drops the history below `target`: every row that was superseded before
 /// `target`, and every tombstone before it. Rows at or after `target`, and
-/// the rows they replaced, stay, so reads at `target` and watches from
-/// `target` (with previous values) still work.
+/// the rows they replaced, stay, so reads at `target` and watches from just
+/// after it (with previous values) still work.
 fn compact(tx: &Transaction<'_>, current: Revision, target: Revision) -> Result<Revision> {
     let old: Revision = tx
         .query_row(
