@@ -24,6 +24,8 @@
 pub mod compactor;
 pub mod etcd;
 pub mod sqlite;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 use std::time::Duration;
 

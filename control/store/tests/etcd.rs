@@ -3,7 +3,6 @@
 //! three while writes and a watch continue.
 
 mod conformance;
-mod etcd_cluster;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +12,7 @@ use kestrel_store::etcd::{EtcdConfig, EtcdStore};
 use kestrel_store::{Error, EventKind, Store};
 
 use conformance::DEADLINE;
-use etcd_cluster::EtcdCluster;
+use kestrel_store::testing::{self as etcd_cluster, EtcdCluster};
 
 async fn connect(cluster: &EtcdCluster) -> Arc<dyn Store> {
     Arc::new(

@@ -1,7 +1,7 @@
-//! Real etcd processes for the tests: members on loopback ports, each in its
-//! own temporary directory, killed by PID when the guard drops.
-
-#![allow(dead_code, reason = "not every test uses every helper")]
+//! Real etcd processes for tests and benchmarks: members on loopback ports,
+//! each in its own temporary directory, killed by PID when the guard drops.
+//! Behind the `test-util` feature; these helpers panic on failure, as a test
+//! should.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -38,11 +38,16 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// Whether etcd is installed; tests that need it print why they skip.
+/// Whether etcd is installed; tests that need it print why they skip. In CI
+/// (`CI` set) a missing etcd is a failure, not a skip.
 pub fn available() -> bool {
     if Path::new(ETCD).exists() {
         return true;
     }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{ETCD} is missing in CI: install the Debian package etcd-server"
+    );
     eprintln!("SKIP: {ETCD} is missing (Debian package etcd-server)");
     false
 }
