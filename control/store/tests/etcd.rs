@@ -41,6 +41,7 @@ conformance!(
     concurrent_cas,
     watch_order_and_resume,
     watch_switch_under_load,
+    watch_from_now_under_load,
     prefix_isolation,
     compaction,
     large_values,

@@ -286,6 +286,50 @@ pub async fn watch_switch_under_load(store: Arc<dyn Store>) {
     }
 }
 
+/// Watches started "from now" while writes go on: each sees a contiguous run
+/// of revisions from its start, beginning no earlier than the revision read
+/// just before it started.
+pub async fn watch_from_now_under_load(store: Arc<dyn Store>) {
+    const WRITES: usize = 300;
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for i in 0..WRITES {
+                store
+                    .create(&format!("/now/k{i:04}"), b(i.to_string()))
+                    .await
+                    .expect("create");
+            }
+        })
+    };
+    let mut watchers = Vec::new();
+    for _ in 0..8 {
+        let before = store.current_revision().await.expect("revision");
+        watchers.push((before, store.watch("/now/", 0).await.expect("watch")));
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    writer.await.expect("writer");
+    let end = store.current_revision().await.expect("revision");
+    let mut saw = 0;
+    for (before, mut w) in watchers {
+        // Drain until quiet: a watch that subscribed after the last write
+        // rightly sees nothing.
+        let mut revs = Vec::new();
+        while let Ok(Some(item)) = tokio::time::timeout(Duration::from_millis(500), w.next()).await
+        {
+            revs.push(item.expect("watch event").revision());
+        }
+        if let (Some(first), Some(last)) = (revs.first(), revs.last()) {
+            assert!(*first > before, "event {first} precedes the watch");
+            assert_eq!(*last, end, "the watch saw the last write");
+            let expected: Vec<_> = (*first..=end).collect();
+            assert_eq!(revs, expected, "no gap, no duplicate");
+            saw += 1;
+        }
+    }
+    assert!(saw > 0, "no watcher started before the writes ended");
+}
+
 /// A prefix sees only its own keys, in ranges and watches.
 pub async fn prefix_isolation(store: Arc<dyn Store>) {
     let mut w = store.watch("/iso/a/", 0).await.expect("watch");
