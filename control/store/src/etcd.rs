@@ -7,8 +7,8 @@
 //! when the request never reached a server, because a write whose answer was
 //! lost may have been applied, and a blind retry could apply it twice.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tonic::Code;
 use tracing::{debug, warn};
 
+use crate::compactor::{self, CompactionPolicy};
 use crate::{
     Deleted, Error, Event, EventKind, KeyValue, RangeOptions, RangeResult, Result, Revision, Store,
     WatchStream, prefix_end, validate,
@@ -35,6 +36,11 @@ pub struct EtcdConfig {
     pub request_timeout: Duration,
     /// How long reads and watches keep retrying while no endpoint answers.
     pub retry_for: Duration,
+    /// Periodic compaction while the store is open (several API servers may
+    /// all run it; a compaction someone else already did is skipped).
+    /// `None` leaves compaction to the caller or to etcd's own
+    /// `--auto-compaction-*`.
+    pub compaction: Option<CompactionPolicy>,
 }
 
 impl EtcdConfig {
@@ -44,6 +50,7 @@ impl EtcdConfig {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
             request_timeout: Duration::from_secs(10),
             retry_for: Duration::from_secs(30),
+            compaction: Some(CompactionPolicy::default()),
         }
     }
 }
@@ -153,6 +160,9 @@ impl EtcdStore {
             }),
         };
         store.probe_compact_revision().await;
+        if let Some(policy) = store.inner.config.compaction {
+            tokio::spawn(compact_periodically(Arc::downgrade(&store.inner), policy));
+        }
         Ok(store)
     }
 
@@ -297,6 +307,23 @@ impl EtcdStore {
             });
         }
         revision_of(resp.header())
+    }
+}
+
+/// Keeps `policy.retain_revisions` of history, until the store is dropped.
+/// Holds the store weakly so that it does not keep the client alive.
+async fn compact_periodically(inner: Weak<Inner>, policy: CompactionPolicy) {
+    let mut tick = tokio::time::interval(policy.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick fires at once; a store just opened has nothing to drop.
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let store = EtcdStore { inner };
+        if let Err(e) = compactor::compact_once(&store, policy.retain_revisions).await {
+            warn!(error = %e, "periodic etcd compaction failed");
+        }
     }
 }
 

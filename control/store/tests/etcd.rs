@@ -47,6 +47,7 @@ conformance!(
     large_values,
     range_10k_paginated,
     ttl_expiry,
+    periodic_compaction,
 );
 
 /// Writers run until stopped; returns the numbers whose create was
@@ -199,6 +200,7 @@ async fn unreachable_cluster_fails_cleanly() {
         endpoints: vec!["http://127.0.0.1:9".into()],
         request_timeout: Duration::from_secs(1),
         retry_for: Duration::from_millis(500),
+        compaction: None,
     })
     .await;
     // Connecting may fail at once or lazily at the first request; either is

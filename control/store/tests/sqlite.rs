@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use kestrel_store::compactor::{self, CompactionPolicy};
+use kestrel_store::compactor::CompactionPolicy;
 use kestrel_store::sqlite::{SqliteConfig, SqliteStore};
 use kestrel_store::{Error, Store};
 
@@ -53,6 +53,7 @@ conformance!(
     large_values,
     range_10k_paginated,
     ttl_expiry,
+    periodic_compaction,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -153,14 +154,12 @@ async fn files_stay_bounded_under_churn() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("state.db");
     let wal = dir.path().join("state.db-wal");
-    let store = open_at(&db).await;
-    let compactor = compactor::spawn(
-        store.clone(),
-        CompactionPolicy {
-            interval: Duration::from_millis(200),
-            retain_revisions: 500,
-        },
-    );
+    let mut config = SqliteConfig::new(&db);
+    config.compaction = Some(CompactionPolicy {
+        interval: Duration::from_millis(200),
+        retain_revisions: 500,
+    });
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(config).await.expect("open"));
     let value = Bytes::from(vec![7u8; 16 * 1024]);
     let mut revs = Vec::new();
     for i in 0..50 {
@@ -190,7 +189,6 @@ async fn files_stay_bounded_under_churn() {
             sizes.push(file_size(&db) + file_size(&wal));
         }
     }
-    compactor.abort();
     // 2,050 versions of 16 KiB were written (32 MiB); about 550 are kept.
     let written = 2050 * 16 * 1024;
     let last = *sizes.last().expect("sizes");

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use kestrel_store::compactor::{self, CompactionPolicy};
 use kestrel_store::{Error, Event, EventKind, MAX_VALUE_BYTES, RangeOptions, Store, WatchStream};
 
 /// How long any single expectation may take before the test fails.
@@ -439,6 +440,42 @@ pub async fn compaction(store: Arc<dyn Store>) {
         kv.create_revision, r1,
         "create_revision survives compaction"
     );
+}
+
+/// The shared compactor keeps a fixed number of revisions: history below it
+/// reads as Compacted, history within it still reads.
+pub async fn periodic_compaction(store: Arc<dyn Store>) {
+    let task = compactor::spawn(
+        store.clone(),
+        CompactionPolicy {
+            interval: Duration::from_millis(200),
+            retain_revisions: 10,
+        },
+    );
+    let mut rev = store.create("/pc/k", b("0")).await.expect("create");
+    let first = rev;
+    for i in 1..=40 {
+        rev = store
+            .update("/pc/k", b(i.to_string()), rev)
+            .await
+            .expect("update");
+    }
+    let deadline = Instant::now() + DEADLINE;
+    while store.compact_revision().await.expect("compact rev") < rev - 10 {
+        assert!(Instant::now() < deadline, "the compactor did not run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    task.abort();
+    assert!(matches!(
+        store.get("/pc/k", Some(first)).await,
+        Err(Error::Compacted { .. })
+    ));
+    let kv = store
+        .get("/pc/k", Some(rev - 5))
+        .await
+        .expect("within retention")
+        .expect("present");
+    assert_eq!(kv.mod_revision, rev - 5);
 }
 
 /// 1.5 MiB values round-trip through create, update, get, range and watch;
