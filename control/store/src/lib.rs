@@ -269,6 +269,58 @@ pub trait Store: Send + Sync + 'static {
     async fn compact(&self, revision: Revision) -> Result<()>;
 }
 
+/// Which backend to run, as chosen by `kestrel server --datastore`.
+#[derive(Debug, Clone)]
+pub enum Datastore {
+    /// The embedded SQLite store (the default).
+    Sqlite(sqlite::SqliteConfig),
+    /// An etcd cluster.
+    Etcd(etcd::EtcdConfig),
+}
+
+impl Datastore {
+    /// Builds the choice from the server's flags: `kind` is `sqlite` or
+    /// `etcd`; `sqlite_path` is the database file; `etcd_endpoints` is a
+    /// comma-separated list of client URLs.
+    pub fn from_flags(
+        kind: &str,
+        sqlite_path: impl Into<std::path::PathBuf>,
+        etcd_endpoints: &str,
+    ) -> Result<Self> {
+        match kind {
+            "sqlite" => Ok(Datastore::Sqlite(sqlite::SqliteConfig::new(sqlite_path))),
+            "etcd" => {
+                let endpoints: Vec<&str> = etcd_endpoints
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|e| !e.is_empty())
+                    .collect();
+                if endpoints.is_empty() {
+                    return Err(Error::backend(
+                        "choosing the datastore",
+                        "--datastore etcd needs --etcd-endpoints URL[,URL...]",
+                    ));
+                }
+                Ok(Datastore::Etcd(etcd::EtcdConfig::new(endpoints)))
+            }
+            other => Err(Error::backend(
+                "choosing the datastore",
+                format!("unknown datastore {other:?}: expected sqlite or etcd"),
+            )),
+        }
+    }
+
+    /// Opens the chosen backend. Must be called inside a tokio runtime.
+    pub async fn open(self) -> Result<std::sync::Arc<dyn Store>> {
+        Ok(match self {
+            Datastore::Sqlite(config) => {
+                std::sync::Arc::new(sqlite::SqliteStore::open(config).await?)
+            }
+            Datastore::Etcd(config) => std::sync::Arc::new(etcd::EtcdStore::connect(config).await?),
+        })
+    }
+}
+
 /// Checks a key and value against the limits shared by all backends.
 pub fn validate(key: &str, value: &[u8]) -> Result<()> {
     if key.is_empty() {
@@ -308,6 +360,20 @@ mod tests {
     fn prefix_end_increments_last_byte() {
         assert_eq!(prefix_end("/a/"), Some(b"/a0".to_vec()));
         assert_eq!(prefix_end(""), None);
+    }
+
+    #[test]
+    fn datastore_flags() {
+        assert!(matches!(
+            Datastore::from_flags("sqlite", "/tmp/x.db", ""),
+            Ok(Datastore::Sqlite(_))
+        ));
+        match Datastore::from_flags("etcd", "", "http://127.0.0.1:2379, http://127.0.0.1:22379") {
+            Ok(Datastore::Etcd(c)) => assert_eq!(c.endpoints.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert!(Datastore::from_flags("etcd", "", " ").is_err());
+        assert!(Datastore::from_flags("postgres", "", "").is_err());
     }
 
     #[test]
