@@ -138,6 +138,9 @@ pub struct Report {
     pub kernel: String,
     /// When the run started (UTC).
     pub date: String,
+    /// The 1/5/15-minute load averages when the run started: the machine is
+    /// shared, and other work skews the figures.
+    pub load: String,
     /// The options used.
     pub options: Options,
     /// One row per scenario and backend.
@@ -434,6 +437,9 @@ fn command_output(cmd: &str, args: &[&str]) -> String {
 /// Runs every scenario on every requested backend.
 pub async fn run(opts: Options) -> Result<Report> {
     let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into());
     let mut rows = Vec::new();
     for backend in opts.backends.clone() {
         match backend {
@@ -461,6 +467,7 @@ pub async fn run(opts: Options) -> Result<Report> {
         machine: machine(),
         kernel: command_output("uname", &["-r"]),
         date,
+        load,
         options: opts,
         rows,
     })
@@ -474,7 +481,7 @@ impl Report {
         let _ = writeln!(out, "## Store\n");
         let _ = writeln!(
             out,
-            "Run on {}, kernel {}, {}. Each figure is the median of {} repetitions, \
+            "Run on {}, kernel {}, {}, load average {} at the start. Each figure is the median of {} repetitions, \
              with [min–max]. etcd is {} (one member, started by the benchmark, default \
              fsync), measured in the same run. Values are 512 bytes. Reproduce with \
              `cargo xtask bench store` (or `cargo run --release -p kestrel-bench --bin \
@@ -482,6 +489,7 @@ impl Report {
             self.machine,
             self.kernel,
             self.date,
+            self.load,
             o.reps,
             command_output(kestrel_store::testing::ETCD, &["--version"])
                 .lines()
