@@ -573,3 +573,46 @@ pub fn write_section(path: &std::path::Path, section: &str) -> Result<()> {
     }
     std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_takes_median_min_max() {
+        let s = Summary::of(vec![5.0, 1.0, 3.0]);
+        assert_eq!((s.median, s.min, s.max), (3.0, 1.0, 5.0));
+        assert_eq!(Summary::of(vec![4.0, 1.0, 2.0, 3.0]).median, 2.5);
+    }
+
+    #[test]
+    fn percentile_is_nearest_rank() {
+        let ms: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&ms, 50.0), 50.0);
+        assert_eq!(percentile(&ms, 99.0), 99.0);
+        assert_eq!(percentile(&ms[..1], 99.0), 1.0);
+    }
+
+    #[test]
+    fn write_section_replaces_only_the_store_section() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("benchmarks.md");
+        std::fs::write(
+            &path,
+            "# Benchmarks\n\n## Store\n\nold\n\n## Dataplane\n\nkeep\n",
+        )
+        .expect("write");
+        write_section(&path, "## Store\n\nnew\n").expect("update");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.contains("new") && !text.contains("old"), "{text}");
+        assert!(text.contains("## Dataplane\n\nkeep"), "{text}");
+
+        let fresh = dir.path().join("docs/fresh.md");
+        write_section(&fresh, "## Store\n\nfirst\n").expect("create");
+        let text = std::fs::read_to_string(&fresh).expect("read");
+        assert!(
+            text.starts_with("# Benchmarks\n") && text.contains("first"),
+            "{text}"
+        );
+    }
+}
