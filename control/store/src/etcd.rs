@@ -109,7 +109,6 @@ fn transient(e: &etcd_client::Error) -> bool {
             s.code(),
             Code::Unavailable | Code::DeadlineExceeded | Code::Unknown
         ),
-        etcd_client::Error::WatchError(_) => true,
         _ => false,
     }
 }
@@ -144,7 +143,11 @@ impl EtcdStore {
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive_while_idle(true)
+            // A member cut off from the leader fails requests and cancels
+            // watches instead of serving stale data or going quiet; both
+            // are then retried on another member.
+            .with_require_leader(true);
         let client = Client::connect(&config.endpoints, Some(options))
             .await
             .map_err(etcd_err("connecting to etcd"))?;
@@ -190,8 +193,17 @@ impl EtcdStore {
             let e = match attempt {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => e,
-                Err(_) if idempotent => etcd_client::Error::WatchError("request timed out".into()),
-                Err(elapsed) => return Err(Error::backend(context, elapsed)),
+                // A write that timed out may still be applied: only reads
+                // try again.
+                Err(elapsed) if !idempotent || tokio::time::Instant::now() + backoff > deadline => {
+                    return Err(Error::backend(context, elapsed));
+                }
+                Err(_) => {
+                    debug!(context, "etcd request timed out; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
             };
             let retry = if idempotent {
                 transient(&e)
