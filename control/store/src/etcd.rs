@@ -327,7 +327,8 @@ impl EtcdStore {
 async fn compact_periodically(inner: Weak<Inner>, policy: CompactionPolicy) {
     let mut tick = tokio::time::interval(policy.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick fires at once; a store just opened has nothing to drop.
+    // The first tick fires at once; skip it so that opening a store is not
+    // followed by a compaction right away.
     tick.tick().await;
     loop {
         tick.tick().await;

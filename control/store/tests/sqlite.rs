@@ -300,3 +300,48 @@ async fn acknowledged_writes_survive_sigkill() {
         "one revision per surviving write"
     );
 }
+
+/// A backlog of more revisions than one compaction step is worked off in
+/// several steps, and the history below the target is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn periodic_compaction_works_off_a_backlog() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = SqliteConfig::new(dir.path().join("state.db"));
+    config.compaction = Some(CompactionPolicy {
+        interval: Duration::from_millis(300),
+        retain_revisions: 100,
+    });
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(config).await.expect("open"));
+    let mut tasks = Vec::new();
+    for w in 0..32 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..800 {
+                store
+                    .create(&format!("/backlog/{w}/{i}"), Bytes::from_static(b"v"))
+                    .await
+                    .expect("create");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let current = store.current_revision().await.expect("rev");
+    assert!(current >= 25_600);
+    let deadline = Instant::now() + DEADLINE;
+    while store.compact_revision().await.expect("compact rev") < current - 100 {
+        assert!(Instant::now() < deadline, "compaction did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(matches!(
+        store.get("/backlog/0/0", Some(1)).await,
+        Err(Error::Compacted { .. })
+    ));
+    assert_eq!(
+        conformance::read_all(store.as_ref(), "/backlog/")
+            .await
+            .len(),
+        25_600
+    );
+}

@@ -164,22 +164,32 @@ impl SqliteStore {
 async fn compact_periodically(inner: Weak<Inner>, policy: CompactionPolicy) {
     let mut tick = tokio::time::interval(policy.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick fires at once; a store just opened has nothing to drop.
+    // The first tick fires at once; skip it so that opening a store is not
+    // followed by a compaction right away.
     tick.tick().await;
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
         let current = inner.shared.revision.load(Ordering::SeqCst);
-        let done = inner.shared.compact_revision.load(Ordering::SeqCst);
         let target = current - policy.retain_revisions.max(0);
-        if target > done
-            && target > 0
-            && let Err(e) = inner.write(Op::Compact { revision: target }).await
-        {
-            warn!(error = %e, "periodic compaction failed");
+        // Compaction runs in the writer's transaction; in steps, writes
+        // queued behind it wait for one step, not for all of a long backlog.
+        loop {
+            let done = inner.shared.compact_revision.load(Ordering::SeqCst);
+            if target <= done || target <= 0 {
+                break;
+            }
+            let step = target.min(done + COMPACTION_STEP);
+            if let Err(e) = inner.write(Op::Compact { revision: step }).await {
+                warn!(error = %e, "periodic compaction failed");
+                break;
+            }
         }
     }
 }
+
+/// Revisions compacted per writer transaction by the periodic compaction.
+const COMPACTION_STEP: Revision = 10_000;
 
 /// Asks the writer to delete expired keys, until the store is dropped.
 async fn sweep_expired(inner: Weak<Inner>, every: Duration) {
