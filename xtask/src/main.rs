@@ -1,9 +1,10 @@
-//! Project automation: `cargo xtask setup|test|bench`.
+//! Project automation: `cargo xtask setup|images|test|bench`.
 //!
 //! Everything a fresh Debian 12 machine needs is installed by `setup`, which
 //! is idempotent and prints what it did; `test` runs it first, so the README's
 //! test command works on a new machine.
 
+mod bench;
 mod images;
 mod setup;
 mod test;
@@ -23,6 +24,8 @@ enum Command {
     /// Install what builds and tests need (apt packages, nightly rust-src,
     /// bpf-linker for LLVM 22, cargo-nextest, kubectl 1.35). Idempotent.
     Setup,
+    /// Run a benchmark and write its results to docs/benchmarks.md.
+    Bench(bench::BenchArgs),
     /// Build the offline OCI image archives (pause, busybox, kestrel-echo).
     Images(images::ImagesArgs),
     /// The whole suite: setup, fmt, clippy (userspace and eBPF), and every
@@ -36,6 +39,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Setup => setup::run(&root),
         Command::Images(args) => images::run(&root, &args),
+        Command::Bench(args) => bench::run(&root, &args),
         Command::Test(args) => test::run(&root, &args),
     }
 }

@@ -1,0 +1,33 @@
+//! `cargo xtask bench <suite> [args]`: runs a benchmark from `bench/` in
+//! release mode and writes its section of docs/benchmarks.md.
+
+use std::{path::Path, process::Command};
+
+use crate::sh;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Which benchmark.
+    #[arg(value_enum)]
+    suite: Suite,
+    /// Arguments for the benchmark binary (for example `--quick`, `--reps 7`).
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Suite {
+    /// The store backends: SQLite and etcd, side by side.
+    Store,
+}
+
+pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
+    let bin = match args.suite {
+        Suite::Store => "store-bench",
+    };
+    sh(Command::new("cargo")
+        .current_dir(root)
+        .args(["run", "--release", "--package", "kestrel-bench", "--bin", bin, "--", "--write"])
+        .arg(root.join("docs/benchmarks.md"))
+        .args(&args.args))
+}
