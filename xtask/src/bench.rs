@@ -27,7 +27,16 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     };
     sh(Command::new("cargo")
         .current_dir(root)
-        .args(["run", "--release", "--package", "kestrel-bench", "--bin", bin, "--", "--write"])
+        .args([
+            "run",
+            "--release",
+            "--package",
+            "kestrel-bench",
+            "--bin",
+            bin,
+            "--",
+            "--write",
+        ])
         .arg(root.join("docs/benchmarks.md"))
         .args(&args.args))
 }
