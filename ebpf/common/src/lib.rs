@@ -44,8 +44,13 @@ impl ProtoSlot {
     pub const COUNT: u32 = 5;
 
     /// Every slot, in index order.
-    pub const ALL: [Self; Self::COUNT as usize] =
-        [Self::TCP, Self::UDP, Self::ICMP, Self::OTHER_IP, Self::NON_IP];
+    pub const ALL: [Self; Self::COUNT as usize] = [
+        Self::TCP,
+        Self::UDP,
+        Self::ICMP,
+        Self::OTHER_IP,
+        Self::NON_IP,
+    ];
 
     /// A short lowercase name, used as a metrics label.
     pub const fn name(self) -> &'static str {
