@@ -19,6 +19,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod compactor;
+pub mod sqlite;
+
 use std::time::Duration;
 
 use bytes::Bytes;
