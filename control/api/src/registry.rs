@@ -2,10 +2,20 @@
 //! kind is adding one `ResourceDef` literal to [`RESOURCES`]; discovery,
 //! routing, field selectors, storage paths and Table output all read it.
 
+use k8s_openapi::api as k8s;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::printers;
 use crate::validation::NameRule;
+
+/// Decode `v` as the typed k8s-openapi object `T` and encode it again: the
+/// schema check and normaliser behind [`ResourceDef::schema`].
+pub fn typed<T: DeserializeOwned + Serialize>(v: Value) -> Result<Value, String> {
+    let t: T = serde_json::from_value(v).map_err(|e| e.to_string())?;
+    serde_json::to_value(t).map_err(|e| e.to_string())
+}
 
 /// The verbs of a fully writable resource, in upstream's discovery order.
 pub const ALL_VERBS: &[&str] = &[
@@ -163,6 +173,9 @@ pub struct ResourceDef {
     pub field_selectors: &'static [&'static str],
     /// Name validation rule.
     pub name_rule: NameRule,
+    /// Checks an object against the kind's schema and normalises it (drops
+    /// unknown fields, as upstream's decoder does).
+    pub schema: fn(Value) -> Result<Value, String>,
 }
 
 impl ResourceDef {
@@ -228,6 +241,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "Namespace",
+        schema: typed::<k8s::core::v1::Namespace>,
         list_kind: "NamespaceList",
         plural: "namespaces",
         singular: "namespace",
@@ -250,6 +264,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "Node",
+        schema: typed::<k8s::core::v1::Node>,
         list_kind: "NodeList",
         plural: "nodes",
         singular: "node",
@@ -307,6 +322,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "Pod",
+        schema: typed::<k8s::core::v1::Pod>,
         list_kind: "PodList",
         plural: "pods",
         singular: "pod",
@@ -358,6 +374,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "Service",
+        schema: typed::<k8s::core::v1::Service>,
         list_kind: "ServiceList",
         plural: "services",
         singular: "service",
@@ -401,6 +418,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "Endpoints",
+        schema: typed::<k8s::core::v1::Endpoints>,
         list_kind: "EndpointsList",
         plural: "endpoints",
         singular: "endpoints",
@@ -421,6 +439,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "ConfigMap",
+        schema: typed::<k8s::core::v1::ConfigMap>,
         list_kind: "ConfigMapList",
         plural: "configmaps",
         singular: "configmap",
@@ -441,6 +460,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "Secret",
+        schema: typed::<k8s::core::v1::Secret>,
         list_kind: "SecretList",
         plural: "secrets",
         singular: "secret",
@@ -462,6 +482,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "ServiceAccount",
+        schema: typed::<k8s::core::v1::ServiceAccount>,
         list_kind: "ServiceAccountList",
         plural: "serviceaccounts",
         singular: "serviceaccount",
@@ -478,6 +499,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "Event",
+        schema: typed::<k8s::core::v1::Event>,
         list_kind: "EventList",
         plural: "events",
         singular: "event",
@@ -518,6 +540,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "apps",
         version: "v1",
         kind: "Deployment",
+        schema: typed::<k8s::apps::v1::Deployment>,
         list_kind: "DeploymentList",
         plural: "deployments",
         singular: "deployment",
@@ -568,6 +591,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "apps",
         version: "v1",
         kind: "ReplicaSet",
+        schema: typed::<k8s::apps::v1::ReplicaSet>,
         list_kind: "ReplicaSetList",
         plural: "replicasets",
         singular: "replicaset",
@@ -603,6 +627,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "apps",
         version: "v1",
         kind: "StatefulSet",
+        schema: typed::<k8s::apps::v1::StatefulSet>,
         list_kind: "StatefulSetList",
         plural: "statefulsets",
         singular: "statefulset",
@@ -635,6 +660,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "apps",
         version: "v1",
         kind: "DaemonSet",
+        schema: typed::<k8s::apps::v1::DaemonSet>,
         list_kind: "DaemonSetList",
         plural: "daemonsets",
         singular: "daemonset",
@@ -699,6 +725,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "batch",
         version: "v1",
         kind: "Job",
+        schema: typed::<k8s::batch::v1::Job>,
         list_kind: "JobList",
         plural: "jobs",
         singular: "job",
@@ -740,6 +767,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "discovery.k8s.io",
         version: "v1",
         kind: "EndpointSlice",
+        schema: typed::<k8s::discovery::v1::EndpointSlice>,
         list_kind: "EndpointSliceList",
         plural: "endpointslices",
         singular: "endpointslice",
@@ -768,6 +796,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "networking.k8s.io",
         version: "v1",
         kind: "NetworkPolicy",
+        schema: typed::<k8s::networking::v1::NetworkPolicy>,
         list_kind: "NetworkPolicyList",
         plural: "networkpolicies",
         singular: "networkpolicy",
@@ -794,6 +823,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "coordination.k8s.io",
         version: "v1",
         kind: "Lease",
+        schema: typed::<k8s::coordination::v1::Lease>,
         list_kind: "LeaseList",
         plural: "leases",
         singular: "lease",
@@ -815,6 +845,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "certificates.k8s.io",
         version: "v1",
         kind: "CertificateSigningRequest",
+        schema: typed::<k8s::certificates::v1::CertificateSigningRequest>,
         list_kind: "CertificateSigningRequestList",
         plural: "certificatesigningrequests",
         singular: "certificatesigningrequest",
@@ -843,6 +874,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "rbac.authorization.k8s.io",
         version: "v1",
         kind: "Role",
+        schema: typed::<k8s::rbac::v1::Role>,
         list_kind: "RoleList",
         plural: "roles",
         singular: "role",
@@ -859,6 +891,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "rbac.authorization.k8s.io",
         version: "v1",
         kind: "RoleBinding",
+        schema: typed::<k8s::rbac::v1::RoleBinding>,
         list_kind: "RoleBindingList",
         plural: "rolebindings",
         singular: "rolebinding",
@@ -879,6 +912,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "rbac.authorization.k8s.io",
         version: "v1",
         kind: "ClusterRole",
+        schema: typed::<k8s::rbac::v1::ClusterRole>,
         list_kind: "ClusterRoleList",
         plural: "clusterroles",
         singular: "clusterrole",
@@ -895,6 +929,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "rbac.authorization.k8s.io",
         version: "v1",
         kind: "ClusterRoleBinding",
+        schema: typed::<k8s::rbac::v1::ClusterRoleBinding>,
         list_kind: "ClusterRoleBindingList",
         plural: "clusterrolebindings",
         singular: "clusterrolebinding",
