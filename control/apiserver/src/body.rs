@@ -41,6 +41,14 @@ pub fn decode_object(ctx: &Ctx) -> Result<Value, ApiError> {
         // No Content-Type: treat as JSON, as upstream does for JSON-looking bodies.
         "application/json" | "" | "*/*" => parse_json(&ctx.body)?,
         "application/yaml" | "application/x-yaml" | "text/yaml" => parse_yaml(&ctx.body)?,
+        "application/vnd.kubernetes.protobuf" => {
+            crate::proto::decode(&ctx.body).map_err(|e| match e {
+                crate::proto::ProtoError::Unsupported(_) => {
+                    ApiError::UnsupportedMediaType(BODY_TYPES.to_owned())
+                }
+                e => ApiError::BadRequest(e.to_string()),
+            })?
+        }
         _ => return Err(ApiError::UnsupportedMediaType(BODY_TYPES.to_owned())),
     };
     if !v.is_object() {

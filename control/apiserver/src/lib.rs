@@ -19,6 +19,7 @@ mod namespace;
 mod openapi;
 mod patch;
 pub mod pki;
+mod proto;
 mod server;
 mod table;
 mod watch;
