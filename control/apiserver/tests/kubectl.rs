@@ -206,3 +206,390 @@ async fn kubectl_basics() {
     })
     .await;
 }
+
+const APP: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+  labels:
+    app: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: web
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxSurge: 1
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.27
+        ports:
+        - containerPort: 80
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+spec:
+  selector:
+    app: web
+  ports:
+  - port: 80
+    targetPort: 80
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: web-config
+  namespace: shop
+data:
+  mode: blue
+";
+
+#[tokio::test]
+async fn kubectl_workflows() {
+    let (dir, _s, k) = setup().await;
+    k.ok(&["create", "ns", "shop"]).await;
+
+    // Client-side apply, then re-apply with a change.
+    let out = k.ok_in(&["apply", "-f", "-"], Some(APP)).await;
+    for want in [
+        "deployment.apps/web created",
+        "service/web created",
+        "configmap/web-config created",
+    ] {
+        assert!(out.contains(want), "{out}");
+    }
+    let changed = APP
+        .replace("nginx:1.27", "nginx:1.28")
+        .replace("mode: blue", "mode: green");
+    let out = k.ok_in(&["apply", "-f", "-"], Some(&changed)).await;
+    assert!(out.contains("deployment.apps/web configured"), "{out}");
+    assert!(out.contains("service/web unchanged"), "{out}");
+    let img = k
+        .ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ])
+        .await;
+    assert_eq!(img, "nginx:1.28");
+    let gen_ = k
+        .ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.metadata.generation}",
+        ])
+        .await;
+    assert_eq!(gen_, "2");
+
+    // Server-side apply of the same objects, then a change.
+    let out = k
+        .ok_in(
+            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+            Some(&changed),
+        )
+        .await;
+    assert!(out.contains("serverside-applied"), "{out}");
+    let ssa2 = changed.replace("replicas: 2", "replicas: 3");
+    k.ok_in(
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        Some(&ssa2),
+    )
+    .await;
+    let mf = k
+        .ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.metadata.managedFields[*].manager}",
+        ])
+        .await;
+    assert!(mf.contains("kubectl"), "{mf}");
+
+    // Output formats.
+    let wide = k.ok(&["get", "deploy", "-n", "shop", "-o", "wide"]).await;
+    let header = wide.lines().next().unwrap_or_default().to_owned();
+    for col in [
+        "NAME",
+        "READY",
+        "UP-TO-DATE",
+        "AVAILABLE",
+        "AGE",
+        "CONTAINERS",
+        "IMAGES",
+        "SELECTOR",
+    ] {
+        assert!(header.contains(col), "{wide}");
+    }
+    assert!(
+        wide.contains("nginx:1.28") && wide.contains("app=web"),
+        "{wide}"
+    );
+    let svc = k.ok(&["get", "svc", "-n", "shop", "-o", "wide"]).await;
+    assert!(
+        svc.contains("ClusterIP") && svc.contains("10.43.") && svc.contains("80/TCP"),
+        "{svc}"
+    );
+    let y = k
+        .ok(&["get", "svc", "web", "-n", "shop", "-o", "yaml"])
+        .await;
+    assert!(y.contains("clusterIP: 10.43."), "{y}");
+    let by_label = k.ok(&["get", "all", "-n", "shop", "-l", "app=web"]).await;
+    assert!(by_label.contains("deployment.apps/web"), "{by_label}");
+    let desc = k.ok(&["describe", "deployment", "web", "-n", "shop"]).await;
+    assert!(
+        desc.contains("Name:") && desc.contains("web") && desc.contains("Replicas:"),
+        "{desc}"
+    );
+
+    // label, annotate, scale.
+    k.ok(&["label", "deploy", "web", "-n", "shop", "tier=frontend"])
+        .await;
+    k.ok(&["annotate", "deploy", "web", "-n", "shop", "owner=team-a"])
+        .await;
+    let l = k
+        .ok(&[
+            "get",
+            "deploy",
+            "-n",
+            "shop",
+            "-l",
+            "tier=frontend",
+            "-o",
+            "name",
+        ])
+        .await;
+    assert_eq!(l.trim(), "deployment.apps/web");
+    let a = k
+        .ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.metadata.annotations.owner}",
+        ])
+        .await;
+    assert_eq!(a, "team-a");
+    k.ok(&["scale", "deploy", "web", "-n", "shop", "--replicas=5"])
+        .await;
+    let r = k
+        .ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ])
+        .await;
+    assert_eq!(r, "5");
+
+    // The three patch types.
+    k.ok(&[
+        "patch",
+        "cm",
+        "web-config",
+        "-n",
+        "shop",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"m":"1"}}"#,
+    ])
+    .await;
+    k.ok(&[
+        "patch",
+        "cm",
+        "web-config",
+        "-n",
+        "shop",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/data/j","value":"2"}]"#,
+    ])
+    .await;
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "-n",
+        "shop",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"nginx","image":"nginx:1.29"}]}}}}"#,
+    ])
+    .await;
+    let d = k
+        .ok(&[
+            "get",
+            "cm",
+            "web-config",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.data.m}{.data.j}",
+        ])
+        .await;
+    assert_eq!(d, "12");
+    let img = k
+        .ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ])
+        .await;
+    assert_eq!(img, "nginx:1.29");
+
+    // edit through an editor script.
+    let editor = dir.path().join("editor.sh");
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\nsed -i 's/mode: green/mode: edited/' \"$1\"\n",
+    )
+    .expect("editor");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&editor, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let ed = editor.to_string_lossy().into_owned();
+    let o = k
+        .run_with(
+            &["edit", "cm", "web-config", "-n", "shop"],
+            None,
+            &[("KUBE_EDITOR", &ed)],
+        )
+        .await;
+    assert!(o.ok, "edit: {} {}", o.stdout, o.stderr);
+    let m = k
+        .ok(&[
+            "get",
+            "cm",
+            "web-config",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.data.mode}",
+        ])
+        .await;
+    assert_eq!(m, "edited");
+
+    // Discovery-driven commands.
+    let ar = k.ok(&["api-resources"]).await;
+    for want in [
+        "deployments",
+        "deploy",
+        "apps/v1",
+        "endpointslices",
+        "leases",
+        "networkpolicies",
+        "clusterrolebindings",
+    ] {
+        assert!(ar.contains(want), "{want}: {ar}");
+    }
+    let av = k.ok(&["api-versions"]).await;
+    for want in ["v1", "apps/v1", "batch/v1", "rbac.authorization.k8s.io/v1"] {
+        assert!(av.lines().any(|l| l == want), "{want}: {av}");
+    }
+    let raw = k.ok(&["get", "--raw", "/openapi/v3"]).await;
+    assert!(raw.contains("apis/apps/v1"), "{raw}");
+
+    // Deletes with each cascade mode.
+    for (name, mode) in [("a", "background"), ("b", "foreground"), ("c", "orphan")] {
+        k.ok(&["create", "configmap", name, "-n", "shop"]).await;
+        let out = k
+            .ok(&[
+                "delete",
+                "cm",
+                name,
+                "-n",
+                "shop",
+                &format!("--cascade={mode}"),
+            ])
+            .await;
+        assert!(out.contains("deleted"), "{mode}: {out}");
+    }
+    k.ok(&[
+        "delete",
+        "deploy",
+        "web",
+        "-n",
+        "shop",
+        "--cascade=foreground",
+    ])
+    .await;
+    let o = k
+        .run_with(&["get", "deploy", "web", "-n", "shop"], None, &[])
+        .await;
+    assert!(!o.ok && o.stderr.contains("not found"), "{}", o.stderr);
+}
+
+#[tokio::test]
+async fn kubectl_get_watch_streams_changes() {
+    let (_dir, _s, k) = setup().await;
+    let mut cmd = tokio::process::Command::new(&k.bin);
+    cmd.args(["get", "cm", "-n", "default", "-w"])
+        .env("KUBECONFIG", &k.kubeconfig)
+        .env("HOME", &k.home)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("kubectl -w");
+    let stdout = child.stdout.take().expect("stdout");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut r = tokio::io::BufReader::new(stdout).lines();
+        while let Ok(Some(l)) = r.next_line().await {
+            sink.lock().expect("lock").push(l);
+        }
+    });
+    // kubectl -w prints nothing until something exists; create after it started.
+    eventually(Duration::from_secs(20), "watched configmap", || {
+        let k = &k;
+        let lines = lines.clone();
+        async move {
+            let _ = k
+                .run_with(
+                    &["create", "configmap", "watched", "-n", "default"],
+                    None,
+                    &[],
+                )
+                .await;
+            let seen = lines
+                .lock()
+                .expect("lock")
+                .iter()
+                .any(|l| l.starts_with("watched"));
+            seen.then_some(())
+        }
+    })
+    .await;
+    let _ = child.kill().await;
+}
