@@ -17,6 +17,32 @@ pub fn typed<T: DeserializeOwned + Serialize>(v: Value) -> Result<Value, String>
     serde_json::to_value(t).map_err(|e| e.to_string())
 }
 
+/// What the server does with a kind's typed k8s-openapi struct, as plain
+/// function pointers so the registry stays a static table.
+#[derive(Debug, Clone, Copy)]
+pub struct TypeOps {
+    /// Decode and re-encode through the type: refuses wrong field types and
+    /// drops unknown fields, as upstream's decoder does.
+    pub normalize: fn(Value) -> Result<Value, String>,
+    /// Add the type's OpenAPI schema (and everything it references) to the
+    /// generator and return a reference to it.
+    pub json_schema: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
+}
+
+impl TypeOps {
+    /// The operations for `T`.
+    pub const fn of<T: DeserializeOwned + Serialize + schemars::JsonSchema>() -> Self {
+        Self {
+            normalize: typed::<T>,
+            json_schema: schema_ref::<T>,
+        }
+    }
+}
+
+fn schema_ref<T: schemars::JsonSchema>(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    g.subschema_for::<T>()
+}
+
 /// The verbs of a fully writable resource, in upstream's discovery order.
 pub const ALL_VERBS: &[&str] = &[
     "create",
@@ -173,9 +199,8 @@ pub struct ResourceDef {
     pub field_selectors: &'static [&'static str],
     /// Name validation rule.
     pub name_rule: NameRule,
-    /// Checks an object against the kind's schema and normalises it (drops
-    /// unknown fields, as upstream's decoder does).
-    pub schema: fn(Value) -> Result<Value, String>,
+    /// The kind's k8s-openapi type: schema check, normalisation and OpenAPI.
+    pub types: TypeOps,
 }
 
 impl ResourceDef {
@@ -241,7 +266,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "Namespace",
-        schema: typed::<k8s::core::v1::Namespace>,
+        types: TypeOps::of::<k8s::core::v1::Namespace>(),
         list_kind: "NamespaceList",
         plural: "namespaces",
         singular: "namespace",
@@ -264,7 +289,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "Node",
-        schema: typed::<k8s::core::v1::Node>,
+        types: TypeOps::of::<k8s::core::v1::Node>(),
         list_kind: "NodeList",
         plural: "nodes",
         singular: "node",
@@ -322,7 +347,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "Pod",
-        schema: typed::<k8s::core::v1::Pod>,
+        types: TypeOps::of::<k8s::core::v1::Pod>(),
         list_kind: "PodList",
         plural: "pods",
         singular: "pod",
@@ -374,7 +399,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "Service",
-        schema: typed::<k8s::core::v1::Service>,
+        types: TypeOps::of::<k8s::core::v1::Service>(),
         list_kind: "ServiceList",
         plural: "services",
         singular: "service",
@@ -418,7 +443,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "Endpoints",
-        schema: typed::<k8s::core::v1::Endpoints>,
+        types: TypeOps::of::<k8s::core::v1::Endpoints>(),
         list_kind: "EndpointsList",
         plural: "endpoints",
         singular: "endpoints",
@@ -439,7 +464,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "ConfigMap",
-        schema: typed::<k8s::core::v1::ConfigMap>,
+        types: TypeOps::of::<k8s::core::v1::ConfigMap>(),
         list_kind: "ConfigMapList",
         plural: "configmaps",
         singular: "configmap",
@@ -460,7 +485,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "Secret",
-        schema: typed::<k8s::core::v1::Secret>,
+        types: TypeOps::of::<k8s::core::v1::Secret>(),
         list_kind: "SecretList",
         plural: "secrets",
         singular: "secret",
@@ -482,7 +507,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "ServiceAccount",
-        schema: typed::<k8s::core::v1::ServiceAccount>,
+        types: TypeOps::of::<k8s::core::v1::ServiceAccount>(),
         list_kind: "ServiceAccountList",
         plural: "serviceaccounts",
         singular: "serviceaccount",
@@ -499,7 +524,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "Event",
-        schema: typed::<k8s::core::v1::Event>,
+        types: TypeOps::of::<k8s::core::v1::Event>(),
         list_kind: "EventList",
         plural: "events",
         singular: "event",
@@ -540,7 +565,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "apps",
         version: "v1",
         kind: "Deployment",
-        schema: typed::<k8s::apps::v1::Deployment>,
+        types: TypeOps::of::<k8s::apps::v1::Deployment>(),
         list_kind: "DeploymentList",
         plural: "deployments",
         singular: "deployment",
@@ -591,7 +616,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "apps",
         version: "v1",
         kind: "ReplicaSet",
-        schema: typed::<k8s::apps::v1::ReplicaSet>,
+        types: TypeOps::of::<k8s::apps::v1::ReplicaSet>(),
         list_kind: "ReplicaSetList",
         plural: "replicasets",
         singular: "replicaset",
@@ -627,7 +652,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "apps",
         version: "v1",
         kind: "StatefulSet",
-        schema: typed::<k8s::apps::v1::StatefulSet>,
+        types: TypeOps::of::<k8s::apps::v1::StatefulSet>(),
         list_kind: "StatefulSetList",
         plural: "statefulsets",
         singular: "statefulset",
@@ -660,7 +685,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "apps",
         version: "v1",
         kind: "DaemonSet",
-        schema: typed::<k8s::apps::v1::DaemonSet>,
+        types: TypeOps::of::<k8s::apps::v1::DaemonSet>(),
         list_kind: "DaemonSetList",
         plural: "daemonsets",
         singular: "daemonset",
@@ -725,7 +750,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "batch",
         version: "v1",
         kind: "Job",
-        schema: typed::<k8s::batch::v1::Job>,
+        types: TypeOps::of::<k8s::batch::v1::Job>(),
         list_kind: "JobList",
         plural: "jobs",
         singular: "job",
@@ -767,7 +792,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "discovery.k8s.io",
         version: "v1",
         kind: "EndpointSlice",
-        schema: typed::<k8s::discovery::v1::EndpointSlice>,
+        types: TypeOps::of::<k8s::discovery::v1::EndpointSlice>(),
         list_kind: "EndpointSliceList",
         plural: "endpointslices",
         singular: "endpointslice",
@@ -796,7 +821,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "networking.k8s.io",
         version: "v1",
         kind: "NetworkPolicy",
-        schema: typed::<k8s::networking::v1::NetworkPolicy>,
+        types: TypeOps::of::<k8s::networking::v1::NetworkPolicy>(),
         list_kind: "NetworkPolicyList",
         plural: "networkpolicies",
         singular: "networkpolicy",
@@ -823,7 +848,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "coordination.k8s.io",
         version: "v1",
         kind: "Lease",
-        schema: typed::<k8s::coordination::v1::Lease>,
+        types: TypeOps::of::<k8s::coordination::v1::Lease>(),
         list_kind: "LeaseList",
         plural: "leases",
         singular: "lease",
@@ -845,7 +870,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "certificates.k8s.io",
         version: "v1",
         kind: "CertificateSigningRequest",
-        schema: typed::<k8s::certificates::v1::CertificateSigningRequest>,
+        types: TypeOps::of::<k8s::certificates::v1::CertificateSigningRequest>(),
         list_kind: "CertificateSigningRequestList",
         plural: "certificatesigningrequests",
         singular: "certificatesigningrequest",
@@ -874,7 +899,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "rbac.authorization.k8s.io",
         version: "v1",
         kind: "Role",
-        schema: typed::<k8s::rbac::v1::Role>,
+        types: TypeOps::of::<k8s::rbac::v1::Role>(),
         list_kind: "RoleList",
         plural: "roles",
         singular: "role",
@@ -891,7 +916,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "rbac.authorization.k8s.io",
         version: "v1",
         kind: "RoleBinding",
-        schema: typed::<k8s::rbac::v1::RoleBinding>,
+        types: TypeOps::of::<k8s::rbac::v1::RoleBinding>(),
         list_kind: "RoleBindingList",
         plural: "rolebindings",
         singular: "rolebinding",
@@ -912,7 +937,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "rbac.authorization.k8s.io",
         version: "v1",
         kind: "ClusterRole",
-        schema: typed::<k8s::rbac::v1::ClusterRole>,
+        types: TypeOps::of::<k8s::rbac::v1::ClusterRole>(),
         list_kind: "ClusterRoleList",
         plural: "clusterroles",
         singular: "clusterrole",
@@ -929,7 +954,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "rbac.authorization.k8s.io",
         version: "v1",
         kind: "ClusterRoleBinding",
-        schema: typed::<k8s::rbac::v1::ClusterRoleBinding>,
+        types: TypeOps::of::<k8s::rbac::v1::ClusterRoleBinding>(),
         list_kind: "ClusterRoleBindingList",
         plural: "clusterrolebindings",
         singular: "clusterrolebinding",

@@ -565,9 +565,13 @@ fn check_type(t: &Target, obj: &mut Value) -> Result<(), ApiError> {
 /// asked for `fieldValidation=Strict`.
 fn normalize(t: &Target, ctx: Option<&Ctx>, obj: Value) -> Result<Value, ApiError> {
     let before = obj.clone();
-    let out = (t.def.schema)(obj).map_err(|e| {
-        ApiError::BadRequest(format!("error decoding the {} object: {e}", t.def.kind))
-    })?;
+    let kind = t.def.kind;
+    let prefix = format!(
+        "{kind} in version {:?} cannot be handled as a {kind}",
+        t.def.version
+    );
+    let out =
+        (t.def.types.normalize)(obj).map_err(|e| ApiError::BadRequest(format!("{prefix}: {e}")))?;
     if let Some(ctx) = ctx
         && ctx.q("fieldValidation") == Some("Strict")
     {
@@ -579,7 +583,7 @@ fn normalize(t: &Target, ctx: Option<&Ctx>, obj: Value) -> Result<Value, ApiErro
                 .map(|f| format!("unknown field {f:?}"))
                 .collect();
             return Err(ApiError::BadRequest(format!(
-                "strict decoding error: {}",
+                "{prefix}: strict decoding error: {}",
                 msgs.join(", ")
             )));
         }

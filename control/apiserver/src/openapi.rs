@@ -1,8 +1,8 @@
-//! OpenAPI documents generated from the registry. For now they describe the
-//! paths and operations (with their `x-kubernetes-group-version-kind` and
-//! query parameters), which is what kubectl reads to decide that the server
-//! validates fields itself (`fieldValidation`); schemas for `kubectl explain`
-//! are yet to come.
+//! OpenAPI documents generated from the registry: paths and operations with
+//! their `x-kubernetes-group-version-kind` and query parameters (kubectl
+//! reads the PATCH `fieldValidation` parameter to decide the server validates
+//! fields itself), and the schemas of every kind and the types they use,
+//! from k8s-openapi's JSON schemas, for `kubectl explain`.
 
 use axum::body::Body;
 use hyper::{Response, StatusCode};
@@ -69,6 +69,36 @@ fn operations(d: &ResourceDef) -> Map<String, Value> {
     paths
 }
 
+/// Schemas of `defs` and everything they reference, keyed by upstream's
+/// definition names, each kind tagged with its group/version/kind.
+fn schemas<'a>(
+    settings: schemars::generate::SchemaSettings,
+    defs: impl IntoIterator<Item = &'a ResourceDef>,
+) -> Map<String, Value> {
+    let mut generator = settings.into_generator();
+    let mut kinds = Vec::new();
+    for d in defs {
+        let r = (d.types.json_schema)(&mut generator);
+        let name = r
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|s| s.rsplit('/').next())
+            .unwrap_or("")
+            .to_owned();
+        kinds.push((name, d));
+    }
+    let mut defs = generator.take_definitions(true);
+    for (name, d) in kinds {
+        if let Some(Value::Object(s)) = defs.get_mut(&name) {
+            s.insert(
+                "x-kubernetes-group-version-kind".into(),
+                json!([{"group": d.group, "version": d.version, "kind": d.kind}]),
+            );
+        }
+    }
+    defs
+}
+
 /// `/openapi/v3`: the index of per-group-version documents.
 pub fn v3_root(_ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let mut paths = Map::new();
@@ -106,7 +136,10 @@ pub fn v3_group(_ctx: &Ctx, gv: &str) -> Result<Response<Body>, ApiError> {
             "openapi": "3.0.0",
             "info": {"title": "Kubernetes", "version": crate::server::version_info()["gitVersion"]},
             "paths": paths,
-            "components": {"schemas": {}},
+            "components": {"schemas": schemas(
+                schemars::generate::SchemaSettings::openapi3(),
+                registry::resources_in(&g, &v),
+            )},
         }),
     ))
 }
@@ -123,7 +156,14 @@ pub fn v2(_ctx: &Ctx) -> Result<Response<Body>, ApiError> {
             "swagger": "2.0",
             "info": {"title": "Kubernetes", "version": crate::server::version_info()["gitVersion"]},
             "paths": paths,
-            "definitions": {},
+            "definitions": schemas(
+                {
+                    let mut s = schemars::generate::SchemaSettings::draft07();
+                    s.meta_schema = None;
+                    s
+                },
+                registry::RESOURCES,
+            ),
         }),
     ))
 }

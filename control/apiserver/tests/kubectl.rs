@@ -593,3 +593,26 @@ async fn kubectl_get_watch_streams_changes() {
     .await;
     let _ = child.kill().await;
 }
+
+#[tokio::test]
+async fn kubectl_explain_uses_openapi_v3() {
+    let (_dir, _s, k) = setup().await;
+    let out = k.ok(&["explain", "deployment.spec.strategy"]).await;
+    assert!(out.contains("GROUP:") && out.contains("apps"), "{out}");
+    assert!(out.contains("FIELD: strategy"), "{out}");
+    assert!(out.contains("rollingUpdate"), "{out}");
+    let out = k.ok(&["explain", "pods.spec.containers.image"]).await;
+    assert!(out.contains("Container image name"), "{out}");
+    // kubectl asks the server to validate (fieldValidation=Strict), as the
+    // OpenAPI says it can: unknown fields are refused and nothing is stored.
+    let bad = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: strict\n  namespace: default\nfoo: bar\n";
+    let o = k.run_with(&["apply", "-f", "-"], Some(bad), &[]).await;
+    assert!(!o.ok, "{}", o.stdout);
+    assert!(
+        o.stderr.contains(r#"ConfigMap in version "v1" cannot be handled as a ConfigMap: strict decoding error: unknown field "foo""#),
+        "{}",
+        o.stderr
+    );
+    let o = k.run_with(&["get", "cm", "strict"], None, &[]).await;
+    assert!(!o.ok);
+}
