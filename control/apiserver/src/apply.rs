@@ -1,0 +1,445 @@
+//! Server-side apply: `application/apply-patch+yaml` with a `fieldManager`.
+//! Field ownership is recorded in `metadata.managedFields` (FieldsV1), a
+//! manager applying a field another manager owns with a different value gets
+//! 409 naming that manager unless `force=true`, and fields a manager stops
+//! applying are removed when no one else owns them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use axum::body::Body;
+use hyper::{Response, StatusCode};
+use kestrel_api::registry::Subresource;
+use kestrel_api::{ApiError, FieldError, ObjectRef, meta};
+use serde_json::{Map, Value, json};
+
+use crate::handlers::{Target, create_object, update_with};
+use crate::patch;
+use crate::server::{Ctx, json_response};
+
+type Path = Vec<String>;
+
+fn list_key(field: &str, elem: &Value) -> Option<&'static str> {
+    let has = |k: &str| elem.get(k).is_some();
+    Some(match field {
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets" => "name",
+        "volumeMounts" => "mountPath",
+        "ports" if has("containerPort") => "containerPort",
+        "ports" if has("port") => "port",
+        "conditions" => "type",
+        _ => return None,
+    })
+}
+
+/// The leaf field paths set in `v` (FieldsV1 semantics).
+fn collect(v: &Value, prefix: &Path, out: &mut BTreeSet<Path>) {
+    let Value::Object(m) = v else {
+        out.insert(prefix.clone());
+        return;
+    };
+    for (k, child) in m {
+        let mut p = prefix.clone();
+        p.push(format!("f:{k}"));
+        match child {
+            Value::Object(cm) if !cm.is_empty() => collect(child, &p, out),
+            Value::Array(items) if items.first().and_then(|e| list_key(k, e)).is_some() => {
+                for e in items {
+                    let Some(key) = list_key(k, e) else { continue };
+                    let Some(kv) = e.get(key) else { continue };
+                    let mut ep = p.clone();
+                    ep.push(format!("k:{}", json!({key: kv})));
+                    let mut dot = ep.clone();
+                    dot.push(".".into());
+                    out.insert(dot);
+                    collect(e, &ep, out);
+                }
+            }
+            _ => {
+                out.insert(p);
+            }
+        }
+    }
+}
+
+/// Fields a manager can own: everything but identity and type.
+fn owned_fields(obj: &Value, sub: Option<Subresource>) -> BTreeSet<Path> {
+    let mut o = obj.clone();
+    if let Some(m) = o.as_object_mut() {
+        m.remove("apiVersion");
+        m.remove("kind");
+        if sub != Some(Subresource::Status) {
+            m.remove("status");
+        }
+        if let Some(md) = m.get_mut("metadata").and_then(Value::as_object_mut) {
+            for k in [
+                "name",
+                "namespace",
+                "resourceVersion",
+                "uid",
+                "creationTimestamp",
+                "generation",
+                "managedFields",
+            ] {
+                md.remove(k);
+            }
+            if md.is_empty() {
+                m.remove("metadata");
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    collect(&o, &Vec::new(), &mut out);
+    out
+}
+
+fn to_fields_v1(paths: &BTreeSet<Path>) -> Value {
+    let mut root = Map::new();
+    for p in paths {
+        let mut cur = &mut root;
+        for seg in p {
+            let next = cur.entry(seg.clone()).or_insert_with(|| json!({}));
+            if !next.is_object() {
+                *next = json!({});
+            }
+            cur = match next {
+                Value::Object(m) => m,
+                _ => unreachable!("made an object just above"),
+            };
+        }
+    }
+    Value::Object(root)
+}
+
+fn from_fields_v1(v: &Value, prefix: &Path, out: &mut BTreeSet<Path>) {
+    let Some(m) = v.as_object() else { return };
+    for (k, child) in m {
+        let mut p = prefix.clone();
+        p.push(k.clone());
+        if child.as_object().is_none_or(Map::is_empty) {
+            out.insert(p);
+        } else {
+            from_fields_v1(child, &p, out);
+        }
+    }
+}
+
+fn lookup<'a>(doc: &'a Value, path: &[String]) -> Option<&'a Value> {
+    let mut cur = doc;
+    for seg in path {
+        if seg == "." {
+            return Some(cur);
+        }
+        cur = if let Some(f) = seg.strip_prefix("f:") {
+            cur.get(f)?
+        } else if let Some(k) = seg.strip_prefix("k:") {
+            let want: Map<String, Value> = serde_json::from_str(k).ok()?;
+            cur.as_array()?
+                .iter()
+                .find(|e| want.iter().all(|(wk, wv)| e.get(wk) == Some(wv)))?
+        } else {
+            return None;
+        };
+    }
+    Some(cur)
+}
+
+fn remove_path(doc: &mut Value, path: &[String]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    if last == "." {
+        // The element itself: remove it from its list.
+        if let Some((elem, lparents)) = parents.split_last()
+            && let Some(k) = elem.strip_prefix("k:")
+            && let Ok(want) = serde_json::from_str::<Map<String, Value>>(k)
+            && let Some(Value::Array(items)) = lookup_mut(doc, lparents)
+        {
+            items.retain(|e| !want.iter().all(|(wk, wv)| e.get(wk) == Some(wv)));
+        }
+        return;
+    }
+    if let (Some(f), Some(Value::Object(m))) = (last.strip_prefix("f:"), lookup_mut(doc, parents)) {
+        m.remove(f);
+    }
+}
+
+fn lookup_mut<'a>(doc: &'a mut Value, path: &[String]) -> Option<&'a mut Value> {
+    let mut cur = doc;
+    for seg in path {
+        cur = if let Some(f) = seg.strip_prefix("f:") {
+            cur.get_mut(f)?
+        } else if let Some(k) = seg.strip_prefix("k:") {
+            let want: Map<String, Value> = serde_json::from_str(k).ok()?;
+            cur.as_array_mut()?
+                .iter_mut()
+                .find(|e| want.iter().all(|(wk, wv)| e.get(wk) == Some(wv)))?
+        } else {
+            return None;
+        };
+    }
+    Some(cur)
+}
+
+fn render(path: &[String]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        if let Some(f) = seg.strip_prefix("f:") {
+            s.push('.');
+            s.push_str(f);
+        } else if let Some(k) = seg.strip_prefix("k:")
+            && let Ok(m) = serde_json::from_str::<Map<String, Value>>(k)
+        {
+            let parts: Vec<String> = m.iter().map(|(a, b)| format!("{a}={b}")).collect();
+            s.push_str(&format!("[{}]", parts.join(",")));
+        }
+    }
+    s
+}
+
+struct ManagerEntry {
+    raw: Value,
+    manager: String,
+    fields: BTreeSet<Path>,
+}
+
+fn entries(cur: &Value) -> Vec<ManagerEntry> {
+    cur.pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let mut fields = BTreeSet::new();
+            if let Some(f) = e.get("fieldsV1") {
+                from_fields_v1(f, &Vec::new(), &mut fields);
+            }
+            ManagerEntry {
+                raw: e.clone(),
+                manager: e
+                    .get("manager")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+                fields,
+            }
+        })
+        .collect()
+}
+
+fn entry_json(
+    manager: &str,
+    op: &str,
+    api_version: &str,
+    sub: Option<Subresource>,
+    fields: &BTreeSet<Path>,
+) -> Value {
+    let mut e = json!({
+        "manager": manager,
+        "operation": op,
+        "apiVersion": api_version,
+        "time": meta::now_rfc3339(),
+        "fieldsType": "FieldsV1",
+        "fieldsV1": to_fields_v1(fields),
+    });
+    if sub == Some(Subresource::Status) {
+        e["subresource"] = json!("status");
+    }
+    e
+}
+
+/// Handle an apply patch.
+pub async fn apply(
+    state: &Arc<crate::server::AppState>,
+    ctx: &Ctx,
+    t: &Target,
+    sub: Option<Subresource>,
+    applied: Value,
+    dry: bool,
+) -> Result<Response<Body>, ApiError> {
+    let manager = ctx
+        .q("fieldManager")
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| ApiError::BadRequest("PATCH apply requests need a fieldManager".to_owned()))?
+        .to_owned();
+    let force = ctx.q_bool("force");
+    if !applied.is_object() {
+        return Err(ApiError::BadRequest(
+            "an apply patch must be an object".to_owned(),
+        ));
+    }
+    for f in ["apiVersion", "kind"] {
+        if applied
+            .get(f)
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            return Err(ApiError::BadRequest(format!(
+                "invalid object type: {f} not set in the apply patch"
+            )));
+        }
+    }
+    let api_version = t.def.api_version();
+    let mine = owned_fields(&applied, sub);
+
+    if state.cache.get(&t.key()).is_none() && sub.is_none() {
+        let mut obj = applied.clone();
+        obj["metadata"]["managedFields"] =
+            json!([entry_json(&manager, "Apply", &api_version, sub, &mine)]);
+        if obj.pointer("/metadata/name").is_none() {
+            obj["metadata"]["name"] = json!(t.name);
+        }
+        let created = create_object(state, Some(ctx), t, obj, dry).await?;
+        return Ok(json_response(StatusCode::CREATED, &created));
+    }
+
+    let out = update_with(state, Some(ctx), t, sub, dry, |cur| {
+        let mut others = entries(cur);
+        let mine_before: BTreeSet<Path> = others
+            .iter()
+            .filter(|e| {
+                e.manager == manager
+                    && e.raw.get("operation").and_then(Value::as_str) == Some("Apply")
+            })
+            .flat_map(|e| e.fields.iter().cloned())
+            .collect();
+        others.retain(|e| {
+            !(e.manager == manager
+                && e.raw.get("operation").and_then(Value::as_str) == Some("Apply"))
+        });
+
+        // Conflicts: someone else owns a field we set to a different value.
+        let mut conflicts: BTreeMap<String, Vec<Path>> = BTreeMap::new();
+        for p in &mine {
+            if p.last().map(String::as_str) == Some(".") {
+                continue;
+            }
+            let differs = lookup(cur, p) != lookup(&applied, p);
+            if !differs {
+                continue;
+            }
+            for e in &others {
+                if e.fields.contains(p) {
+                    conflicts
+                        .entry(e.manager.clone())
+                        .or_default()
+                        .push(p.clone());
+                }
+            }
+        }
+        if !conflicts.is_empty() && !force {
+            let n: usize = conflicts.values().map(Vec::len).sum();
+            let mut causes = Vec::new();
+            let mut parts = Vec::new();
+            for (m, paths) in &conflicts {
+                for p in paths {
+                    causes.push(FieldError {
+                        reason: "FieldManagerConflict",
+                        field: render(p),
+                        detail: format!("conflict with {m:?} using {api_version}"),
+                    });
+                    parts.push(format!(
+                        "conflict with {m:?} using {api_version}: {}",
+                        render(p)
+                    ));
+                }
+            }
+            let msg = format!(
+                "Apply failed with {n} conflict{}: {}",
+                if n == 1 { "" } else { "s" },
+                parts.join("\n")
+            );
+            return Err(ApiError::ConflictMessage(
+                ObjectRef::new(t.def.group, t.def.plural, t.name.as_deref().unwrap_or("")),
+                msg,
+                causes,
+            ));
+        }
+        // Forcing takes the fields away from their previous owners.
+        for e in &mut others {
+            e.fields
+                .retain(|p| !mine.contains(p) || lookup(cur, p) == lookup(&applied, p));
+        }
+
+        let mut doc = cur.clone();
+        // Fields this manager applied before and no longer does, and that no
+        // one else owns, are removed.
+        for p in mine_before.difference(&mine) {
+            if !others.iter().any(|e| e.fields.contains(p)) {
+                remove_path(&mut doc, p);
+            }
+        }
+        let mut body = applied.clone();
+        if let Some(m) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("managedFields");
+            m.remove("resourceVersion");
+        }
+        patch::strategic_merge(&mut doc, &body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let mut mf: Vec<Value> = others
+            .into_iter()
+            .filter(|e| !e.fields.is_empty())
+            .map(|mut e| {
+                e.raw["fieldsV1"] = to_fields_v1(&e.fields);
+                e.raw
+            })
+            .collect();
+        mf.push(entry_json(&manager, "Apply", &api_version, sub, &mine));
+        doc["metadata"]["managedFields"] = Value::Array(mf);
+        let rv = applied
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .and_then(|r| r.parse().ok());
+        if rv.is_none()
+            && let Some(m) = doc.get_mut("metadata").and_then(Value::as_object_mut)
+        {
+            m.remove("resourceVersion");
+        }
+        Ok((doc, rv))
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_round_trip_and_render() {
+        let obj = json!({"metadata": {"name": "x", "labels": {"app": "web"}},
+            "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "c", "image": "nginx"}]}}}});
+        let f = owned_fields(&obj, None);
+        let v1 = to_fields_v1(&f);
+        assert_eq!(v1["f:metadata"]["f:labels"]["f:app"], json!({}));
+        assert!(v1["f:metadata"].get("f:name").is_none());
+        assert_eq!(
+            v1["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"]["f:image"],
+            json!({})
+        );
+        let mut back = BTreeSet::new();
+        from_fields_v1(&v1, &Vec::new(), &mut back);
+        assert_eq!(back, f);
+        let p: Path = vec![
+            "f:spec".into(),
+            "f:template".into(),
+            "f:spec".into(),
+            "f:containers".into(),
+            "k:{\"name\":\"c\"}".into(),
+            "f:image".into(),
+        ];
+        assert_eq!(
+            render(&p),
+            ".spec.template.spec.containers[name=\"c\"].image"
+        );
+        assert_eq!(lookup(&obj, &p), Some(&json!("nginx")));
+        let mut doc = obj.clone();
+        remove_path(&mut doc, &p);
+        assert!(
+            doc.pointer("/spec/template/spec/containers/0/image")
+                .is_none()
+        );
+    }
+}

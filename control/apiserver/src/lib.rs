@@ -1,0 +1,59 @@
+//! Kestrel's Kubernetes-compatible API server.
+//!
+//! [`ApiServer::bind`] loads (or creates) the cluster CA and credentials in
+//! the data dir, fills the watch cache from the store and binds the port;
+//! [`ApiServer::serve`] serves HTTPS until shutdown. Every resource in
+//! [`kestrel_api::registry::RESOURCES`] gets the full set of verbs.
+#![forbid(unsafe_code)]
+
+mod admission;
+mod alloc;
+mod apply;
+pub mod auth;
+mod body;
+mod bootstrap;
+mod cache;
+mod discovery;
+mod handlers;
+mod namespace;
+mod openapi;
+mod patch;
+pub mod pki;
+mod proto;
+mod server;
+mod table;
+mod watch;
+
+use std::net::SocketAddr;
+
+pub use handlers::JOIN_PATH;
+pub use server::{ApiServer, Config, MAX_BODY_BYTES};
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Credentials could not be created or loaded.
+    #[error("credentials")]
+    Pki(#[from] pki::PkiError),
+    /// The TLS configuration was refused.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    /// The listening socket could not be bound.
+    #[error("binding {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An option is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The watch cache could not be filled from the store.
+    #[error("filling the watch cache")]
+    Cache(#[from] cache::CacheError),
+    /// Creating the default namespaces or Services failed.
+    #[error("bootstrap: {0}")]
+    Bootstrap(String),
+}

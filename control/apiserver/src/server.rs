@@ -1,0 +1,539 @@
+//! Listening, TLS, authentication and top-level routing.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use kestrel_api::ApiError;
+use kestrel_store::Store;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::{self, PeerIdentity, Tokens, User};
+use crate::cache::Cache;
+use crate::pki::Pki;
+use crate::{Error, alloc, bootstrap, discovery, handlers, openapi};
+
+/// Largest request body accepted (upstream's limit is 3 MiB).
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// Options of `kestrel server`'s API server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the CA, credentials and kubeconfig live (`--data-dir`).
+    pub data_dir: PathBuf,
+    /// Address to listen on (`--bind-address`, default 0.0.0.0).
+    pub bind_address: IpAddr,
+    /// Port to listen on (`--secure-port`, default 6443; 0 picks a free one).
+    pub secure_port: u16,
+    /// Service ClusterIP range (`--service-cidr`, default 10.43.0.0/16).
+    pub service_cidr: String,
+    /// NodePort range, inclusive (default 30000-32767).
+    pub node_port_range: (u16, u16),
+    /// Node-facing addresses to put in the serving certificate and in the
+    /// `kubernetes` Endpoints (e.g. the fabric address).
+    pub advertise_addresses: Vec<IpAddr>,
+    /// Extra DNS names for the serving certificate.
+    pub extra_sans: Vec<String>,
+    /// How often watches that asked for bookmarks get one.
+    pub bookmark_interval: Duration,
+    /// How many recent changes the watch cache keeps for watches that
+    /// resume from a resourceVersion; older ones get 410 Gone.
+    pub watch_history: usize,
+}
+
+impl Config {
+    /// Defaults as `kestrel server` documents them, with `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            secure_port: 6443,
+            service_cidr: "10.43.0.0/16".to_owned(),
+            node_port_range: (30000, 32767),
+            advertise_addresses: Vec::new(),
+            extra_sans: Vec::new(),
+            bookmark_interval: Duration::from_secs(30),
+            watch_history: 20_000,
+        }
+    }
+}
+
+/// Shared state of a running server.
+pub struct AppState {
+    /// The store (only the API server touches it).
+    pub store: Arc<dyn Store>,
+    /// The watch cache.
+    pub cache: Arc<Cache>,
+    /// Options.
+    pub config: Config,
+    /// Credentials.
+    pub pki: Pki,
+    /// Static bearer tokens.
+    pub tokens: Tokens,
+    /// ClusterIP and NodePort allocation.
+    pub alloc: alloc::Allocators,
+    /// Where clients reach this server (for the `kubernetes` Service).
+    pub local_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("config", &self.config)
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A bound, ready-to-serve API server.
+pub struct ApiServer {
+    state: Arc<AppState>,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    kubeconfig: PathBuf,
+}
+
+impl std::fmt::Debug for ApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiServer")
+            .field("local_addr", &self.state.local_addr)
+            .field("kubeconfig", &self.kubeconfig)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiServer {
+    /// Load or create credentials under `config.data_dir`, fill the watch
+    /// cache from `store`, create the default namespaces and the `kubernetes`
+    /// Service, bind the port and write `DATA_DIR/admin.kubeconfig`.
+    pub async fn bind(store: Arc<dyn Store>, config: Config) -> Result<Self, Error> {
+        let alloc = alloc::Allocators::new(&config.service_cidr, config.node_port_range)?;
+        let mut ips: Vec<IpAddr> = vec![IpAddr::V4(Ipv4Addr::LOCALHOST), alloc.first_service_ip()];
+        ips.extend(config.advertise_addresses.iter().copied());
+        if !config.bind_address.is_unspecified() {
+            ips.push(config.bind_address);
+        }
+        let mut dns: Vec<String> = [
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        dns.extend(config.extra_sans.iter().cloned());
+        let pki = Pki::load_or_create(&config.data_dir, &ips, &dns)?;
+        let tokens = Tokens::new(pki.tokens.clone());
+        let acceptor = tls_acceptor(&pki)?;
+
+        let listener = TcpListener::bind((config.bind_address, config.secure_port))
+            .await
+            .map_err(|source| Error::Bind {
+                addr: SocketAddr::new(config.bind_address, config.secure_port),
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: SocketAddr::new(config.bind_address, config.secure_port),
+            source,
+        })?;
+        let host = if config.bind_address.is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            config.bind_address
+        };
+        let server_url = format!("https://{}", SocketAddr::new(host, local_addr.port()));
+        let kubeconfig = pki.write_admin_kubeconfig(&server_url)?;
+
+        let cache = Cache::start(store.clone(), config.watch_history).await?;
+        let state = Arc::new(AppState {
+            store,
+            cache,
+            config,
+            pki,
+            tokens,
+            alloc,
+            local_addr: SocketAddr::new(host, local_addr.port()),
+        });
+        bootstrap::run(&state).await?;
+        tracing::info!(addr = %local_addr, kubeconfig = %kubeconfig.display(), "API server ready");
+        Ok(Self {
+            state,
+            listener,
+            acceptor,
+            kubeconfig,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.state.local_addr
+    }
+
+    /// `DATA_DIR/admin.kubeconfig`.
+    pub fn admin_kubeconfig(&self) -> &std::path::Path {
+        &self.kubeconfig
+    }
+
+    /// The join token agents present (also in `DATA_DIR/node-token`).
+    pub fn node_token(&self) -> &str {
+        &self.state.pki.node_token
+    }
+
+    /// The cluster CA certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.state.pki.ca_pem
+    }
+
+    /// Serve until `shutdown` completes. In-flight requests are dropped.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+        let Self {
+            state,
+            listener,
+            acceptor,
+            ..
+        } = self;
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and the like: keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let state = state.clone();
+            tokio::spawn(async move {
+                let tls = match acceptor.accept(tcp).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                };
+                let identity = PeerIdentity(
+                    tls.get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| auth::user_from_cert(c.as_ref()))
+                        .map(Arc::new),
+                );
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let state = state.clone();
+                    let identity = identity.clone();
+                    async move { Ok::<_, std::convert::Infallible>(handle(state, identity, req).await) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                if let Err(e) = builder
+                    .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                    .await
+                {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+    }
+}
+
+fn tls_acceptor(pki: &Pki) -> Result<TlsAcceptor, Error> {
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(pki.serving_cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| Error::Tls(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(pki.serving_key_pem.as_bytes())
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+        roots
+            .add(c.map_err(|e| Error::Tls(e.to_string()))?)
+            .map_err(|e| Error::Tls(e.to_string()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // Client certs are optional: anonymous TLS is allowed to reach the
+    // public health and version endpoints, and bearer tokens need no cert.
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| Error::Tls(e.to_string()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// A decoded request, as handlers see it.
+#[derive(Debug)]
+pub struct Ctx {
+    /// HTTP method.
+    pub method: Method,
+    /// Path, percent-decoded per segment by the router.
+    pub path: String,
+    /// Query parameters (last value wins).
+    pub query: HashMap<String, String>,
+    /// Headers.
+    pub headers: hyper::HeaderMap,
+    /// The authenticated user.
+    pub user: Arc<User>,
+    /// Body, already size-checked.
+    pub body: Bytes,
+}
+
+impl Ctx {
+    /// A query parameter.
+    pub fn q(&self, k: &str) -> Option<&str> {
+        self.query.get(k).map(String::as_str)
+    }
+
+    /// A boolean query parameter (`true`/`1`).
+    pub fn q_bool(&self, k: &str) -> bool {
+        matches!(self.q(k), Some("true" | "1"))
+    }
+
+    /// A header as text.
+    pub fn header(&self, k: header::HeaderName) -> Option<&str> {
+        self.headers.get(k).and_then(|v| v.to_str().ok())
+    }
+}
+
+async fn handle(
+    state: Arc<AppState>,
+    identity: PeerIdentity,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let started = std::time::Instant::now();
+    let resp = match handle_inner(state, identity, req).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    };
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
+    resp
+}
+
+async fn handle_inner(
+    state: Arc<AppState>,
+    identity: PeerIdentity,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    let query: HashMap<String, String> = parts
+        .uri
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+
+    // Authenticate. Anonymous requests only reach the public endpoints.
+    let token = auth::bearer(
+        parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let user: Option<Arc<User>> = match (identity.0, token) {
+        (Some(u), _) => Some(u),
+        (None, Some(t)) => {
+            if t == state.pki.node_token && path == handlers::JOIN_PATH {
+                Some(Arc::new(User {
+                    name: "kestrel:node-bootstrap".into(),
+                    groups: vec!["system:bootstrappers".into()],
+                }))
+            } else {
+                match state.tokens.lookup(t) {
+                    Some(u) => Some(u),
+                    // A token that is present but wrong is always 401, even on public paths.
+                    None => return Err(ApiError::Unauthorized),
+                }
+            }
+        }
+        (None, None) => None,
+    };
+    let public = auth::is_public_path(&path);
+    let user = match user {
+        Some(u) => u,
+        None if public => Arc::new(User {
+            name: "system:anonymous".into(),
+            groups: vec!["system:unauthenticated".into()],
+        }),
+        None => return Err(ApiError::Unauthorized),
+    };
+
+    // Body: refuse oversize early, then read with a hard cap.
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        && len > MAX_BODY_BYTES
+    {
+        return Err(ApiError::RequestEntityTooLarge);
+    }
+    let body = match http_body_util::Limited::new(body, MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                return Err(ApiError::RequestEntityTooLarge);
+            }
+            return Err(ApiError::BadRequest(format!(
+                "reading the request body: {e}"
+            )));
+        }
+    };
+    let ctx = Ctx {
+        method: parts.method,
+        path,
+        query,
+        headers: parts.headers,
+        user,
+        body,
+    };
+    route(&state, ctx).await
+}
+
+async fn route(state: &Arc<AppState>, ctx: Ctx) -> Result<Response<Body>, ApiError> {
+    let path = ctx.path.trim_end_matches('/').to_owned();
+    match path.as_str() {
+        "/healthz" | "/livez" | "/readyz" | "/healthz/ping" | "/livez/ping" | "/readyz/ping" => {
+            return Ok(text(StatusCode::OK, "ok"));
+        }
+        "/version" => return Ok(json_response(StatusCode::OK, &version_info())),
+        "/api" | "/apis" => return discovery::root(&ctx, &path),
+        "/openapi/v2" => return openapi::v2(&ctx),
+        "/openapi/v3" => return openapi::v3_root(&ctx),
+        _ => {}
+    }
+    if path == handlers::JOIN_PATH {
+        return handlers::join(state, &ctx).await;
+    }
+    if let Some(gv) = path.strip_prefix("/openapi/v3/") {
+        return openapi::v3_group(&ctx, gv);
+    }
+    let segs: Vec<String> = path
+        .split('/')
+        .skip(1)
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    match segs.as_slice() {
+        ["api", "v1"] => discovery::resource_list("", "v1"),
+        ["api", v] => Err(ApiError::NotFound(kestrel_api::ObjectRef::new("", "", v)).route()),
+        ["apis", g] => discovery::group(g),
+        ["apis", g, v] => discovery::resource_list(g, v),
+        ["api", "v1", rest @ ..] => handlers::resource(state, ctx, "", "v1", rest).await,
+        ["apis", g, v, rest @ ..] => handlers::resource(state, ctx, g, v, rest).await,
+        _ => Err(ApiError::RouteNotFound),
+    }
+}
+
+trait RouteErr {
+    fn route(self) -> ApiError;
+}
+
+impl RouteErr for ApiError {
+    /// Unknown API paths answer upstream's generic 404.
+    fn route(self) -> ApiError {
+        ApiError::RouteNotFound
+    }
+}
+
+/// The `/version` body.
+pub fn version_info() -> Value {
+    let (maj, min, patch) = kestrel_api::KUBERNETES_VERSION;
+    json!({
+        "major": maj.to_string(),
+        "minor": min.to_string(),
+        "emulationMajor": maj.to_string(),
+        "emulationMinor": min.to_string(),
+        "minCompatibilityMajor": maj.to_string(),
+        "minCompatibilityMinor": (min - 1).to_string(),
+        "gitVersion": format!("v{maj}.{min}.{patch}+kestrel"),
+        "gitCommit": "",
+        "gitTreeState": "clean",
+        "buildDate": "1970-01-01T00:00:00Z",
+        "goVersion": "n/a (rust)",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
+    })
+}
+
+/// A plain-text response.
+pub fn text(code: StatusCode, s: &str) -> Response<Body> {
+    let mut r = Response::new(Body::from(s.to_owned()));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// A JSON response.
+pub fn json_response(code: StatusCode, v: &Value) -> Response<Body> {
+    json_bytes(
+        code,
+        serde_json::to_vec(v).unwrap_or_default(),
+        "application/json",
+    )
+}
+
+/// A response with a pre-encoded body and content type.
+pub fn json_bytes(code: StatusCode, body: Vec<u8>, content_type: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+/// The Status body of an error, with its HTTP code.
+pub fn error_response(e: &ApiError) -> Response<Body> {
+    let code = StatusCode::from_u16(e.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = json_response(code, &e.to_json());
+    if matches!(e, ApiError::Unauthorized) {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"kestrel\""),
+        );
+    }
+    r
+}

@@ -1,0 +1,263 @@
+//! Watch: newline-delimited `{"type", "object"}` events from the watch
+//! cache, with resume from a resourceVersion, bookmarks, `sendInitialEvents`
+//! and 410 once the history no longer reaches back far enough.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use hyper::{Response, StatusCode, header};
+use kestrel_api::ApiError;
+use kestrel_store::Revision;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::cache::{Change, ChangeKind};
+use crate::handlers::{ListOpts, Target};
+use crate::server::{AppState, Ctx};
+use crate::table;
+
+/// Upstream caps watches at a random 30–60 minutes; one hour is the ceiling here.
+const MAX_WATCH: Duration = Duration::from_secs(3600);
+
+struct Encoder {
+    def: &'static kestrel_api::registry::ResourceDef,
+    table: Option<String>,
+}
+
+impl Encoder {
+    fn event(&self, kind: &str, obj: &Value) -> Bytes {
+        let object = match &self.table {
+            Some(include) if kind != "BOOKMARK" && kind != "ERROR" => {
+                let rv = obj
+                    .pointer("/metadata/resourceVersion")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                table::table(self.def, [obj], json!({"resourceVersion": rv}), include)
+            }
+            _ => obj.clone(),
+        };
+        let mut line =
+            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+
+    fn bookmark(&self, rev: Revision, initial_end: bool) -> Bytes {
+        let mut meta = json!({"resourceVersion": rev.to_string()});
+        if initial_end {
+            meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        let obj =
+            json!({"kind": self.def.kind, "apiVersion": self.def.api_version(), "metadata": meta});
+        self.event("BOOKMARK", &obj)
+    }
+}
+
+/// Serve a watch on `t`.
+pub async fn serve(
+    state: &Arc<AppState>,
+    ctx: &Ctx,
+    t: &Target,
+) -> Result<Response<Body>, ApiError> {
+    let opts = ListOpts::parse(ctx, t)?;
+    let name = t
+        .name
+        .clone()
+        .or_else(|| opts.fields.exact("metadata.name").map(str::to_owned));
+    let ns = t.ns.clone().or_else(|| {
+        t.def
+            .namespaced
+            .then(|| opts.fields.exact("metadata.namespace").map(str::to_owned))
+            .flatten()
+    });
+    let prefix = t.def.key_prefix_ns(ns.as_deref());
+    let exact_key = name.as_ref().map(|n| t.def.key(ns.as_deref(), n));
+    let bookmarks = ctx.q_bool("allowWatchBookmarks");
+    let send_initial = ctx.q("sendInitialEvents").map(|v| v == "true" || v == "1");
+    let rv: Option<Revision> = match ctx.q("resourceVersion").filter(|r| !r.is_empty()) {
+        None => None,
+        Some(r) => Some(
+            r.parse()
+                .map_err(|_| ApiError::BadRequest(format!("invalid resource version {r:?}")))?,
+        ),
+    };
+    if send_initial.is_some() && ctx.q("resourceVersionMatch") != Some("NotOlderThan") {
+        return Err(ApiError::invalid(
+            "meta.k8s.io",
+            "ListOptions",
+            "",
+            vec![kestrel_api::FieldError::forbidden(
+                "resourceVersionMatch",
+                "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            )],
+        ));
+    }
+    let timeout = ctx
+        .q("timeoutSeconds")
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(MAX_WATCH)
+        .min(MAX_WATCH);
+    let enc = Encoder {
+        def: t.def,
+        table: table::wants_table(ctx).then(|| {
+            ctx.q("includeObject")
+                .unwrap_or("PartialObjectMetadata")
+                .to_owned()
+        }),
+    };
+
+    let keys = KeyFilter {
+        exact: exact_key,
+        prefix: prefix.clone(),
+    };
+
+    // Work out what to send first and where live events take over.
+    let mut first: Vec<Bytes> = Vec::new();
+    let (rx, start) = match (send_initial, rv) {
+        // Current state first: sendInitialEvents=true, or the legacy
+        // "resourceVersion unset or 0" watch that starts with ADDED events.
+        (Some(true), _) | (None, None) | (None, Some(0)) => {
+            if let Some(r) = rv.filter(|r| *r > 0) {
+                state
+                    .cache
+                    .wait_for(r, Duration::from_secs(3))
+                    .await
+                    .map_err(|e| ApiError::Timeout(e.to_string()))?;
+            }
+            let (items, rx, rev) = state.cache.snapshot_and_watch(&prefix);
+            for e in items {
+                let keyed_name = e.value.pointer("/metadata/name").and_then(Value::as_str);
+                if name.as_deref().is_some_and(|n| Some(n) != keyed_name) {
+                    continue;
+                }
+                if opts.matches(&e.value) {
+                    first.push(enc.event("ADDED", &e.value));
+                }
+            }
+            if send_initial == Some(true) {
+                first.push(enc.bookmark(rev, true));
+            }
+            (rx, rev)
+        }
+        (Some(false), None) | (Some(false), Some(0)) => {
+            let (_, rx, rev) = state
+                .cache
+                .watch_from(None)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            (rx, rev)
+        }
+        (_, Some(r)) => match state.cache.watch_from(Some(r)) {
+            Ok((past, rx, rev)) => {
+                for c in past {
+                    if keys.matches(&c.key)
+                        && let Some(b) = event_for(&enc, &opts, &c)
+                    {
+                        first.push(b);
+                    }
+                }
+                (rx, rev)
+            }
+            Err(e) => {
+                // Upstream answers 200 and sends one ERROR event.
+                let status = ApiError::Expired(e.to_string()).to_json();
+                let mut r = Response::new(Body::from(enc.event("ERROR", &status)));
+                *r.status_mut() = StatusCode::OK;
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/json"),
+                );
+                return Ok(r);
+            }
+        },
+    };
+
+    let (tx, out) = mpsc::channel::<Bytes>(256);
+    let interval = state.config.bookmark_interval;
+    tokio::spawn(async move {
+        let mut rx = rx;
+        for b in first {
+            if tx.send(b).await.is_err() {
+                return;
+            }
+        }
+        let mut last = start;
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let mut ticker = tokio::time::interval(interval);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                () = &mut deadline => return,
+                () = tx.closed() => return,
+                _ = ticker.tick(), if bookmarks => {
+                    if tx.send(enc.bookmark(last, false)).await.is_err() {
+                        return;
+                    }
+                }
+                r = rx.recv() => match r {
+                    Ok(c) => {
+                        if c.revision <= last {
+                            continue;
+                        }
+                        last = c.revision;
+                        if !keys.matches(&c.key) {
+                            continue;
+                        }
+                        if let Some(b) = event_for(&enc, &opts, &c)
+                            && tx.send(b).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    // Too slow to keep up: end the watch; the client
+                    // re-watches from its last resourceVersion.
+                    Err(broadcast::error::RecvError::Lagged(_)) | Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    });
+    let stream = futures::stream::unfold(out, |mut out| async move {
+        out.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), out))
+    });
+    let mut r = Response::new(Body::from_stream(stream));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
+}
+
+struct KeyFilter {
+    exact: Option<String>,
+    prefix: String,
+}
+
+impl KeyFilter {
+    fn matches(&self, k: &str) -> bool {
+        match &self.exact {
+            Some(e) => k == e,
+            None => k.starts_with(&self.prefix),
+        }
+    }
+}
+
+/// The event a change makes for a watcher with selectors: objects that
+/// start matching are ADDED, stop matching are DELETED, as upstream.
+fn event_for(enc: &Encoder, opts: &ListOpts, c: &Change) -> Option<Bytes> {
+    let now = c.kind == ChangeKind::Put && opts.matches(&c.object);
+    let before = c.prev.as_ref().is_some_and(|p| opts.matches(p));
+    match c.kind {
+        ChangeKind::Delete => before.then(|| enc.event("DELETED", &c.object)),
+        ChangeKind::Put => match (before, now) {
+            (false, true) => Some(enc.event("ADDED", &c.object)),
+            (true, true) => Some(enc.event("MODIFIED", &c.object)),
+            (true, false) => Some(enc.event("DELETED", &c.object)),
+            (false, false) => None,
+        },
+    }
+}

