@@ -141,6 +141,8 @@ pub struct Report {
     /// The 1/5/15-minute load averages when the run started: the machine is
     /// shared, and other work skews the figures.
     pub load: String,
+    /// The benchmark's nice value (etcd, its child, inherits it).
+    pub nice: String,
     /// The options used.
     pub options: Options,
     /// One row per scenario and backend.
@@ -440,6 +442,13 @@ pub async fn run(opts: Options) -> Result<Report> {
     let load = std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into());
+    // Field 19 of /proc/self/stat, counted after the parenthesised name,
+    // which may itself contain spaces.
+    let nice = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.to_owned()))
+        .and_then(|rest| rest.split_whitespace().nth(16).map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into());
     let mut rows = Vec::new();
     for backend in opts.backends.clone() {
         match backend {
@@ -468,6 +477,7 @@ pub async fn run(opts: Options) -> Result<Report> {
         kernel: command_output("uname", &["-r"]),
         date,
         load,
+        nice,
         options: opts,
         rows,
     })
@@ -481,7 +491,7 @@ impl Report {
         let _ = writeln!(out, "## Store\n");
         let _ = writeln!(
             out,
-            "Run on {}, kernel {}, {}, load average {} at the start. Each figure is the median of {} repetitions, \
+            "Run on {}, kernel {}, {}, load average {} at the start, nice {}. Each figure is the median of {} repetitions, \
              with [min–max]. etcd is {} (one member, started by the benchmark, default \
              fsync), measured in the same run. Values are 512 bytes. Reproduce with \
              `cargo xtask bench store` (or `cargo run --release -p kestrel-bench --bin \
@@ -490,6 +500,7 @@ impl Report {
             self.kernel,
             self.date,
             self.load,
+            self.nice,
             o.reps,
             command_output(kestrel_store::testing::ETCD, &["--version"])
                 .lines()
