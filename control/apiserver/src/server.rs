@@ -424,8 +424,38 @@ async fn handle_inner(
     route(&state, ctx).await
 }
 
+/// Whether the client accepts a JSON answer (all we produce). A missing
+/// Accept, wildcards, JSON variants (Table, discovery) and protobuf-or-any
+/// lists all do; an Accept naming only other types gets 406, as upstream.
+fn accepts_json(ctx: &Ctx) -> bool {
+    let Some(accept) = ctx.header(header::ACCEPT) else {
+        return true;
+    };
+    if accept.trim().is_empty() {
+        return true;
+    }
+    accept.split(',').any(|m| {
+        let mt = m
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        matches!(
+            mt.as_str(),
+            "*/*" | "application/*" | "application/json" | "text/plain" | "text/*"
+        ) || mt.ends_with("+json")
+    })
+}
+
 async fn route(state: &Arc<AppState>, ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let path = ctx.path.trim_end_matches('/').to_owned();
+    if !accepts_json(&ctx) {
+        return Err(ApiError::NotAcceptable(format!(
+            "only the following media types are accepted: application/json, application/json;as=Table;v=v1;g=meta.k8s.io, got {:?}",
+            ctx.header(header::ACCEPT).unwrap_or("")
+        )));
+    }
     match path.as_str() {
         "/healthz" | "/livez" | "/readyz" | "/healthz/ping" | "/livez/ping" | "/readyz/ping" => {
             return Ok(text(StatusCode::OK, "ok"));

@@ -551,6 +551,13 @@ async fn bad_input_never_stores_and_gets_a_status() {
         (code, v["reason"].as_str()),
         (405, Some("MethodNotAllowed"))
     );
+    let req = http::Request::builder()
+        .uri(path)
+        .header("accept", "application/xml")
+        .body(kube::client::Body::empty())
+        .expect("request");
+    let resp = client.send(req).await.expect("send");
+    assert_eq!(resp.status().as_u16(), 406);
     let invalid = raw(&client, "POST", path, "application/json", ok("Bad_Name"))
         .await
         .1;
