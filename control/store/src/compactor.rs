@@ -37,7 +37,8 @@ pub fn spawn(store: Arc<dyn Store>, policy: CompactionPolicy) -> JoinHandle<()> 
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(policy.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The first tick fires at once; a fresh process has nothing to drop.
+        // The first tick fires at once; skip it so that starting up is not
+        // followed by a compaction right away.
         tick.tick().await;
         loop {
             tick.tick().await;

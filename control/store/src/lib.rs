@@ -11,8 +11,10 @@
 //!   compare-and-swap on the expected `mod_revision`;
 //! - `watch(prefix, start_revision)` yields every change at or after
 //!   `start_revision`, in revision order, without gap or duplicate;
-//! - after `compact(rev)`, reading below `rev` or watching from below `rev`
-//!   fails with [`Error::Compacted`] (the API server's 410 Gone).
+//! - after `compact(rev)`, reading below `rev`, or watching from `rev` or
+//!   below, fails with [`Error::Compacted`] (the API server's 410 Gone). A
+//!   watch must start after the compaction revision because etcd drops a
+//!   delete that happened exactly at it.
 //!
 //! The API server holds the store as `Arc<dyn Store>`, so the trait is
 //! object-safe: methods are `async_trait` and watches are boxed streams.
@@ -20,7 +22,10 @@
 #![forbid(unsafe_code)]
 
 pub mod compactor;
+pub mod etcd;
 pub mod sqlite;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 use std::time::Duration;
 
@@ -219,8 +224,9 @@ pub trait Store: Send + Sync + 'static {
     /// The latest revision written.
     async fn current_revision(&self) -> Result<Revision>;
 
-    /// The revision of the last compaction: reads and watches below it fail
-    /// with [`Error::Compacted`]. 0 if the store was never compacted.
+    /// The revision of the last compaction: reads below it, and watches from
+    /// it or below, fail with [`Error::Compacted`]. 0 if the store was never
+    /// compacted.
     async fn compact_revision(&self) -> Result<Revision>;
 
     /// Reads one key at the current revision or at a past one.
@@ -253,12 +259,66 @@ pub trait Store: Send + Sync + 'static {
     /// Watches the keys starting with `prefix` from `start_revision`
     /// (inclusive; 0 means "changes after now"). Events come in revision
     /// order, each once; history is replayed from the store before live
-    /// events follow.
+    /// events follow. `start_revision` must be above the compaction
+    /// revision, or the watch fails with [`Error::Compacted`]: to follow a
+    /// list read at revision `r`, watch from `r + 1`.
     async fn watch(&self, prefix: &str, start_revision: Revision) -> Result<WatchStream>;
 
     /// Discards the history below `revision`. The latest version of each key
     /// is kept.
     async fn compact(&self, revision: Revision) -> Result<()>;
+}
+
+/// Which backend to run, as chosen by `kestrel server --datastore`.
+#[derive(Debug, Clone)]
+pub enum Datastore {
+    /// The embedded SQLite store (the default).
+    Sqlite(sqlite::SqliteConfig),
+    /// An etcd cluster.
+    Etcd(etcd::EtcdConfig),
+}
+
+impl Datastore {
+    /// Builds the choice from the server's flags: `kind` is `sqlite` or
+    /// `etcd`; `sqlite_path` is the database file; `etcd_endpoints` is a
+    /// comma-separated list of client URLs.
+    pub fn from_flags(
+        kind: &str,
+        sqlite_path: impl Into<std::path::PathBuf>,
+        etcd_endpoints: &str,
+    ) -> Result<Self> {
+        match kind {
+            "sqlite" => Ok(Datastore::Sqlite(sqlite::SqliteConfig::new(sqlite_path))),
+            "etcd" => {
+                let endpoints: Vec<&str> = etcd_endpoints
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|e| !e.is_empty())
+                    .collect();
+                if endpoints.is_empty() {
+                    return Err(Error::backend(
+                        "choosing the datastore",
+                        "--datastore etcd needs --etcd-endpoints URL[,URL...]",
+                    ));
+                }
+                Ok(Datastore::Etcd(etcd::EtcdConfig::new(endpoints)))
+            }
+            other => Err(Error::backend(
+                "choosing the datastore",
+                format!("unknown datastore {other:?}: expected sqlite or etcd"),
+            )),
+        }
+    }
+
+    /// Opens the chosen backend. Must be called inside a tokio runtime.
+    pub async fn open(self) -> Result<std::sync::Arc<dyn Store>> {
+        Ok(match self {
+            Datastore::Sqlite(config) => {
+                std::sync::Arc::new(sqlite::SqliteStore::open(config).await?)
+            }
+            Datastore::Etcd(config) => std::sync::Arc::new(etcd::EtcdStore::connect(config).await?),
+        })
+    }
 }
 
 /// Checks a key and value against the limits shared by all backends.
@@ -300,6 +360,20 @@ mod tests {
     fn prefix_end_increments_last_byte() {
         assert_eq!(prefix_end("/a/"), Some(b"/a0".to_vec()));
         assert_eq!(prefix_end(""), None);
+    }
+
+    #[test]
+    fn datastore_flags() {
+        assert!(matches!(
+            Datastore::from_flags("sqlite", "/tmp/x.db", ""),
+            Ok(Datastore::Sqlite(_))
+        ));
+        match Datastore::from_flags("etcd", "", "http://127.0.0.1:2379, http://127.0.0.1:22379") {
+            Ok(Datastore::Etcd(c)) => assert_eq!(c.endpoints.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert!(Datastore::from_flags("etcd", "", " ").is_err());
+        assert!(Datastore::from_flags("postgres", "", "").is_err());
     }
 
     #[test]

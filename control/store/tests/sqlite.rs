@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use kestrel_store::compactor::{self, CompactionPolicy};
+use kestrel_store::compactor::CompactionPolicy;
 use kestrel_store::sqlite::{SqliteConfig, SqliteStore};
 use kestrel_store::{Error, Store};
 
@@ -47,11 +47,13 @@ conformance!(
     concurrent_cas,
     watch_order_and_resume,
     watch_switch_under_load,
+    watch_from_now_under_load,
     prefix_isolation,
     compaction,
     large_values,
     range_10k_paginated,
     ttl_expiry,
+    periodic_compaction,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -152,14 +154,12 @@ async fn files_stay_bounded_under_churn() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("state.db");
     let wal = dir.path().join("state.db-wal");
-    let store = open_at(&db).await;
-    let compactor = compactor::spawn(
-        store.clone(),
-        CompactionPolicy {
-            interval: Duration::from_millis(200),
-            retain_revisions: 500,
-        },
-    );
+    let mut config = SqliteConfig::new(&db);
+    config.compaction = Some(CompactionPolicy {
+        interval: Duration::from_millis(200),
+        retain_revisions: 500,
+    });
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(config).await.expect("open"));
     let value = Bytes::from(vec![7u8; 16 * 1024]);
     let mut revs = Vec::new();
     for i in 0..50 {
@@ -189,7 +189,6 @@ async fn files_stay_bounded_under_churn() {
             sizes.push(file_size(&db) + file_size(&wal));
         }
     }
-    compactor.abort();
     // 2,050 versions of 16 KiB were written (32 MiB); about 550 are kept.
     let written = 2050 * 16 * 1024;
     let last = *sizes.last().expect("sizes");
@@ -299,5 +298,50 @@ async fn acknowledged_writes_survive_sigkill() {
         rev,
         i64::try_from(present.len()).expect("len"),
         "one revision per surviving write"
+    );
+}
+
+/// A backlog of more revisions than one compaction step is worked off in
+/// several steps, and the history below the target is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn periodic_compaction_works_off_a_backlog() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = SqliteConfig::new(dir.path().join("state.db"));
+    config.compaction = Some(CompactionPolicy {
+        interval: Duration::from_millis(300),
+        retain_revisions: 100,
+    });
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(config).await.expect("open"));
+    let mut tasks = Vec::new();
+    for w in 0..32 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..800 {
+                store
+                    .create(&format!("/backlog/{w}/{i}"), Bytes::from_static(b"v"))
+                    .await
+                    .expect("create");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let current = store.current_revision().await.expect("rev");
+    assert!(current >= 25_600);
+    let deadline = Instant::now() + DEADLINE;
+    while store.compact_revision().await.expect("compact rev") < current - 100 {
+        assert!(Instant::now() < deadline, "compaction did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(matches!(
+        store.get("/backlog/0/0", Some(1)).await,
+        Err(Error::Compacted { .. })
+    ));
+    assert_eq!(
+        conformance::read_all(store.as_ref(), "/backlog/")
+            .await
+            .len(),
+        25_600
     );
 }

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use self::schema::sql_err;
 use self::writer::{Done, Op, Request, Shared};
+use crate::compactor::CompactionPolicy;
 use crate::{
     Deleted, Error, KeyValue, RangeOptions, RangeResult, Result, Revision, Store, WatchStream,
     validate,
@@ -34,6 +35,9 @@ pub struct SqliteConfig {
     pub watch_buffer: usize,
     /// How often keys with a TTL are checked for expiry.
     pub expiry_interval: Duration,
+    /// Periodic compaction (then vacuum and WAL truncation) while the store
+    /// is open; `None` leaves compaction to the caller.
+    pub compaction: Option<CompactionPolicy>,
 }
 
 impl SqliteConfig {
@@ -42,8 +46,12 @@ impl SqliteConfig {
         SqliteConfig {
             path: path.into(),
             max_batch: 1024,
-            watch_buffer: 4096,
+            // Slots are whole transactions; a slot's events are freed once
+            // every watcher has seen them, so only a lagging watcher makes
+            // the ring hold memory, and only up to this many transactions.
+            watch_buffer: 1024,
             expiry_interval: Duration::from_secs(1),
+            compaction: Some(CompactionPolicy::default()),
         }
     }
 }
@@ -144,9 +152,44 @@ impl SqliteStore {
             Arc::downgrade(&inner),
             config.expiry_interval,
         ));
+        if let Some(policy) = config.compaction {
+            tokio::spawn(compact_periodically(Arc::downgrade(&inner), policy));
+        }
         Ok(SqliteStore { inner })
     }
 }
+
+/// Keeps `policy.retain_revisions` of history, until the store is dropped.
+/// Holds the store weakly so that it does not keep it open.
+async fn compact_periodically(inner: Weak<Inner>, policy: CompactionPolicy) {
+    let mut tick = tokio::time::interval(policy.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick fires at once; skip it so that opening a store is not
+    // followed by a compaction right away.
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let current = inner.shared.revision.load(Ordering::SeqCst);
+        let target = current - policy.retain_revisions.max(0);
+        // Compaction runs in the writer's transaction; in steps, writes
+        // queued behind it wait for one step, not for all of a long backlog.
+        loop {
+            let done = inner.shared.compact_revision.load(Ordering::SeqCst);
+            if target <= done || target <= 0 {
+                break;
+            }
+            let step = target.min(done + COMPACTION_STEP);
+            if let Err(e) = inner.write(Op::Compact { revision: step }).await {
+                warn!(error = %e, "periodic compaction failed");
+                break;
+            }
+        }
+    }
+}
+
+/// Revisions compacted per writer transaction by the periodic compaction.
+const COMPACTION_STEP: Revision = 10_000;
 
 /// Asks the writer to delete expired keys, until the store is dropped.
 async fn sweep_expired(inner: Weak<Inner>, every: Duration) {

@@ -34,21 +34,34 @@ pub(crate) async fn start(
     prefix: String,
     start_revision: Revision,
 ) -> Result<WatchStream> {
+    // Subscribe before reading the revision. The writer raises the revision
+    // before it publishes, so every transaction above the revision read
+    // here is still to be published and reaches this subscription: a watch
+    // from there on needs no replay and is live the moment this returns.
+    let live = inner.shared.events.subscribe();
+    let current = inner.shared.revision.load(Ordering::SeqCst);
     let compact = inner.shared.compact_revision.load(Ordering::SeqCst);
     let next = if start_revision <= 0 {
-        inner.shared.revision.load(Ordering::SeqCst) + 1
+        current + 1
     } else {
         start_revision
     };
-    if next < compact {
+    if next <= compact {
         return Err(Error::Compacted {
             compact_revision: compact,
         });
     }
+    // History to replay: subscribe again after catching up instead, so a
+    // long replay cannot push the subscription off the ring.
+    let early = (next > current).then_some(live);
     let (tx, rx) = mpsc::channel(CHANNEL);
     tokio::spawn(async move {
         let mut next = next;
-        if let Err(e) = pump(&inner, &prefix, &mut next, &tx).await {
+        let result = match early {
+            Some(live) => forward(live, &prefix, &mut next, &tx).await,
+            None => pump(&inner, &prefix, &mut next, &tx).await,
+        };
+        if let Err(e) = result {
             debug!(prefix, next, error = %e, "watch ended");
             let _ = tx.send(Err(e)).await;
         }
@@ -84,10 +97,21 @@ async fn pump(
     if let Flow::Stop = replay(inner, prefix, next, tx).await? {
         return Ok(());
     }
-    let mut live = inner.shared.events.subscribe();
+    let live = inner.shared.events.subscribe();
     if let Flow::Stop = replay(inner, prefix, next, tx).await? {
         return Ok(());
     }
+    forward(live, prefix, next, tx).await
+}
+
+/// Forwards live events at or after `next` until the consumer goes away or
+/// falls behind.
+async fn forward(
+    mut live: broadcast::Receiver<Arc<super::writer::Batch>>,
+    prefix: &str,
+    next: &mut Revision,
+    tx: &mpsc::Sender<Result<Event>>,
+) -> Result<()> {
     loop {
         let batch = tokio::select! {
             () = tx.closed() => return Ok(()),
@@ -130,7 +154,7 @@ async fn replay(
         let (events, current) = inner
             .snapshot(move |conn, revs| {
                 // A compaction may have run since the watch started.
-                if from < revs.compact {
+                if from <= revs.compact {
                     return Err(Error::Compacted {
                         compact_revision: revs.compact,
                     });

@@ -1,0 +1,6 @@
+//! Kestrel's benchmarks, as library functions so that `cargo xtask bench`
+//! can call them; each has a thin binary too.
+
+#![forbid(unsafe_code)]
+
+pub mod store;
