@@ -25,6 +25,11 @@ use crate::cache::Cache;
 use crate::pki::Pki;
 use crate::{Error, alloc, bootstrap, discovery, handlers, openapi};
 
+/// Concurrent HTTP/2 streams per connection.
+const MAX_STREAMS: u32 = 2000;
+/// How long an HTTP/1 client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Largest request body accepted (upstream's limit is 3 MiB).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
@@ -244,7 +249,17 @@ impl ApiServer {
                     let identity = identity.clone();
                     async move { Ok::<_, std::convert::Infallible>(handle(state, identity, req).await) }
                 });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                // Clients multiplex all their watches over one HTTP/2
+                // connection (client-go does): allow many streams.
+                builder.http2().max_concurrent_streams(MAX_STREAMS);
+                // A client that never finishes its headers must not hold a
+                // connection forever.
+                builder
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT);
                 if let Err(e) = builder
                     .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                     .await
