@@ -1024,3 +1024,47 @@ async fn discovery_serves_the_registry() {
         .expect("apps");
     assert_eq!(apps["versions"][0]["version"], "v1");
 }
+
+#[tokio::test]
+async fn expired_continue_token_is_410() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = TestServer::start_in(dir.path(), |_| {}).await;
+    let cms: Api<ConfigMap> = Api::namespaced(s.client().await, "default");
+    for i in 0..5 {
+        cms.create(&PostParams::default(), &cm(&format!("e{i}"), json!({})))
+            .await
+            .expect("create");
+    }
+    let page = cms
+        .list(&ListParams::default().limit(2))
+        .await
+        .expect("first page");
+    let token = page.metadata.continue_.expect("continue token");
+    // Newer writes, then compaction past the first page's snapshot.
+    cms.create(&PostParams::default(), &cm("later", json!({})))
+        .await
+        .expect("create");
+    let rev = s.store.current_revision().await.expect("revision");
+    s.store.compact(rev).await.expect("compact");
+    let e = api_err(
+        cms.list(&ListParams::default().limit(2).continue_token(&token))
+            .await
+            .expect_err("expired"),
+    );
+    assert_eq!((e.code, e.reason.as_str()), (410, "Expired"));
+    assert!(
+        e.message
+            .starts_with("The provided continue parameter is too old"),
+        "{}",
+        e.message
+    );
+    // A fresh list still works.
+    assert_eq!(
+        cms.list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .len(),
+        6
+    );
+}
