@@ -338,6 +338,58 @@ impl Ctx {
     }
 }
 
+/// Whether the client's first choice is YAML (`Accept: application/yaml`).
+fn prefers_yaml(req: &Request<Incoming>) -> bool {
+    let watch = req.uri().path().contains("/watch/")
+        || req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+    !watch
+        && req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|a| a.split(',').next())
+            .is_some_and(|m| {
+                m.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("application/yaml")
+            })
+}
+
+/// Re-encode a JSON response as YAML.
+async fn to_yaml(resp: Response<Body>) -> Response<Body> {
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if !is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = body.collect().await.map(|b| b.to_bytes()) else {
+        return error_response(&ApiError::Internal("encoding the response".to_owned()));
+    };
+    let yaml = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| serde_saphyr::to_string(&v).ok());
+    match yaml {
+        Some(y) => {
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/yaml"),
+            );
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, Body::from(y))
+        }
+        None => Response::from_parts(parts, Body::from(bytes)),
+    }
+}
+
 async fn handle(
     state: Arc<AppState>,
     identity: PeerIdentity,
@@ -346,10 +398,14 @@ async fn handle(
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let started = std::time::Instant::now();
-    let resp = match handle_inner(state, identity, req).await {
+    let yaml = prefers_yaml(&req);
+    let mut resp = match handle_inner(state, identity, req).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
     };
+    if yaml {
+        resp = to_yaml(resp).await;
+    }
     tracing::debug!(%method, %path, status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
     resp
 }
@@ -439,7 +495,7 @@ async fn handle_inner(
     route(&state, ctx).await
 }
 
-/// Whether the client accepts a JSON answer (all we produce). A missing
+/// Whether the client accepts an answer we produce (JSON, or YAML). A missing
 /// Accept, wildcards, JSON variants (Table, discovery) and protobuf-or-any
 /// lists all do; an Accept naming only other types gets 406, as upstream.
 fn accepts_json(ctx: &Ctx) -> bool {
@@ -458,7 +514,12 @@ fn accepts_json(ctx: &Ctx) -> bool {
             .to_ascii_lowercase();
         matches!(
             mt.as_str(),
-            "*/*" | "application/*" | "application/json" | "text/plain" | "text/*"
+            "*/*"
+                | "application/*"
+                | "application/json"
+                | "application/yaml"
+                | "text/plain"
+                | "text/*"
         ) || mt.ends_with("+json")
     })
 }

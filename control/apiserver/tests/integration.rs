@@ -558,6 +558,29 @@ async fn bad_input_never_stores_and_gets_a_status() {
         .expect("request");
     let resp = client.send(req).await.expect("send");
     assert_eq!(resp.status().as_u16(), 406);
+    // YAML when asked for it first.
+    let req = http::Request::builder()
+        .uri("/api/v1/namespaces/default")
+        .header("accept", "application/yaml")
+        .body(kube::client::Body::empty())
+        .expect("request");
+    let resp = client.send(req).await.expect("send");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/yaml")
+    );
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("kind: Namespace") && text.contains("name: default"),
+        "{text}"
+    );
     let invalid = raw(&client, "POST", path, "application/json", ok("Bad_Name"))
         .await
         .1;
