@@ -34,6 +34,41 @@ fn str_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
     v.pointer(ptr).and_then(Value::as_str)
 }
 
+/// The pod's QoS class from its containers' requests and limits, as
+/// upstream computes it: Guaranteed when every container limits CPU and
+/// memory with requests equal to limits, BestEffort when nothing is set.
+pub fn qos_class(spec: Option<&Value>) -> &'static str {
+    let containers: Vec<&Value> = ["initContainers", "containers"]
+        .iter()
+        .filter_map(|k| spec.and_then(|s| s.get(*k)).and_then(Value::as_array))
+        .flatten()
+        .collect();
+    let mut any = false;
+    let mut guaranteed = !containers.is_empty();
+    for c in containers {
+        let req = c.pointer("/resources/requests").and_then(Value::as_object);
+        let lim = c.pointer("/resources/limits").and_then(Value::as_object);
+        if req.is_some_and(|m| !m.is_empty()) || lim.is_some_and(|m| !m.is_empty()) {
+            any = true;
+        }
+        for r in ["cpu", "memory"] {
+            let l = lim.and_then(|m| m.get(r));
+            // Requests default to limits when only limits are given.
+            let q = req.and_then(|m| m.get(r)).or(l);
+            if l.is_none() || q != l {
+                guaranteed = false;
+            }
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
 /// Upstream's pod-spec defaults (`SetDefaults_PodSpec`, `_Container`).
 pub fn default_pod_spec(spec: &mut Map<String, Value>) {
     default(spec, "restartPolicy", json!("Always"));
@@ -87,6 +122,9 @@ pub fn set_defaults(def: &ResourceDef, obj: &mut Value) {
         ("", "Pod") => {
             let spec = obj_mut(obj, "spec");
             default_pod_spec(spec);
+            let qos = qos_class(obj.get("spec"));
+            let status = obj_mut(obj, "status");
+            default(status, "qosClass", json!(qos));
         }
         ("apps", "Deployment") => {
             let spec = obj_mut(obj, "spec");
@@ -690,5 +728,30 @@ pub fn reclaim_service(state: &AppState, obj: &Value) {
         {
             let _ = state.alloc.claim_port(np);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qos_classes() {
+        let c = |res: Value| json!({"containers": [{"name": "c", "image": "i", "resources": res}]});
+        assert_eq!(qos_class(Some(&c(json!({})))), "BestEffort");
+        assert_eq!(
+            qos_class(Some(&c(json!({"requests": {"cpu": "1"}})))),
+            "Burstable"
+        );
+        assert_eq!(
+            qos_class(Some(&c(json!({"limits": {"cpu": "1", "memory": "1Gi"}})))),
+            "Guaranteed"
+        );
+        assert_eq!(
+            qos_class(Some(&c(
+                json!({"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "500m"}})
+            ))),
+            "Burstable"
+        );
     }
 }

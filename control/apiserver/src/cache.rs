@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt as _;
 use kestrel_store::{Event, EventKind, Revision, Store};
 use serde_json::Value;
@@ -23,6 +24,8 @@ const FANOUT_CAPACITY: usize = 16_384;
 pub struct Entry {
     /// The object.
     pub value: Arc<Value>,
+    /// The object encoded as JSON, once, so lists do not re-encode it.
+    pub json: Bytes,
     /// Its store `mod_revision`.
     pub mod_revision: Revision,
 }
@@ -50,6 +53,8 @@ pub struct Change {
     pub object: Arc<Value>,
     /// The object before the change, if any.
     pub prev: Option<Arc<Value>>,
+    /// `object` encoded as JSON, once for every watcher.
+    pub json: Bytes,
 }
 
 #[derive(Debug, Default)]
@@ -103,6 +108,10 @@ pub fn decode(bytes: &[u8], revision: Revision) -> Option<Value> {
     let mut v: Value = serde_json::from_slice(bytes).ok()?;
     set_resource_version(&mut v, revision);
     Some(v)
+}
+
+fn to_json(v: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
 }
 
 /// Set `metadata.resourceVersion`.
@@ -198,6 +207,7 @@ impl Cache {
                 objects.insert(
                     kv.key,
                     Arc::new(Entry {
+                        json: to_json(&v),
                         value: Arc::new(v),
                         mod_revision: kv.mod_revision,
                     }),
@@ -229,11 +239,13 @@ impl Cache {
                     st.revision = rev;
                     return;
                 };
+                let json = to_json(&v);
                 let v = Arc::new(v);
                 st.objects.insert(
                     ev.kv.key.clone(),
                     Arc::new(Entry {
                         value: v.clone(),
+                        json: json.clone(),
                         mod_revision: rev,
                     }),
                 );
@@ -243,6 +255,7 @@ impl Cache {
                     kind: ChangeKind::Put,
                     object: v,
                     prev,
+                    json,
                 }
             }
             EventKind::Delete => {
@@ -258,6 +271,7 @@ impl Cache {
                     revision: rev,
                     key: ev.kv.key.clone(),
                     kind: ChangeKind::Delete,
+                    json: to_json(&last),
                     object: Arc::new(last),
                     prev,
                 }

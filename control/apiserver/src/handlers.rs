@@ -28,6 +28,8 @@ pub const JOIN_PATH: &str = "/kestrel/v1/node-join";
 
 /// How long a write waits for the watch cache to show it.
 const CACHE_WAIT: Duration = Duration::from_secs(10);
+/// How long Events live.
+const EVENT_TTL: Duration = Duration::from_secs(3600);
 /// Retries of an unconditional update that lost a race.
 const UPDATE_RETRIES: usize = 8;
 
@@ -309,10 +311,13 @@ struct ContinueToken {
     start: String,
 }
 
+/// One list item: the object and, when the cache has it, its JSON.
+type Item<'a> = (&'a Value, Option<&'a [u8]>);
+
 fn list_body(
     t: &Target,
     ctx: &Ctx,
-    items: &[&Value],
+    items: &[Item<'_>],
     rv: Revision,
     cont: Option<String>,
 ) -> Response<Body> {
@@ -324,11 +329,17 @@ fn list_body(
         let include = ctx.q("includeObject").unwrap_or("PartialObjectMetadata");
         return json_response(
             StatusCode::OK,
-            &table::table(t.def, items.iter().copied(), meta, include),
+            &table::table(t.def, items.iter().map(|(v, _)| *v), meta, include),
         );
     }
-    // Hand-assembled so big lists are not cloned into one more Value.
-    let mut out = Vec::with_capacity(64 + items.len() * 512);
+    // Assembled from the cached encodings: a big list costs a copy, not a
+    // re-encode of every object.
+    let mut out = Vec::with_capacity(
+        64 + items
+            .iter()
+            .map(|(_, j)| j.map_or(512, <[u8]>::len) + 1)
+            .sum::<usize>(),
+    );
     out.extend_from_slice(b"{\"kind\":");
     out.extend_from_slice(
         serde_json::to_string(t.def.list_kind)
@@ -344,12 +355,17 @@ fn list_body(
     out.extend_from_slice(b",\"metadata\":");
     out.extend_from_slice(&serde_json::to_vec(&meta).unwrap_or_default());
     out.extend_from_slice(b",\"items\":[");
-    for (i, it) in items.iter().enumerate() {
+    for (i, (v, j)) in items.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        if serde_json::to_writer(&mut out, it).is_err() {
-            out.extend_from_slice(b"null");
+        match j {
+            Some(j) => out.extend_from_slice(j),
+            None => {
+                if serde_json::to_writer(&mut out, v).is_err() {
+                    out.extend_from_slice(b"null");
+                }
+            }
         }
     }
     out.extend_from_slice(b"]}");
@@ -406,10 +422,10 @@ async fn list(state: &Arc<AppState>, ctx: &Ctx, t: &Target) -> Result<Response<B
             }
         }
         let (entries, rev) = state.cache.list(&prefix);
-        let items: Vec<&Value> = entries
+        let items: Vec<Item<'_>> = entries
             .iter()
-            .map(|e| &*e.value)
-            .filter(|v| opts.matches(v))
+            .filter(|e| opts.matches(&e.value))
+            .map(|e| (&*e.value, Some(&e.json[..])))
             .collect();
         return Ok(list_body(t, ctx, &items, rev, None));
     }
@@ -523,7 +539,7 @@ async fn list(state: &Arc<AppState>, ctx: &Ctx, t: &Target) -> Result<Response<B
     } else {
         None
     };
-    let refs: Vec<&Value> = items.iter().collect();
+    let refs: Vec<Item<'_>> = items.iter().map(|v| (v, None)).collect();
     Ok(list_body(t, ctx, &refs, rev, cont_token))
 }
 
@@ -706,10 +722,7 @@ pub async fn create_object(
     {
         o.remove("status");
         if t.def.kind == "Pod" {
-            o.insert(
-                "status".into(),
-                json!({"phase": "Pending", "qosClass": "BestEffort"}),
-            );
+            o.insert("status".into(), json!({"phase": "Pending"}));
         }
     }
     obj = normalize(&t, ctx, obj)?;
@@ -743,7 +756,16 @@ pub async fn create_object(
     if dry {
         return Ok(obj);
     }
-    let rev = match state.store.create(&t.key(), encode(&obj)).await {
+    // Events expire like upstream's --event-ttl (1h), so they never pile up.
+    let write = if t.def.kind == "Event" && t.def.group.is_empty() {
+        state
+            .store
+            .create_with_ttl(&t.key(), encode(&obj), EVENT_TTL)
+            .await
+    } else {
+        state.store.create(&t.key(), encode(&obj)).await
+    };
+    let rev = match write {
         Ok(r) => r,
         Err(e) => {
             if let Some(a) = &allocated {
@@ -1333,7 +1355,7 @@ async fn delete_collection(
             Err(e) => return Err(e),
         }
     }
-    let refs: Vec<&Value> = deleted.iter().collect();
+    let refs: Vec<Item<'_>> = deleted.iter().map(|v| (v, None)).collect();
     Ok(list_body(t, ctx, &refs, state.cache.revision(), None))
 }
 

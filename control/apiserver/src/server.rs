@@ -25,6 +25,11 @@ use crate::cache::Cache;
 use crate::pki::Pki;
 use crate::{Error, alloc, bootstrap, discovery, handlers, openapi};
 
+/// Concurrent HTTP/2 streams per connection.
+const MAX_STREAMS: u32 = 2000;
+/// How long an HTTP/1 client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Largest request body accepted (upstream's limit is 3 MiB).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
@@ -244,7 +249,17 @@ impl ApiServer {
                     let identity = identity.clone();
                     async move { Ok::<_, std::convert::Infallible>(handle(state, identity, req).await) }
                 });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                // Clients multiplex all their watches over one HTTP/2
+                // connection (client-go does): allow many streams.
+                builder.http2().max_concurrent_streams(MAX_STREAMS);
+                // A client that never finishes its headers must not hold a
+                // connection forever.
+                builder
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT);
                 if let Err(e) = builder
                     .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                     .await
@@ -323,6 +338,58 @@ impl Ctx {
     }
 }
 
+/// Whether the client's first choice is YAML (`Accept: application/yaml`).
+fn prefers_yaml(req: &Request<Incoming>) -> bool {
+    let watch = req.uri().path().contains("/watch/")
+        || req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+    !watch
+        && req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|a| a.split(',').next())
+            .is_some_and(|m| {
+                m.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("application/yaml")
+            })
+}
+
+/// Re-encode a JSON response as YAML.
+async fn to_yaml(resp: Response<Body>) -> Response<Body> {
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if !is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = body.collect().await.map(|b| b.to_bytes()) else {
+        return error_response(&ApiError::Internal("encoding the response".to_owned()));
+    };
+    let yaml = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| serde_saphyr::to_string(&v).ok());
+    match yaml {
+        Some(y) => {
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/yaml"),
+            );
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, Body::from(y))
+        }
+        None => Response::from_parts(parts, Body::from(bytes)),
+    }
+}
+
 async fn handle(
     state: Arc<AppState>,
     identity: PeerIdentity,
@@ -331,10 +398,14 @@ async fn handle(
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let started = std::time::Instant::now();
-    let resp = match handle_inner(state, identity, req).await {
+    let yaml = prefers_yaml(&req);
+    let mut resp = match handle_inner(state, identity, req).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
     };
+    if yaml {
+        resp = to_yaml(resp).await;
+    }
     tracing::debug!(%method, %path, status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
     resp
 }
@@ -424,8 +495,43 @@ async fn handle_inner(
     route(&state, ctx).await
 }
 
+/// Whether the client accepts an answer we produce (JSON, or YAML). A missing
+/// Accept, wildcards, JSON variants (Table, discovery) and protobuf-or-any
+/// lists all do; an Accept naming only other types gets 406, as upstream.
+fn accepts_json(ctx: &Ctx) -> bool {
+    let Some(accept) = ctx.header(header::ACCEPT) else {
+        return true;
+    };
+    if accept.trim().is_empty() {
+        return true;
+    }
+    accept.split(',').any(|m| {
+        let mt = m
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        matches!(
+            mt.as_str(),
+            "*/*"
+                | "application/*"
+                | "application/json"
+                | "application/yaml"
+                | "text/plain"
+                | "text/*"
+        ) || mt.ends_with("+json")
+    })
+}
+
 async fn route(state: &Arc<AppState>, ctx: Ctx) -> Result<Response<Body>, ApiError> {
     let path = ctx.path.trim_end_matches('/').to_owned();
+    if !accepts_json(&ctx) {
+        return Err(ApiError::NotAcceptable(format!(
+            "only the following media types are accepted: application/json, application/json;as=Table;v=v1;g=meta.k8s.io, got {:?}",
+            ctx.header(header::ACCEPT).unwrap_or("")
+        )));
+    }
     match path.as_str() {
         "/healthz" | "/livez" | "/readyz" | "/healthz/ping" | "/livez/ping" | "/readyz/ping" => {
             return Ok(text(StatusCode::OK, "ok"));

@@ -44,6 +44,20 @@ impl Encoder {
         Bytes::from(line)
     }
 
+    /// An event from an already-encoded object (the common, non-Table case).
+    fn event_json(&self, kind: &str, obj: &Value, json: &[u8]) -> Bytes {
+        if self.table.is_some() {
+            return self.event(kind, obj);
+        }
+        let mut line = Vec::with_capacity(json.len() + 32);
+        line.extend_from_slice(b"{\"type\":\"");
+        line.extend_from_slice(kind.as_bytes());
+        line.extend_from_slice(b"\",\"object\":");
+        line.extend_from_slice(json);
+        line.extend_from_slice(b"}\n");
+        Bytes::from(line)
+    }
+
     fn bookmark(&self, rev: Revision, initial_end: bool) -> Bytes {
         let mut meta = json!({"resourceVersion": rev.to_string()});
         if initial_end {
@@ -134,7 +148,7 @@ pub async fn serve(
                     continue;
                 }
                 if opts.matches(&e.value) {
-                    first.push(enc.event("ADDED", &e.value));
+                    first.push(enc.event_json("ADDED", &e.value, &e.json));
                 }
             }
             if send_initial == Some(true) {
@@ -252,11 +266,11 @@ fn event_for(enc: &Encoder, opts: &ListOpts, c: &Change) -> Option<Bytes> {
     let now = c.kind == ChangeKind::Put && opts.matches(&c.object);
     let before = c.prev.as_ref().is_some_and(|p| opts.matches(p));
     match c.kind {
-        ChangeKind::Delete => before.then(|| enc.event("DELETED", &c.object)),
+        ChangeKind::Delete => before.then(|| enc.event_json("DELETED", &c.object, &c.json)),
         ChangeKind::Put => match (before, now) {
-            (false, true) => Some(enc.event("ADDED", &c.object)),
-            (true, true) => Some(enc.event("MODIFIED", &c.object)),
-            (true, false) => Some(enc.event("DELETED", &c.object)),
+            (false, true) => Some(enc.event_json("ADDED", &c.object, &c.json)),
+            (true, true) => Some(enc.event_json("MODIFIED", &c.object, &c.json)),
+            (true, false) => Some(enc.event_json("DELETED", &c.object, &c.json)),
             (false, false) => None,
         },
     }

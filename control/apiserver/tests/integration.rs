@@ -551,6 +551,36 @@ async fn bad_input_never_stores_and_gets_a_status() {
         (code, v["reason"].as_str()),
         (405, Some("MethodNotAllowed"))
     );
+    let req = http::Request::builder()
+        .uri(path)
+        .header("accept", "application/xml")
+        .body(kube::client::Body::empty())
+        .expect("request");
+    let resp = client.send(req).await.expect("send");
+    assert_eq!(resp.status().as_u16(), 406);
+    // YAML when asked for it first.
+    let req = http::Request::builder()
+        .uri("/api/v1/namespaces/default")
+        .header("accept", "application/yaml")
+        .body(kube::client::Body::empty())
+        .expect("request");
+    let resp = client.send(req).await.expect("send");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/yaml")
+    );
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("kind: Namespace") && text.contains("name: default"),
+        "{text}"
+    );
     let invalid = raw(&client, "POST", path, "application/json", ok("Bad_Name"))
         .await
         .1;
@@ -1016,4 +1046,48 @@ async fn discovery_serves_the_registry() {
         .find(|g| g["metadata"]["name"] == "apps")
         .expect("apps");
     assert_eq!(apps["versions"][0]["version"], "v1");
+}
+
+#[tokio::test]
+async fn expired_continue_token_is_410() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = TestServer::start_in(dir.path(), |_| {}).await;
+    let cms: Api<ConfigMap> = Api::namespaced(s.client().await, "default");
+    for i in 0..5 {
+        cms.create(&PostParams::default(), &cm(&format!("e{i}"), json!({})))
+            .await
+            .expect("create");
+    }
+    let page = cms
+        .list(&ListParams::default().limit(2))
+        .await
+        .expect("first page");
+    let token = page.metadata.continue_.expect("continue token");
+    // Newer writes, then compaction past the first page's snapshot.
+    cms.create(&PostParams::default(), &cm("later", json!({})))
+        .await
+        .expect("create");
+    let rev = s.store.current_revision().await.expect("revision");
+    s.store.compact(rev).await.expect("compact");
+    let e = api_err(
+        cms.list(&ListParams::default().limit(2).continue_token(&token))
+            .await
+            .expect_err("expired"),
+    );
+    assert_eq!((e.code, e.reason.as_str()), (410, "Expired"));
+    assert!(
+        e.message
+            .starts_with("The provided continue parameter is too old"),
+        "{}",
+        e.message
+    );
+    // A fresh list still works.
+    assert_eq!(
+        cms.list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .len(),
+        6
+    );
 }

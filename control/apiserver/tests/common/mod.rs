@@ -21,6 +21,7 @@ pub struct TestServer {
     pub kubeconfig: PathBuf,
     pub node_token: String,
     pub ca_pem: String,
+    pub store: Arc<dyn kestrel_store::Store>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -35,7 +36,8 @@ impl TestServer {
         cfg.bind_address = "127.0.0.1".parse().expect("ip");
         cfg.secure_port = 0;
         tweak(&mut cfg);
-        let server = ApiServer::bind(Arc::new(store), cfg)
+        let store: Arc<dyn kestrel_store::Store> = Arc::new(store);
+        let server = ApiServer::bind(store.clone(), cfg)
             .await
             .expect("bind the API server");
         let (stop, rx) = oneshot::channel();
@@ -57,6 +59,7 @@ impl TestServer {
             kubeconfig,
             node_token,
             ca_pem,
+            store,
             stop: Some(stop),
             task: Some(task),
         }
