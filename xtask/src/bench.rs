@@ -19,11 +19,28 @@ pub struct BenchArgs {
 enum Suite {
     /// The store backends: SQLite and etcd, side by side.
     Store,
+    /// The API server: creates, LIST, watch fan-out, RSS. Prints its report;
+    /// it does not yet write docs/benchmarks.md itself.
+    Apiserver,
 }
 
 pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     let bin = match args.suite {
         Suite::Store => "store-bench",
+        Suite::Apiserver => {
+            return sh(Command::new("cargo")
+                .current_dir(root)
+                .args([
+                    "run",
+                    "--release",
+                    "--package",
+                    "kestrel-apiserver",
+                    "--example",
+                    "bench",
+                    "--",
+                ])
+                .args(&args.args));
+        }
     };
     sh(Command::new("cargo")
         .current_dir(root)
