@@ -3,4 +3,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cni;
+pub mod report;
 pub mod store;

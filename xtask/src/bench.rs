@@ -19,6 +19,8 @@ pub struct BenchArgs {
 enum Suite {
     /// The store backends: SQLite and etcd, side by side.
     Store,
+    /// The CNI plugin: ADD and DEL latency against a no-op baseline (needs root).
+    Cni,
     /// The API server: creates, LIST, watch fan-out, RSS. Prints its report;
     /// it does not yet write docs/benchmarks.md itself.
     Apiserver,
@@ -27,6 +29,32 @@ enum Suite {
 pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     let bin = match args.suite {
         Suite::Store => "store-bench",
+        Suite::Cni => {
+            sh(Command::new("cargo").current_dir(root).args([
+                "build",
+                "--release",
+                "--package",
+                "kestrel-cni",
+                "--bin",
+                "kestrel-cni",
+            ]))?;
+            return sh(Command::new("cargo")
+                .current_dir(root)
+                .args([
+                    "run",
+                    "--release",
+                    "--package",
+                    "kestrel-bench",
+                    "--bin",
+                    "cni-bench",
+                    "--",
+                ])
+                .arg("--plugin")
+                .arg(root.join("target/release/kestrel-cni"))
+                .arg("--write")
+                .arg(root.join("docs/benchmarks.md"))
+                .args(&args.args));
+        }
         Suite::Apiserver => {
             return sh(Command::new("cargo")
                 .current_dir(root)

@@ -45,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
     let section = report.to_markdown();
     println!("{section}");
     if let Some(path) = args.write {
-        store::write_section(&path, &section)
+        kestrel_bench::report::write_section(&path, "## Store", &section)
             .with_context(|| format!("updating {}", path.display()))?;
     }
     Ok(())
