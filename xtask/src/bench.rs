@@ -1,7 +1,8 @@
-//! `cargo xtask bench <suite> [args]`: runs a benchmark from `bench/` in
-//! release mode and writes its section of docs/benchmarks.md.
+//! `cargo xtask bench <suite> [args]`: runs a benchmark from `bench/` (or
+//! the API server's example) in release mode; the store and CNI suites write
+//! their section of docs/benchmarks.md.
 
-use std::{path::Path, process::Command};
+use std::{ffi::OsString, path::Path, process::Command};
 
 use crate::sh;
 
@@ -27,61 +28,51 @@ enum Suite {
 }
 
 pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
-    let bin = match args.suite {
-        Suite::Store => "store-bench",
+    let docs = root.join("docs/benchmarks.md");
+    let (target, mut extra): (&[&str], Vec<OsString>) = match args.suite {
+        Suite::Store => (
+            &["--package", "kestrel-bench", "--bin", "store-bench"],
+            vec!["--write".into(), docs.into()],
+        ),
         Suite::Cni => {
-            sh(Command::new("cargo").current_dir(root).args([
-                "build",
-                "--release",
-                "--package",
-                "kestrel-cni",
-                "--bin",
-                "kestrel-cni",
-            ]))?;
-            return sh(Command::new("cargo")
-                .current_dir(root)
-                .args([
-                    "run",
+            cargo(
+                root,
+                &[
+                    "build",
                     "--release",
                     "--package",
-                    "kestrel-bench",
+                    "kestrel-cni",
                     "--bin",
-                    "cni-bench",
-                    "--",
-                ])
-                .arg("--plugin")
-                .arg(root.join("target/release/kestrel-cni"))
-                .arg("--write")
-                .arg(root.join("docs/benchmarks.md"))
-                .args(&args.args));
+                    "kestrel-cni",
+                ],
+                &[],
+            )?;
+            let plugin = root.join("target/release/kestrel-cni");
+            (
+                &["--package", "kestrel-bench", "--bin", "cni-bench"],
+                vec![
+                    "--plugin".into(),
+                    plugin.into(),
+                    "--write".into(),
+                    docs.into(),
+                ],
+            )
         }
-        Suite::Apiserver => {
-            return sh(Command::new("cargo")
-                .current_dir(root)
-                .args([
-                    "run",
-                    "--release",
-                    "--package",
-                    "kestrel-apiserver",
-                    "--example",
-                    "bench",
-                    "--",
-                ])
-                .args(&args.args));
-        }
+        Suite::Apiserver => (
+            &["--package", "kestrel-apiserver", "--example", "bench"],
+            Vec::new(),
+        ),
     };
+    extra.extend(args.args.iter().map(OsString::from));
+    let mut cargo_args = vec!["run", "--release"];
+    cargo_args.extend_from_slice(target);
+    cargo_args.push("--");
+    cargo(root, &cargo_args, &extra)
+}
+
+fn cargo(root: &Path, args: &[&str], extra: &[OsString]) -> anyhow::Result<()> {
     sh(Command::new("cargo")
         .current_dir(root)
-        .args([
-            "run",
-            "--release",
-            "--package",
-            "kestrel-bench",
-            "--bin",
-            bin,
-            "--",
-            "--write",
-        ])
-        .arg(root.join("docs/benchmarks.md"))
-        .args(&args.args))
+        .args(args)
+        .args(extra))
 }
