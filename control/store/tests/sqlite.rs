@@ -249,21 +249,27 @@ async fn acknowledged_writes_survive_sigkill() {
         .spawn()
         .expect("spawn child");
     let stdout = child.stdout.take().expect("stdout");
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen_by_reader = std::sync::Arc::clone(&seen);
     let reader = std::thread::spawn(move || {
         let mut acked = Vec::new();
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             if let Some(i) = line.strip_prefix("ACK ") {
                 acked.push(i.parse::<u64>().expect("ack number"));
+                seen_by_reader.store(acked.len(), std::sync::atomic::Ordering::Relaxed);
             }
         }
         acked
     });
-    // Kill it mid-stream, once it has acknowledged a fair number of writes.
+    // Kill it mid-stream, once we have read a fair number of acknowledgements
+    // and the WAL holds real work. Waiting on the WAL size alone raced with
+    // reading the acknowledgements from the pipe on a loaded machine.
     let deadline = Instant::now() + DEADLINE;
     loop {
         assert!(Instant::now() < deadline, "child made no progress");
-        if file_size(&dir.path().join("state.db-wal")) > 2 * 1024 * 1024 {
+        let acks = seen.load(std::sync::atomic::Ordering::Relaxed);
+        if acks >= 200 && file_size(&dir.path().join("state.db-wal")) > 2 * 1024 * 1024 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
