@@ -36,19 +36,7 @@ macro_rules! conformance {
     )*};
 }
 
-conformance!(
-    crud_and_revisions,
-    concurrent_cas,
-    watch_order_and_resume,
-    watch_switch_under_load,
-    watch_from_now_under_load,
-    prefix_isolation,
-    compaction,
-    large_values,
-    range_10k_paginated,
-    ttl_expiry,
-    periodic_compaction,
-);
+conformance::for_each_case!(conformance);
 
 /// Writers run until stopped; returns the numbers whose create was
 /// acknowledged.

@@ -42,19 +42,7 @@ macro_rules! conformance {
     )*};
 }
 
-conformance!(
-    crud_and_revisions,
-    concurrent_cas,
-    watch_order_and_resume,
-    watch_switch_under_load,
-    watch_from_now_under_load,
-    prefix_isolation,
-    compaction,
-    large_values,
-    range_10k_paginated,
-    ttl_expiry,
-    periodic_compaction,
-);
+conformance::for_each_case!(conformance);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reopen_keeps_revisions_and_compaction() {
@@ -186,14 +174,30 @@ async fn files_stay_bounded_under_churn() {
                 assert!(Instant::now() < deadline, "compaction did not run");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            // The writer publishes the compaction revision before it
+            // reclaims space (vacuum, then a truncating checkpoint), so
+            // wait for the WAL to be cut back before measuring.
+            while file_size(&wal) > 1024 * 1024 {
+                assert!(
+                    Instant::now() < deadline,
+                    "the WAL was not checkpointed after compaction: {} bytes",
+                    file_size(&wal)
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             sizes.push(file_size(&db) + file_size(&wal));
         }
     }
-    // 2,050 versions of 16 KiB were written (32 MiB); about 550 are kept.
+    // 2,050 versions of 16 KiB were written (32 MiB). When a size is taken,
+    // at most ~600 revisions plus the 50 live keys are retained, and a 16 KiB
+    // value spans five 4 KiB pages: about 13 MiB that must stay. Allow twice
+    // that for free pages not yet reused; growth with the writes would blow
+    // through it (and through the plateau check below).
     let written = 2050 * 16 * 1024;
+    let retained = 650 * 5 * 4096;
     let last = *sizes.last().expect("sizes");
     assert!(
-        last < written / 2,
+        last < 2 * retained,
         "files hold {last} bytes after {written} bytes of churn: {sizes:?}"
     );
     assert!(

@@ -288,18 +288,7 @@ fn update(
     value: &Bytes,
     expected: Revision,
 ) -> Result<Done> {
-    let Some((current, expires_at)) = schema::head(tx, key)? else {
-        return Err(Error::NotFound {
-            key: key.to_owned(),
-        });
-    };
-    if current.mod_revision != expected {
-        return Err(Error::Conflict {
-            key: key.to_owned(),
-            expected,
-            current: current.mod_revision,
-        });
-    }
+    let (current, expires_at) = checked_head(tx, key, Some(expected))?;
     let rev = *revision + 1;
     insert(
         tx,
@@ -325,14 +314,14 @@ fn update(
     Ok(Done::Revision(rev))
 }
 
-fn delete(
+/// The key's current head, checked against the caller's expected
+/// mod_revision (compare-and-swap); `None` skips the check.
+fn checked_head(
     tx: &Transaction<'_>,
-    revision: &mut Revision,
-    events: &mut Vec<Event>,
     key: &str,
     expected: Option<Revision>,
-) -> Result<Deleted> {
-    let Some((current, _)) = schema::head(tx, key)? else {
+) -> Result<(KeyValue, Option<i64>)> {
+    let Some((current, expires_at)) = schema::head(tx, key)? else {
         return Err(Error::NotFound {
             key: key.to_owned(),
         });
@@ -346,6 +335,17 @@ fn delete(
             current: current.mod_revision,
         });
     }
+    Ok((current, expires_at))
+}
+
+fn delete(
+    tx: &Transaction<'_>,
+    revision: &mut Revision,
+    events: &mut Vec<Event>,
+    key: &str,
+    expected: Option<Revision>,
+) -> Result<Deleted> {
+    let (current, _) = checked_head(tx, key, expected)?;
     let rev = *revision + 1;
     insert(
         tx,

@@ -661,3 +661,24 @@ pub fn crash_value(i: u64) -> Bytes {
 pub fn crash_key(i: u64) -> String {
     format!("/crash/{i:08}")
 }
+
+/// Calls `$m!` with every case of the suite, so that each backend's test
+/// file instantiates exactly the same list.
+macro_rules! for_each_case {
+    ($m:ident) => {
+        $m!(
+            crud_and_revisions,
+            concurrent_cas,
+            watch_order_and_resume,
+            watch_switch_under_load,
+            watch_from_now_under_load,
+            prefix_isolation,
+            compaction,
+            large_values,
+            range_10k_paginated,
+            ttl_expiry,
+            periodic_compaction,
+        );
+    };
+}
+pub(crate) use for_each_case;
