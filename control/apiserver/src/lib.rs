@@ -22,6 +22,8 @@ pub mod pki;
 mod proto;
 mod server;
 mod table;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod watch;
 
 use std::net::SocketAddr;

@@ -3,13 +3,11 @@
 //! variable or under `<repo>/.cache` (where `cargo xtask setup` puts it);
 //! a missing tool fails the test with a message saying how to get it.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::TestServer;
+use kestrel_apiserver::testing::TestServer;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")

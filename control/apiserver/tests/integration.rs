@@ -1,13 +1,12 @@
 //! kube-rs against an in-process server backed by the real SQLite store.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestServer, eventually};
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use kestrel_apiserver::testing::{self, TestServer};
+use kestrel_testkit::eventually;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
@@ -128,7 +127,7 @@ async fn node_join_issues_a_node_certificate_that_authenticates() {
     .await;
     assert_eq!(code, 200, "{v}");
     let cert = v["certificate"].as_str().expect("certificate").to_owned();
-    let der = common::pem_der(&cert);
+    let der = testing::pem_der(&cert);
     let user = kestrel_apiserver::auth::user_from_cert(&der).expect("identity");
     assert_eq!(user.name, "system:node:node-1");
     assert_eq!(user.groups, vec!["system:nodes".to_owned()]);
@@ -144,7 +143,7 @@ async fn node_join_issues_a_node_certificate_that_authenticates() {
     assert_eq!(code, 401);
     // The issued certificate authenticates.
     let mut cfg = kube::Config::new(format!("https://{}", s.addr).parse().expect("url"));
-    cfg.root_cert = Some(vec![common::pem_der(&s.ca_pem)]);
+    cfg.root_cert = Some(vec![testing::pem_der(&s.ca_pem)]);
     cfg.auth_info.client_certificate_data = Some(base64_encode(&cert));
     cfg.auth_info.client_key_data = Some(base64_encode(&key.serialize_pem()).into());
     let node_client = kube::Client::try_from(cfg).expect("client");

@@ -2,13 +2,12 @@
 //! `$KESTREL_KUBECTL` or `<repo>/.cache/bin/kubectl` (`cargo xtask setup`
 //! puts it there); the test fails, loudly, when it is missing.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{TestServer, eventually};
+use kestrel_apiserver::testing::TestServer;
+use kestrel_testkit::eventually;
 use tokio::io::AsyncWriteExt as _;
 
 fn kubectl_path() -> PathBuf {

@@ -1,20 +1,19 @@
-//! In-process server harness: the real SQLite store in a temp dir, the
-//! server on 127.0.0.1 with a random port, and clients for it.
-
-#![allow(
-    dead_code,
-    reason = "each test binary uses a different part of the harness"
-)]
+//! In-process server harness for tests (feature `testing`): the real SQLite
+//! store in a directory, the server on 127.0.0.1 with a random port, and
+//! kube-rs clients for it. The controller, scheduler and agent tests use it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use kestrel_apiserver::{ApiServer, Config};
+use crate::{ApiServer, Config};
 use kestrel_store::sqlite::{SqliteConfig, SqliteStore};
 use tokio::sync::oneshot;
 
 /// A running server and what is needed to talk to it.
+#[expect(
+    missing_debug_implementations,
+    reason = "holds a store trait object; test-only"
+)]
 pub struct TestServer {
     pub dir: PathBuf,
     pub addr: std::net::SocketAddr,
@@ -110,21 +109,5 @@ impl Drop for TestServer {
 
 /// DER of the first PEM block.
 pub fn pem_der(pem: &str) -> Vec<u8> {
-    kestrel_apiserver::pki::pem_der(pem).expect("PEM")
-}
-
-/// Poll `f` until it returns `Some`, or panic with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    crate::pki::pem_der(pem).expect("PEM")
 }
