@@ -1,0 +1,7 @@
+//! Kestrel's controller manager.
+//!
+//! One module per controller, each in the kube-runtime style: a reflector
+//! watches what it needs, a reconcile function moves one object toward its
+//! spec, and errors requeue with backoff. Every controller is a client of
+//! the API server and nothing else.
+#![forbid(unsafe_code)]
