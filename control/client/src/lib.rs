@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod events;
+pub mod leader;
 
 use std::path::{Path, PathBuf};
 
