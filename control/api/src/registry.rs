@@ -70,6 +70,8 @@ pub enum Subresource {
     Log,
     /// `exec`: proxied to the node agent.
     Exec,
+    /// `finalize`: namespaces only, updates `spec.finalizers`.
+    Finalize,
 }
 
 impl Subresource {
@@ -82,6 +84,7 @@ impl Subresource {
             Self::Eviction => "eviction",
             Self::Log => "log",
             Self::Exec => "exec",
+            Self::Finalize => "finalize",
         }
     }
 
@@ -92,13 +95,14 @@ impl Subresource {
             Self::Binding | Self::Eviction => &["create"],
             Self::Log => &["get"],
             Self::Exec => &["create", "get"],
+            Self::Finalize => &["update"],
         }
     }
 
     /// (group, version, kind) of the subresource's body.
     pub fn kind(self, parent: &ResourceDef) -> (&'static str, &'static str, &'static str) {
         match self {
-            Self::Status => (parent.group, parent.version, parent.kind),
+            Self::Status | Self::Finalize => (parent.group, parent.version, parent.kind),
             Self::Scale => ("autoscaling", "v1", "Scale"),
             Self::Binding => ("", "v1", "Binding"),
             Self::Eviction => ("policy", "v1", "Eviction"),
@@ -275,7 +279,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         verbs: &[
             "create", "delete", "get", "list", "patch", "update", "watch",
         ],
-        subresources: &[Subresource::Status],
+        subresources: &[Subresource::Status, Subresource::Finalize],
         categories: &[],
         columns: &[
             NAME,
