@@ -3,5 +3,17 @@
 //! One module per controller, each in the kube-runtime style: a reflector
 //! watches what it needs, a reconcile function moves one object toward its
 //! spec, and errors requeue with backoff. Every controller is a client of
-//! the API server and nothing else.
+//! the API server and nothing else. [`manager::Manager`] starts them all,
+//! behind leader election when asked.
 #![forbid(unsafe_code)]
+
+// Infrastructure controllers.
+pub mod endpointslice;
+pub mod gc;
+pub mod manager;
+pub mod namespace;
+pub mod nodeipam;
+pub mod nodelifecycle;
+pub mod serviceaccount;
+
+pub use manager::{Manager, Options};
