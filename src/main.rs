@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// Run the control plane: the Kubernetes API server over the chosen store.
     Server(cmd::server::ServerArgs),
+    /// Run the controllers alone against an API server (HA control planes).
+    ControllerManager(cmd::controller_manager::ControllerManagerArgs),
     /// Inspect and exercise the eBPF dataplane.
     #[command(subcommand)]
     Bpf(BpfCommand),
@@ -83,6 +85,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => cmd::server::run(args).await,
+            Command::ControllerManager(args) => cmd::controller_manager::run(args).await,
             Command::Bpf(BpfCommand::Count {
                 iface,
                 direction,
