@@ -967,6 +967,72 @@ mod tests {
     }
 
     #[test]
+    fn conditions_follow_readiness_termination_and_publish_not_ready() {
+        let svc = |publish: bool| -> Service {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "web"},
+                "spec": {"selector": {"app": "web"}, "publishNotReadyAddresses": publish,
+                    "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+            }))
+            .expect("svc")
+        };
+        let pod = |ready: bool, deleting: bool, port: Option<i32>| -> Pod {
+            let ports = port.map(|p| serde_json::json!([{"name": "http", "containerPort": p}]));
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "uid": "u1",
+                    "deletionTimestamp": if deleting { Some("2026-01-01T00:00:00Z") } else { None }},
+                "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": ports}]},
+                "status": {"phase": "Running", "podIP": "10.42.0.5",
+                    "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
+            }))
+            .expect("pod")
+        };
+        let conds = |svc: &Service, p: &Pod| -> (bool, bool, bool) {
+            let c = pod_endpoint(svc, p, None)
+                .expect("endpoint")
+                .endpoint
+                .conditions
+                .expect("conditions");
+            (
+                c.ready == Some(true),
+                c.serving == Some(true),
+                c.terminating == Some(true),
+            )
+        };
+        let plain = svc(false);
+        assert_eq!(
+            conds(&plain, &pod(true, false, Some(8080))),
+            (true, true, false)
+        );
+        assert_eq!(
+            conds(&plain, &pod(false, false, Some(8080))),
+            (false, false, false)
+        );
+        assert_eq!(
+            conds(&plain, &pod(true, true, Some(8080))),
+            (false, true, true)
+        );
+        assert_eq!(
+            conds(&plain, &pod(false, true, Some(8080))),
+            (false, false, true)
+        );
+        let publish = svc(true);
+        assert_eq!(
+            conds(&publish, &pod(false, false, Some(8080))),
+            (true, true, false)
+        );
+        // The named port resolves per pod; a pod without it has no port.
+        let e = pod_endpoint(&plain, &pod(true, false, Some(9090)), None).expect("endpoint");
+        assert_eq!(e.ports[0].port, Some(9090));
+        let e = pod_endpoint(&plain, &pod(true, false, None), None).expect("endpoint");
+        assert!(e.ports.is_empty());
+        // Legacy Endpoints leave terminating pods out unless publishing.
+        let p = Arc::new(pod(true, true, Some(8080)));
+        assert!(endpoint_subsets(&plain, std::slice::from_ref(&p)).is_empty());
+        assert_eq!(endpoint_subsets(&publish, &[p]).len(), 1);
+    }
+
+    #[test]
     fn no_endpoints_leave_one_placeholder() {
         let current = vec![
             ("s-a".to_owned(), port(80), vec![ep("a")]),
