@@ -120,12 +120,37 @@ pub async fn run(client: kube::Client) -> Result<()> {
             watcher(api, watcher::Config::default())
                 .default_backoff()
                 .reflect(writer)
-                .for_each(move |ev| {
-                    if let Err(e) = ev {
-                        tracing::debug!(watch = %what, error = %e, "watch failed; retrying");
+                .for_each({
+                    // What the collector reads of each object, so that
+                    // changes it does not care about (status updates, Lease
+                    // renewals) do not start a pass.
+                    let mut seen: HashMap<String, u64> = HashMap::new();
+                    move |ev| {
+                        let relevant = match ev {
+                            Err(e) => {
+                                tracing::debug!(watch = %what, error = %e, "watch failed; retrying");
+                                false
+                            }
+                            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                                let uid = o.metadata.uid.clone().unwrap_or_default();
+                                seen.insert(uid, fingerprint(&o)) != Some(fingerprint(&o))
+                            }
+                            Ok(watcher::Event::Delete(o)) => {
+                                seen.remove(o.metadata.uid.as_deref().unwrap_or_default());
+                                true
+                            }
+                            Ok(watcher::Event::Init) => {
+                                // A re-list: forget objects deleted meanwhile.
+                                seen.clear();
+                                true
+                            }
+                            Ok(watcher::Event::InitDone) => true,
+                        };
+                        if relevant {
+                            n.notify_one();
+                        }
+                        futures::future::ready(())
                     }
-                    n.notify_one();
-                    futures::future::ready(())
                 }),
         );
         kinds.push(Kind {
@@ -137,6 +162,18 @@ pub async fn run(client: kube::Client) -> Result<()> {
     let ctx = Ctx { client, kinds };
     tokio::join!(futures::future::join_all(watches), ctx.run_passes(notify));
     Ok(())
+}
+
+/// A hash of what the collector reads of an object.
+fn fingerprint(o: &DynamicObject) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    o.metadata.deletion_timestamp.is_some().hash(&mut h);
+    o.metadata.finalizers.hash(&mut h);
+    for r in o.owner_references() {
+        (&r.uid, &r.name, &r.kind, r.block_owner_deletion).hash(&mut h);
+    }
+    h.finish()
 }
 
 impl Ctx {
