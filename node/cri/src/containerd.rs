@@ -90,6 +90,9 @@ state = {state}
   # below 0 even for root, which makes runc fail every sandbox at its -998.
   # Clamp to containerd's own score instead; QoS ordering above it still holds.
   restrict_oom_score_adj = true
+  # Pod network namespaces are mounted under this node's state directory,
+  # not /run/netns, so tearing a node down finds every one of them.
+  netns_mounts_under_state_dir = true
 
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
@@ -122,6 +125,30 @@ state = {state}
     /// Where containerd's output goes.
     pub fn log_path(&self) -> PathBuf {
         self.root.with_file_name("containerd.log")
+    }
+}
+
+/// Imports an image archive into the CRI namespace of the containerd
+/// listening on `socket` (see [`Containerd::import_archive`]).
+pub async fn import_archive(socket: &Path, archive: &Path) -> Result<()> {
+    let output = Command::new("ctr")
+        .arg("--address")
+        .arg(socket)
+        .args(["--namespace", "k8s.io", "images", "import"])
+        .arg(archive)
+        .output()
+        .await
+        .map_err(|source| Error::Spawn {
+            program: "ctr images import".into(),
+            source,
+        })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Import {
+            archive: archive.to_path_buf(),
+            output: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
     }
 }
 
@@ -298,25 +325,7 @@ impl Containerd {
     /// CRI has no import call, so this uses containerd's own client, `ctr`,
     /// which ships with containerd.
     pub async fn import_archive(&self, archive: &Path) -> Result<()> {
-        let output = Command::new("ctr")
-            .arg("--address")
-            .arg(&self.config.socket)
-            .args(["--namespace", "k8s.io", "images", "import"])
-            .arg(archive)
-            .output()
-            .await
-            .map_err(|source| Error::Spawn {
-                program: "ctr images import".into(),
-                source,
-            })?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            Err(Error::Import {
-                archive: archive.to_path_buf(),
-                output: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-            })
-        }
+        import_archive(&self.config.socket, archive).await
     }
 
     /// Asks containerd to exit (SIGTERM), and kills it if it has not within
