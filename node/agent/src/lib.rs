@@ -129,6 +129,7 @@ pub async fn run(
             pods_root: dir.join("pods"),
             logs_root: dir.join("pod-logs"),
             cgroup_parent: format!("{}/pods", own_cgroup()),
+            ipam: pod_cidr.parse().ok().map(|c| (dir.join("cni"), c)),
         },
     );
     let result = tokio::select! {

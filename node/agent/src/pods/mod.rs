@@ -29,6 +29,23 @@ pub use cri::{CONTAINER_NAME, POD_NAME, POD_NAMESPACE, POD_UID};
 
 /// How often CRI state is relisted.
 const RELIST: Duration = Duration::from_secs(1);
+/// Every this many relists, addresses of vanished sandboxes are released.
+const IP_GC_ROUNDS: u64 = 30;
+/// An allocation younger than this may belong to a sandbox being created.
+const IP_GC_MIN_AGE: Duration = Duration::from_secs(60);
+
+fn release_orphan_ips(dir: &std::path::Path, cidr: ipnet::Ipv4Net, live: &HashSet<String>) {
+    match kestrel_cni::ipam::Ipam::open(dir, cidr)
+        .and_then(|i| i.release_orphans(live, IP_GC_MIN_AGE))
+    {
+        Ok(ips) => {
+            for ip in ips {
+                tracing::info!(%ip, "released the address of a sandbox that is gone");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "releasing orphaned pod addresses"),
+    }
+}
 
 /// What every pod worker shares.
 pub(crate) struct Shared {
@@ -59,6 +76,9 @@ pub struct Config {
     pub logs_root: PathBuf,
     /// cgroup parent of pod cgroups (cgroupfs path, e.g. `/kestrel/node1/pods`).
     pub cgroup_parent: String,
+    /// The CNI plugin's data dir and this node's pod CIDR, to release the
+    /// addresses of sandboxes that are gone.
+    pub ipam: Option<(PathBuf, ipnet::Ipv4Net)>,
 }
 
 type Workers = Arc<Mutex<HashMap<String, Arc<Notify>>>>;
@@ -137,7 +157,7 @@ pub async fn run(
     let pod_api: Api<Pod> = Api::all(client);
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", config.node));
     let events = reflector::reflector(pod_writer, watcher(pod_api, cfg)).default_backoff();
-    let pleg = tokio::spawn(relist(shared.clone(), workers.clone()));
+    let pleg = tokio::spawn(relist(shared.clone(), workers.clone(), config.ipam.clone()));
     let mut events = std::pin::pin!(events);
     while let Some(ev) = events.next().await {
         match ev {
@@ -166,8 +186,9 @@ pub async fn run(
 
 /// Relist CRI every second; wake workers whose containers changed, and
 /// start workers for sandboxes no pod owns (orphans from deleted pods).
-async fn relist(shared: Arc<Shared>, workers: Workers) {
+async fn relist(shared: Arc<Shared>, workers: Workers, ipam: Option<(PathBuf, ipnet::Ipv4Net)>) {
     let mut last: HashMap<String, u64> = HashMap::new();
+    let mut rounds: u64 = 0;
     // Orphans are only judged once the pod list has arrived.
     let _ = shared.pods.wait_until_ready().await;
     let mut tick = tokio::time::interval(RELIST);
@@ -188,7 +209,9 @@ async fn relist(shared: Arc<Shared>, workers: Workers) {
         };
         let mut now: HashMap<String, std::collections::hash_map::DefaultHasher> = HashMap::new();
         let mut names: HashMap<String, (String, String)> = HashMap::new();
-        for s in sandboxes.into_inner().items {
+        let sandboxes = sandboxes.into_inner().items;
+        let live_sandboxes: HashSet<String> = sandboxes.iter().map(|s| s.id.clone()).collect();
+        for s in sandboxes {
             let Some(uid) = s.labels.get(POD_UID).cloned() else {
                 continue;
             };
@@ -207,6 +230,12 @@ async fn relist(shared: Arc<Shared>, workers: Workers) {
                 continue;
             };
             (&c.id, c.state).hash(now.entry(uid).or_default());
+        }
+        rounds += 1;
+        if rounds.is_multiple_of(IP_GC_ROUNDS)
+            && let Some((dir, cidr)) = &ipam
+        {
+            release_orphan_ips(dir, *cidr, &live_sandboxes);
         }
         let now: HashMap<String, u64> = now.into_iter().map(|(k, h)| (k, h.finish())).collect();
         let known: HashSet<String> = shared
