@@ -107,12 +107,19 @@ pub async fn run_once(probe: &Probe, t: &Target) -> Result<(), String> {
         return if r.exit_code == 0 {
             Ok(())
         } else {
-            let out = String::from_utf8_lossy(&r.stdout).trim().to_owned();
-            Err(format!(
-                "command {:?} exited with {}: {out}",
-                e.command.clone().unwrap_or_default(),
-                r.exit_code
-            ))
+            // As upstream: the command's own output is the message.
+            let mut out = String::from_utf8_lossy(&r.stdout).into_owned();
+            out.push_str(&String::from_utf8_lossy(&r.stderr));
+            let out = out.trim();
+            if out.is_empty() {
+                Err(format!(
+                    "command {:?} exited with {}",
+                    e.command.clone().unwrap_or_default(),
+                    r.exit_code
+                ))
+            } else {
+                Err(out.to_owned())
+            }
         };
     }
     let fut = async {

@@ -33,6 +33,8 @@ struct Backoff {
     n: u32,
     /// Not before this instant.
     until: Option<Instant>,
+    /// The current delay.
+    delay: Duration,
     /// The exited container the delay is for.
     for_id: String,
 }
@@ -714,23 +716,26 @@ impl Worker {
             .unwrap_or_default();
         let b = self.backoff.entry(c.name.clone()).or_default();
         if b.for_id != last.id {
-            // A new exit: schedule the next attempt.
+            // A new exit. As upstream: the first restart is immediate, then
+            // 10 s, 20 s, ... up to 5 min; a long run resets the count.
             if ran >= BACKOFF_RESET {
                 b.n = 0;
             }
-            let delay = BACKOFF_BASE
-                .saturating_mul(1 << b.n.min(5))
-                .min(BACKOFF_MAX);
+            b.delay = if b.n == 0 {
+                Duration::ZERO
+            } else {
+                BACKOFF_BASE
+                    .saturating_mul(1 << (b.n - 1).min(5))
+                    .min(BACKOFF_MAX)
+            };
             b.n += 1;
-            b.until = Some(Instant::now() + delay);
+            b.until = Some(Instant::now() + b.delay);
             b.for_id = last.id.clone();
         }
         let until = b.until.unwrap_or_else(Instant::now);
+        let delay = b.delay;
         if Instant::now() < until {
             let left = until - Instant::now();
-            let delay = BACKOFF_BASE
-                .saturating_mul(1 << (b.n.saturating_sub(1)).min(5))
-                .min(BACKOFF_MAX);
             let msg = format!(
                 "back-off {}s restarting failed container={} pod={}_{}({})",
                 delay.as_secs(),
