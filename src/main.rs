@@ -23,6 +23,11 @@ struct Cli {
 enum Command {
     /// Run the control plane: the Kubernetes API server over the chosen store.
     Server(cmd::server::ServerArgs),
+    /// Run the scheduler alone, against the API server in --kubeconfig or KUBECONFIG.
+    Scheduler(cmd::scheduler::SchedulerArgs),
+    /// Simulate cluster members (nodes without agents) for tests and benchmarks.
+    #[command(subcommand)]
+    Sim(cmd::sim::SimCommand),
     /// Inspect and exercise the eBPF dataplane.
     #[command(subcommand)]
     Bpf(BpfCommand),
@@ -83,6 +88,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => cmd::server::run(args).await,
+            Command::Scheduler(args) => cmd::scheduler::run(args).await,
+            Command::Sim(c) => cmd::sim::run(c).await,
             Command::Bpf(BpfCommand::Count {
                 iface,
                 direction,

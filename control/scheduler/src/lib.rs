@@ -21,6 +21,7 @@ pub mod quantity;
 pub mod queue;
 mod report;
 mod run;
+pub mod sim;
 
 use std::time::Duration;
 
