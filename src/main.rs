@@ -29,6 +29,11 @@ enum Command {
     Up(cmd::up::UpArgs),
     /// Remove everything `kestrel up` made.
     Down(cmd::up::DownArgs),
+    /// Run the scheduler alone, against the API server in --kubeconfig or KUBECONFIG.
+    Scheduler(cmd::scheduler::SchedulerArgs),
+    /// Simulate cluster members (nodes without agents) for tests and benchmarks.
+    #[command(subcommand)]
+    Sim(cmd::sim::SimCommand),
     /// Inspect and exercise the eBPF dataplane.
     #[command(subcommand)]
     Bpf(BpfCommand),
@@ -104,6 +109,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Agent(args) => cmd::agent::run(args).await,
             Command::Up(args) => cmd::up::up(args).await,
             Command::Down(args) => cmd::up::down(args),
+            Command::Scheduler(args) => cmd::scheduler::run(args).await,
+            Command::Sim(c) => cmd::sim::run(c).await,
             Command::Bpf(BpfCommand::Count {
                 iface,
                 direction,

@@ -2,5 +2,7 @@
 
 pub mod agent;
 pub mod bpf;
+pub mod scheduler;
 pub mod server;
+pub mod sim;
 pub mod up;

@@ -81,13 +81,16 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         server.local_addr(),
         server.admin_kubeconfig().display()
     );
+    let kubeconfig = server.admin_kubeconfig().to_owned();
+    let scheduler = tokio::spawn(async move { super::scheduler::in_server(&kubeconfig).await });
     server.serve(shutdown_signal()).await.context("serving")?;
+    scheduler.abort();
     tracing::info!("API server stopped");
     Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {
