@@ -5,3 +5,10 @@
 //! spec, and errors requeue with backoff. Every controller is a client of
 //! the API server and nothing else.
 #![forbid(unsafe_code)]
+
+pub mod replicaset;
+pub mod workload;
+mod workloads;
+
+pub use workload::WorkloadConfig;
+pub use workloads::{run_workloads, run_workloads_with};
