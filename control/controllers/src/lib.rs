@@ -6,6 +6,7 @@
 //! the API server and nothing else.
 #![forbid(unsafe_code)]
 
+pub mod deployment;
 pub mod replicaset;
 pub mod workload;
 mod workloads;

@@ -21,8 +21,10 @@ pub async fn run_workloads_with(
     let ctx = Arc::new(Context::new(client, config));
     // Controllers subscribe to the informers as they are built, so build
     // them before any informer delivers its first list.
-    let controllers: Vec<(&str, BoxFuture<'static, ()>)> =
-        vec![("replicaset", crate::replicaset::controller(ctx.clone()))];
+    let controllers: Vec<(&str, BoxFuture<'static, ()>)> = vec![
+        ("replicaset", crate::replicaset::controller(ctx.clone())),
+        ("deployment", crate::deployment::controller(ctx.clone())),
+    ];
     let informers = async {
         tokio::try_join!(
             ctx.pods.run(),

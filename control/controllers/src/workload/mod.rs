@@ -18,7 +18,7 @@ use kestrel_client::events::Recorder;
 use kube::core::{Selector, SelectorExt as _};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Resource, ResourceExt as _};
+use kube::Resource;
 
 pub use expectations::Expectations;
 pub use informer::Informer;
@@ -270,15 +270,6 @@ pub(crate) fn now() -> Time {
 /// Seconds from `t` to now (negative if `t` is in the future).
 pub(crate) fn age_secs(t: &Time) -> f64 {
     (jiff::Timestamp::now().as_millisecond() - t.0.as_millisecond()) as f64 / 1000.0
-}
-
-/// The namespace and name of `obj` for logs and keys.
-pub(crate) fn key<K: Resource>(obj: &K) -> String {
-    format!(
-        "{}/{}",
-        obj.meta().namespace.as_deref().unwrap_or(""),
-        obj.name_any()
-    )
 }
 
 #[cfg(test)]

@@ -87,6 +87,14 @@ impl Cluster {
     }
 }
 
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("addr", &self.server.addr)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for t in &self.tasks {

@@ -2,7 +2,9 @@
 //! kubelet standing in for nodes. Each test is a user story: create, watch
 //! through the API, assert what a user would see.
 
+mod deployment;
 mod fake;
+mod kubectl;
 mod replicaset;
 
 use std::time::Duration;
