@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod deployment;
+pub mod job;
 pub mod replicaset;
 pub mod workload;
 mod workloads;

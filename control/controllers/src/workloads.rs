@@ -24,6 +24,7 @@ pub async fn run_workloads_with(
     let controllers: Vec<(&str, BoxFuture<'static, ()>)> = vec![
         ("replicaset", crate::replicaset::controller(ctx.clone())),
         ("deployment", crate::deployment::controller(ctx.clone())),
+        ("job", crate::job::controller(ctx.clone())),
     ];
     let informers = async {
         tokio::try_join!(

@@ -15,10 +15,10 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kestrel_client::events::Recorder;
+use kube::Resource;
 use kube::core::{Selector, SelectorExt as _};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::Resource;
 
 pub use expectations::Expectations;
 pub use informer::Informer;

@@ -4,6 +4,7 @@
 
 mod deployment;
 mod fake;
+mod job;
 mod kubectl;
 mod replicaset;
 
