@@ -6,6 +6,7 @@
 //! the API server and nothing else.
 #![forbid(unsafe_code)]
 
+pub mod daemonset;
 pub mod deployment;
 pub mod job;
 pub mod replicaset;

@@ -25,6 +25,7 @@ pub async fn run_workloads_with(
         ("replicaset", crate::replicaset::controller(ctx.clone())),
         ("deployment", crate::deployment::controller(ctx.clone())),
         ("job", crate::job::controller(ctx.clone())),
+        ("daemonset", crate::daemonset::controller(ctx.clone())),
     ];
     let informers = async {
         tokio::try_join!(

@@ -171,39 +171,10 @@ async fn a_rolling_update_keeps_replicas_minus_max_unavailable_available() {
         .expect("create");
     rolled_out(&deploys, "web", 1).await;
 
-    // Watch every pod change and keep the lowest count of available pods
-    // (Ready, not being deleted) and the lowest available count reported.
-    let lowest = Arc::new(Mutex::new((usize::MAX, i32::MAX)));
-    let pod_watch = {
-        let lowest = lowest.clone();
-        let api = pods.clone();
-        tokio::spawn(async move {
-            let mut seen: HashMap<String, bool> = HashMap::new();
-            let mut listed = false;
-            let cfg = watcher::Config::default().labels("app=web");
-            let mut events = std::pin::pin!(watcher::watcher(api, cfg));
-            while let Some(ev) = events.next().await {
-                match ev {
-                    Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
-                        let up = ready(&p) && p.metadata.deletion_timestamp.is_none();
-                        seen.insert(p.name_any(), up);
-                    }
-                    Ok(watcher::Event::Delete(p)) => {
-                        seen.remove(&p.name_any());
-                    }
-                    // A half-received list is no moment of the cluster.
-                    Ok(watcher::Event::InitDone) => listed = true,
-                    _ => continue,
-                }
-                if !listed {
-                    continue;
-                }
-                let n = seen.values().filter(|up| **up).count();
-                let mut l = lowest.lock().expect("lock");
-                l.0 = l.0.min(n);
-            }
-        })
-    };
+    // The lowest count of available pods, and of available replicas
+    // reported, at any moment of the rollout.
+    let pods_lowest = Lowest::watch(pods.clone(), "app=web");
+    let lowest = Arc::new(Mutex::new(i32::MAX));
     let status_watch = {
         let lowest = lowest.clone();
         let api = deploys.clone();
@@ -214,15 +185,14 @@ async fn a_rolling_update_keeps_replicas_minus_max_unavailable_available() {
                     && let Some(a) = d.status.and_then(|s| s.available_replicas)
                 {
                     let mut l = lowest.lock().expect("lock");
-                    l.1 = l.1.min(a);
+                    *l = (*l).min(a);
                 }
             }
         })
     };
     // Let both watches see the steady state first.
     eventually(WAIT, "the watches to start", || async {
-        let l = *lowest.lock().expect("lock");
-        (l.0 == 10 && l.1 == 10).then_some(())
+        (pods_lowest.get() == 10 && *lowest.lock().expect("lock") == 10).then_some(())
     })
     .await;
 
@@ -236,9 +206,8 @@ async fn a_rolling_update_keeps_replicas_minus_max_unavailable_available() {
         (ps.len() == 10 && ps.iter().all(|p| image_of(p) == "busybox:1.36")).then_some(())
     })
     .await;
-    pod_watch.abort();
     status_watch.abort();
-    let (pods_low, status_low) = *lowest.lock().expect("lock");
+    let (pods_low, status_low) = (pods_lowest.get(), *lowest.lock().expect("lock"));
     assert!(pods_low >= 8, "available pods fell to {pods_low}");
     assert!(
         status_low >= 8,

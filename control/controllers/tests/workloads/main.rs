@@ -2,6 +2,7 @@
 //! kubelet standing in for nodes. Each test is a user story: create, watch
 //! through the API, assert what a user would see.
 
+mod daemonset;
 mod deployment;
 mod fake;
 mod job;
@@ -75,4 +76,65 @@ pub fn names<K: kube::Resource>(objs: &[K]) -> Vec<String> {
     let mut n: Vec<_> = objs.iter().map(|o| o.name_any()).collect();
     n.sort();
     n
+}
+
+/// The lowest number of pods matching a selector that were available
+/// (Ready and not being deleted) at any moment a watch saw, after its first
+/// complete list. Stops watching when dropped.
+pub struct Lowest {
+    value: std::sync::Arc<std::sync::Mutex<usize>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Lowest {
+    pub fn watch(api: Api<Pod>, labels: &str) -> Self {
+        use futures::StreamExt as _;
+        let value = std::sync::Arc::new(std::sync::Mutex::new(usize::MAX));
+        let low = value.clone();
+        let cfg = kube::runtime::watcher::Config::default().labels(labels);
+        let task = tokio::spawn(async move {
+            use kube::runtime::watcher::{Event, watcher};
+            let mut up: std::collections::HashMap<String, bool> = Default::default();
+            let mut listed = false;
+            let mut events = std::pin::pin!(watcher(api, cfg));
+            while let Some(ev) = events.next().await {
+                match ev {
+                    Ok(Event::Apply(p) | Event::InitApply(p)) => {
+                        up.insert(
+                            p.name_any(),
+                            ready(&p) && p.metadata.deletion_timestamp.is_none(),
+                        );
+                    }
+                    Ok(Event::Delete(p)) => {
+                        up.remove(&p.name_any());
+                    }
+                    // A half-received list is no moment of the cluster.
+                    Ok(Event::InitDone) => listed = true,
+                    _ => continue,
+                }
+                if listed {
+                    let n = up.values().filter(|u| **u).count();
+                    let mut l = low.lock().expect("lock");
+                    *l = (*l).min(n);
+                }
+            }
+        });
+        Self { value, task }
+    }
+
+    pub fn get(&self) -> usize {
+        *self.value.lock().expect("lock")
+    }
+}
+
+impl Drop for Lowest {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl std::fmt::Debug for Lowest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Lowest").field(&self.get()).finish()
+    }
 }
