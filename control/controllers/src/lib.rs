@@ -10,6 +10,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod job;
 pub mod replicaset;
+pub mod statefulset;
 pub mod workload;
 mod workloads;
 

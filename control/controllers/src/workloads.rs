@@ -26,6 +26,7 @@ pub async fn run_workloads_with(
         ("deployment", crate::deployment::controller(ctx.clone())),
         ("job", crate::job::controller(ctx.clone())),
         ("daemonset", crate::daemonset::controller(ctx.clone())),
+        ("statefulset", crate::statefulset::controller(ctx.clone())),
     ];
     let informers = async {
         tokio::try_join!(

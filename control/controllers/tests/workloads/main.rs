@@ -8,6 +8,7 @@ mod fake;
 mod job;
 mod kubectl;
 mod replicaset;
+mod statefulset;
 
 use std::time::Duration;
 
@@ -71,7 +72,7 @@ pub fn template(app: &str, image: &str, extra: serde_json::Value) -> serde_json:
     })
 }
 
-#[allow(dead_code, reason = "kept for tests that need names")]
+/// The sorted names of `objs`.
 pub fn names<K: kube::Resource>(objs: &[K]) -> Vec<String> {
     let mut n: Vec<_> = objs.iter().map(|o| o.name_any()).collect();
     n.sort();
