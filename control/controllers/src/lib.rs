@@ -5,3 +5,14 @@
 //! spec, and errors requeue with backoff. Every controller is a client of
 //! the API server and nothing else.
 #![forbid(unsafe_code)]
+
+pub mod daemonset;
+pub mod deployment;
+pub mod job;
+pub mod replicaset;
+pub mod statefulset;
+pub mod workload;
+mod workloads;
+
+pub use workload::WorkloadConfig;
+pub use workloads::{run_workloads, run_workloads_with};
