@@ -5,3 +5,5 @@
 //! containerd, wires them with `kestrel-cni`, and serves the node API
 //! (logs, exec) to the API server on port 10250.
 #![forbid(unsafe_code)]
+
+pub mod nodeapi;
