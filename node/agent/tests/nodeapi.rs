@@ -32,6 +32,8 @@ const BUSYBOX: &str = "docker.io/library/busybox:1.35";
 const NODE: &str = "node-a";
 const POD: &str = "web";
 const CONTAINER: &str = "app";
+/// A second container, reading stdin, for attach.
+const TALK: &str = "talk";
 /// Longer than containerd's 16 KiB log line buffer, so it is written as
 /// partial records and must come back joined.
 const LONG: usize = 20_000;
@@ -144,7 +146,7 @@ impl Kubectl {
     }
 }
 
-fn labels(container: bool) -> std::collections::HashMap<String, String> {
+fn labels(container: Option<&str>) -> std::collections::HashMap<String, String> {
     let mut l = std::collections::HashMap::from([
         ("io.kubernetes.pod.name".to_owned(), POD.to_owned()),
         (
@@ -153,11 +155,8 @@ fn labels(container: bool) -> std::collections::HashMap<String, String> {
         ),
         ("io.kubernetes.pod.uid".to_owned(), "uid-web".to_owned()),
     ]);
-    if container {
-        l.insert(
-            "io.kubernetes.container.name".to_owned(),
-            CONTAINER.to_owned(),
-        );
+    if let Some(c) = container {
+        l.insert("io.kubernetes.container.name".to_owned(), c.to_owned());
     }
     l
 }
@@ -179,7 +178,7 @@ async fn run_pod(cri: &mut RuntimeClient, logs: &std::path::Path, cgroup: &str) 
             attempt: 0,
         }),
         log_directory: logs.to_string_lossy().into_owned(),
-        labels: labels(false),
+        labels: labels(None),
         linux: Some(v1::LinuxPodSandboxConfig {
             cgroup_parent: format!("/{cgroup}/pods"),
             security_context: Some(v1::LinuxSandboxSecurityContext {
@@ -203,21 +202,37 @@ async fn run_pod(cri: &mut RuntimeClient, logs: &std::path::Path, cgroup: &str) 
         "echo line-1; head -c {LONG} /dev/zero | tr '\\0' x; echo; echo line-2; echo line-3; \
          while [ ! -e /tmp/go ]; do sleep 1; done; echo line-4; exec sleep 3600"
     );
+    let app = start_container(cri, &sandbox, &sandbox_config, CONTAINER, &script, false).await;
+    // A second container keeps stdin open, for attach.
+    let talk = "while read l; do echo got-$l; done";
+    start_container(cri, &sandbox, &sandbox_config, TALK, talk, true).await;
+    app
+}
+
+async fn start_container(
+    cri: &mut RuntimeClient,
+    sandbox: &str,
+    sandbox_config: &v1::PodSandboxConfig,
+    name: &str,
+    script: &str,
+    stdin: bool,
+) -> String {
     let container = cri
         .create_container(v1::CreateContainerRequest {
-            pod_sandbox_id: sandbox,
+            pod_sandbox_id: sandbox.to_owned(),
             config: Some(v1::ContainerConfig {
                 metadata: Some(v1::ContainerMetadata {
-                    name: CONTAINER.into(),
+                    name: name.into(),
                     attempt: 0,
                 }),
                 image: Some(v1::ImageSpec {
                     image: BUSYBOX.into(),
                     ..Default::default()
                 }),
-                command: vec!["sh".into(), "-c".into(), script],
-                log_path: format!("{CONTAINER}/0.log"),
-                labels: labels(true),
+                command: vec!["sh".into(), "-c".into(), script.into()],
+                log_path: format!("{name}/0.log"),
+                labels: labels(Some(name)),
+                stdin,
                 linux: Some(v1::LinuxContainerConfig {
                     security_context: Some(v1::LinuxContainerSecurityContext {
                         namespace_options: host_network(),
@@ -227,7 +242,7 @@ async fn run_pod(cri: &mut RuntimeClient, logs: &std::path::Path, cgroup: &str) 
                 }),
                 ..Default::default()
             }),
-            sandbox_config: Some(sandbox_config),
+            sandbox_config: Some(sandbox_config.clone()),
         })
         .await
         .expect("CreateContainer")
@@ -268,7 +283,10 @@ async fn register(client: &kube::Client, port: u16) {
         &PostParams::default(),
         &serde_json::from_value(json!({
             "metadata": {"name": POD},
-            "spec": {"nodeName": NODE, "containers": [{"name": CONTAINER, "image": "busybox:1.35"}]},
+            "spec": {"nodeName": NODE, "containers": [
+                {"name": CONTAINER, "image": "busybox:1.35"},
+                {"name": TALK, "image": "busybox:1.35", "stdin": true},
+            ]},
         }))
         .expect("pod"),
     )
@@ -392,6 +410,19 @@ async fn kubectl_logs_and_exec_reach_the_container() {
     let o = k.run(&["logs", "missing"], None).await;
     assert!(o.stderr.contains("pods \"missing\" not found"), "{o:?}");
 
+    // Through the API without kubectl's container defaulting.
+    let pods: Api<Pod> = Api::namespaced(server.client().await, "default");
+    match pods.logs(POD, &Default::default()).await {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 400, "{e:?}");
+            assert_eq!(
+                e.message,
+                "a container name must be specified for pod web, choose one of: [app talk]"
+            );
+        }
+        other => panic!("logs without a container: {other:?}"),
+    }
+
     // Exec: output and exit code, then stdin.
     let o = k
         .run(
@@ -414,6 +445,23 @@ async fn kubectl_logs_and_exec_reach_the_container() {
             .await,
         "hello\nworld\n"
     );
+
+    // Attach to the running shell that reads stdin: it answers our line.
+    let mut attach = k
+        .command(&["attach", "-i", "-c", TALK, POD])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("kubectl attach");
+    let mut attach_in = attach.stdin.take().expect("stdin");
+    attach_in.write_all(b"ping\n").await.expect("write");
+    let mut attach_out = tokio::io::BufReader::new(attach.stdout.take().expect("stdout")).lines();
+    let answer = tokio::time::timeout(Duration::from_secs(30), attach_out.next_line())
+        .await
+        .expect("attach answers in time")
+        .expect("read");
+    assert_eq!(answer.as_deref(), Some("got-ping"));
+    drop(attach_in);
+    attach.kill().await.expect("stop kubectl attach");
 
     // A terminal (-it): kubectl needs a tty of its own, which script(1)
     // gives it, and the container's shell gets one too.
