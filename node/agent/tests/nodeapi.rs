@@ -488,6 +488,28 @@ async fn kubectl_logs_and_exec_reach_the_container() {
         "{o:?}"
     );
 
+    // A follower that goes away releases its stream on the node: the API
+    // server's connection to the node API closes.
+    let mut gone = k
+        .command(&["logs", "-f", "--tail=1", "-c", CONTAINER, POD])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("kubectl logs -f");
+    let mut gone_out = tokio::io::BufReader::new(gone.stdout.take().expect("stdout")).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), gone_out.next_line())
+        .await
+        .expect("a first line in time")
+        .expect("read");
+    assert_eq!(first.as_deref(), Some("line-3"));
+    assert!(node_connections(node_api.port) > 0);
+    gone.kill().await.expect("kill kubectl logs -f");
+    eventually(
+        Duration::from_secs(30),
+        "the node API connection to close",
+        || async { (node_connections(node_api.port) == 0).then_some(()) },
+    )
+    .await;
+
     // Follow: a line written after kubectl started arrives, and kubectl
     // ends when the container exits.
     let mut follow = k
@@ -551,6 +573,20 @@ async fn kubectl_logs_and_exec_reach_the_container() {
     drop(node_api);
     server.stop().await;
     containerd.stop().await.expect("stop containerd");
+}
+
+/// Established TCP connections to the node API's port (IPv4 loopback).
+fn node_connections(port: u16) -> usize {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let local = format!(":{port:04X}");
+    tcp.lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // local address, remote address, state (01: established)
+            f.len() > 3 && f[1].ends_with(&local) && f[3] == "01"
+        })
+        .count()
 }
 
 /// A raw HTTPS request to the node API with the given client identity;
