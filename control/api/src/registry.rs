@@ -70,6 +70,8 @@ pub enum Subresource {
     Log,
     /// `exec`: proxied to the node agent.
     Exec,
+    /// `attach`: proxied to the node agent.
+    Attach,
 }
 
 impl Subresource {
@@ -82,6 +84,7 @@ impl Subresource {
             Self::Eviction => "eviction",
             Self::Log => "log",
             Self::Exec => "exec",
+            Self::Attach => "attach",
         }
     }
 
@@ -91,7 +94,7 @@ impl Subresource {
             Self::Status | Self::Scale => &["get", "patch", "update"],
             Self::Binding | Self::Eviction => &["create"],
             Self::Log => &["get"],
-            Self::Exec => &["create", "get"],
+            Self::Exec | Self::Attach => &["create", "get"],
         }
     }
 
@@ -102,7 +105,7 @@ impl Subresource {
             Self::Scale => ("autoscaling", "v1", "Scale"),
             Self::Binding => ("", "v1", "Binding"),
             Self::Eviction => ("policy", "v1", "Eviction"),
-            Self::Log | Self::Exec => ("", "v1", "Pod"),
+            Self::Log | Self::Exec | Self::Attach => ("", "v1", "Pod"),
         }
     }
 }
@@ -358,8 +361,9 @@ pub static RESOURCES: &[ResourceDef] = &[
             Subresource::Status,
             Subresource::Binding,
             Subresource::Eviction,
-            Subresource::Log,
+            Subresource::Attach,
             Subresource::Exec,
+            Subresource::Log,
         ],
         categories: CORE_ALL,
         columns: &[

@@ -501,6 +501,14 @@ async fn handle_inner(
         None => return Err(ApiError::Unauthorized),
     };
 
+    // pods/log, exec and attach go to the node API; exec and attach keep
+    // the connection for its upgrade, so they never read a body.
+    if let Some(target) = crate::proxy::match_path(&path) {
+        let mut parts = parts;
+        drop(body);
+        return crate::proxy::serve(&state, &target, &mut parts).await;
+    }
+
     // Body: refuse oversize early, then read with a hard cap.
     if let Some(len) = parts
         .headers
@@ -592,15 +600,7 @@ async fn route(state: &Arc<AppState>, ctx: Ctx) -> Result<Response<Body>, ApiErr
     if let Some(gv) = path.strip_prefix("/openapi/v3/") {
         return openapi::v3_group(&ctx, gv);
     }
-    let segs: Vec<String> = path
-        .split('/')
-        .skip(1)
-        .map(|s| {
-            percent_encoding::percent_decode_str(s)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-        .collect();
+    let segs = path_segments(&path);
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     match segs.as_slice() {
         ["api", "v1"] => discovery::resource_list("", "v1"),
@@ -611,6 +611,18 @@ async fn route(state: &Arc<AppState>, ctx: Ctx) -> Result<Response<Body>, ApiErr
         ["apis", g, v, rest @ ..] => handlers::resource(state, ctx, g, v, rest).await,
         _ => Err(ApiError::RouteNotFound),
     }
+}
+
+/// The segments of a path after its leading `/`, each percent-decoded.
+pub(crate) fn path_segments(path: &str) -> Vec<String> {
+    path.split('/')
+        .skip(1)
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect()
 }
 
 trait RouteErr {

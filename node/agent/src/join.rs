@@ -75,6 +75,11 @@ pub fn kubeconfig_path(data_dir: &Path) -> PathBuf {
     data_dir.join("kubelet.kubeconfig")
 }
 
+/// The cluster CA the agent verified when it joined.
+pub fn ca_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("ca.crt")
+}
+
 /// Join the cluster at `server` (unless this data dir already has
 /// credentials) and return the kubeconfig path.
 pub async fn join(
@@ -84,7 +89,7 @@ pub async fn join(
     data_dir: &Path,
 ) -> anyhow::Result<PathBuf> {
     let path = kubeconfig_path(data_dir);
-    if path.exists() {
+    if path.exists() && ca_path(data_dir).exists() {
         return Ok(path);
     }
     let url: http::Uri = server
@@ -143,6 +148,8 @@ pub async fn join(
         .context("the join response has no certificate")?;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::write(ca_path(data_dir), &ca_pem)
+        .with_context(|| format!("writing {}", ca_path(data_dir).display()))?;
     write_private(
         &path,
         &kubeconfig(server, &ca_pem, cert, &key.serialize_pem()),

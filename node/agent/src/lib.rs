@@ -8,6 +8,7 @@
 
 pub mod join;
 pub mod node;
+pub mod nodeapi;
 pub mod pods;
 pub mod routes;
 pub mod runtime;
@@ -80,6 +81,8 @@ pub async fn run(
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let token = join::NodeToken::parse(&config.token)?;
     let kubeconfig = join::join(&config.server, &token, &config.node_name, dir).await?;
+    let ca_pem = std::fs::read_to_string(join::ca_path(dir))
+        .with_context(|| format!("reading {}", join::ca_path(dir).display()))?;
     let client = kestrel_client::client_from(&kubeconfig).await?;
     let node_ip = match config.node_ip {
         Some(ip) => ip,
@@ -101,6 +104,23 @@ pub async fn run(
     node::register(&client, &facts).await?;
     let (net_ready, net_rx) = tokio::sync::watch::channel(false);
     let heartbeat = tokio::spawn(node::heartbeat(client.clone(), facts, net_rx));
+
+    // The node API (logs, exec), for the API server only.
+    let tls = nodeapi::NodeApiTls::load_or_create(
+        &dir.join("nodeapi"),
+        ca_pem,
+        &[std::net::IpAddr::V4(node_ip)],
+        std::slice::from_ref(&config.node_name),
+    )?;
+    let listener = tokio::net::TcpListener::bind((node_ip, config.kubelet_port))
+        .await
+        .with_context(|| format!("listening on {node_ip}:{}", config.kubelet_port))?;
+    let cri_for_api = runtime.runtime_client()?;
+    let node_api = tokio::spawn(async move {
+        if let Err(e) = nodeapi::serve(listener, &tls, cri_for_api, std::future::pending()).await {
+            tracing::error!(error = %e, "the node API stopped");
+        }
+    });
 
     let agent_socket = dir.join("agent.sock");
     let (_interfaces, net_server) = runtime::serve_pod_network(&agent_socket)?;
@@ -138,6 +158,7 @@ pub async fn run(
     };
     heartbeat.abort();
     routes.abort();
+    node_api.abort();
     net_server.abort();
     // containerd stops; the containers keep running in their shims, and a
     // restarted agent adopts them.
