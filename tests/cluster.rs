@@ -181,23 +181,6 @@ fn pod_pids(uid: &str) -> Vec<i32> {
     out
 }
 
-/// Run a command inside a pod's network and mount namespaces (the pod's
-/// own tools), as a pod-to-pod client.
-fn in_pod(uid: &str, needle: &str, args: &[&str]) -> String {
-    let pid = pod_pids(uid)
-        .into_iter()
-        .find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.contains(needle))
-        })
-        .unwrap_or_else(|| panic!("no process {needle:?} in pod {uid}"));
-    let out = Command::new("nsenter")
-        .args(["-t", &pid.to_string(), "-n", "-m", "--"])
-        .args(args)
-        .output()
-        .expect("nsenter");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 const ECHO: &str = "docker.io/kestrel/echo:0.1.0";
 const BUSYBOX: &str = "docker.io/library/busybox:1.35";
 
@@ -244,6 +227,7 @@ fn two_node_cluster_end_to_end() {
     }
 
     pod_to_pod_across_nodes_keeps_the_client_ip(&c);
+    logs_and_exec_reach_the_container(&c);
     crash_loop_backs_off(&c);
     liveness_failure_restarts(&c);
     oom_is_reported(&c);
@@ -278,25 +262,93 @@ spec:
         str_at(&server, "/status/hostIP"),
         str_at(&client, "/status/hostIP")
     );
-    let uid = str_at(&client, "/metadata/uid").to_owned();
+    let url = format!("http://{server_ip}:8080/");
     let reply = c.wait(Duration::from_secs(20), "an answer across nodes", || {
-        let r = in_pod(
-            &uid,
-            "sleep",
-            &[
-                "wget",
-                "-qO-",
-                "-T",
-                "2",
-                &format!("http://{server_ip}:8080/"),
-            ],
+        let (ok, out, _) = c.kubectl_raw(
+            &["exec", "client-b", "--", "wget", "-qO-", "-T", "2", &url],
+            None,
         );
-        (!r.is_empty()).then_some(r)
+        ok.then_some(out)
     });
     assert!(
         reply.starts_with(&format!("pod=echo-a ip={server_ip} client={client_ip}:")),
         "the server must see the client's own pod IP: {reply}"
     );
+}
+
+fn logs_and_exec_reach_the_container(c: &Cluster) {
+    let logs = c.kubectl(&["logs", "echo-a"]);
+    assert!(logs.contains("kestrel-echo: echo-a serving"), "{logs}");
+    let (ok, out, err) = c.kubectl_raw(
+        &[
+            "exec",
+            "client-b",
+            "--",
+            "sh",
+            "-c",
+            "echo hi; echo err >&2; exit 3",
+        ],
+        None,
+    );
+    assert!(!ok, "exit code 3 must fail kubectl exec");
+    assert_eq!(out, "hi\n");
+    assert!(err.contains("err"), "{err}");
+    let (ok, out, _) = c.kubectl_raw(
+        &["exec", "-i", "client-b", "--", "cat"],
+        Some("through stdin\n"),
+    );
+    assert!(ok);
+    assert_eq!(out, "through stdin\n");
+    // logs -f follows lines written after it started.
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: ticker}}
+spec:
+  nodeName: node-2
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: t, image: {BUSYBOX}, command: [sh, -c, "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.3; done"]}}
+"#
+    ));
+    c.wait(Duration::from_secs(60), "ticker running", || {
+        c.pod("ticker")
+            .filter(|p| p["status"]["phase"] == "Running")
+    });
+    let mut follow = Command::new(kubectl_path())
+        .args(["logs", "-f", "ticker", "--tail=1"])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .env("HOME", c.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kubectl logs -f");
+    let stdout = follow.stdout.take().expect("stdout");
+    let lines = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .take(5)
+            .collect::<Vec<String>>()
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !lines.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let lines = lines.join().expect("reader");
+    assert_eq!(lines.len(), 5, "logs -f must keep streaming: {lines:?}");
+    let n: Vec<u64> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
+        .collect();
+    assert!(
+        n.windows(2).all(|w| w[1] == w[0] + 1),
+        "consecutive lines: {lines:?}"
+    );
+    c.kubectl(&["delete", "pod", "ticker"]);
 }
 
 fn crash_loop_backs_off(c: &Cluster) {
