@@ -135,10 +135,15 @@ impl Scheduler {
             nodes = shared.lock().cache.node_count(),
             "scheduler caches synced"
         );
+        // Set once the Lease is held; unlike `leading` it stays set while
+        // the elector releases the Lease after the work ends.
+        let acquired = Arc::new(AtomicBool::new(false));
         let work = {
             let shared = shared.clone();
             let shutdown = shutdown.clone();
+            let acquired = acquired.clone();
             async move {
+                acquired.store(true, Ordering::SeqCst);
                 shared.stats.leading.store(true, Ordering::SeqCst);
                 tokio::select! {
                     () = schedule_loop(shared.clone()) => {}
@@ -165,7 +170,7 @@ impl Scheduler {
             }
             () = shutdown => {}
         }
-        if shared.stats.leading.load(Ordering::SeqCst) {
+        if acquired.load(Ordering::SeqCst) {
             // The work saw the same shutdown and returns; let the elector
             // release the Lease so a standby need not wait for it.
             let _ = tokio::time::timeout(Duration::from_secs(5), lead).await;
@@ -416,6 +421,10 @@ async fn schedule_loop(shared: Arc<Shared>) {
         let chosen = {
             let mut st = shared.lock();
             let st = &mut *st;
+            // Deleted, or bound by someone else, since it was popped.
+            if !st.queue.contains(&key) {
+                continue;
+            }
             match shared.profile.schedule(&pod, &mut st.cache) {
                 Ok(node) => {
                     st.cache.assume(pod.clone(), &node);

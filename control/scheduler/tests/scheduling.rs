@@ -39,17 +39,28 @@ impl Running {
         }
     }
 
+    /// Shut down cleanly (a leader releases its Lease).
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let r = (&mut self.task).await.expect("scheduler task");
+        r.expect("scheduler ran without error");
+    }
+
     fn bound(&self) -> u64 {
         self.stats.bound.load(Ordering::SeqCst)
     }
 }
 
 impl Drop for Running {
+    /// Dies rather than shuts down: aborted first, so it never gets to
+    /// release its Lease (the leader test relies on that).
     fn drop(&mut self) {
+        self.task.abort();
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        self.task.abort();
     }
 }
 
@@ -451,6 +462,38 @@ async fn two_schedulers_with_leader_election_never_both_bind() {
     assert!(
         took >= Duration::from_millis(1500),
         "b must wait out a's lease, took {took:?}"
+    );
+    c.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_leader_that_shuts_down_hands_over_at_once() {
+    let c = Cluster::new().await;
+    c.node("n1", "8", json!({}), json!([])).await;
+    // A long lease: only a release lets b lead quickly.
+    let slow = |id: &str| {
+        let mut cfg = fast_election(id);
+        if let Some(le) = cfg.leader_election.as_mut() {
+            le.lease_duration = Duration::from_secs(30);
+            le.renew_deadline = Duration::from_secs(20);
+        }
+        cfg
+    };
+    let a = Running::start(c.client.clone(), slow("a"));
+    eventually(WAIT, "a leads", || async {
+        a.stats.leading.load(Ordering::SeqCst).then_some(())
+    })
+    .await;
+    let b = Running::start(c.client.clone(), slow("b"));
+    let stopped = Instant::now();
+    a.stop().await;
+    c.pod("after", json!({}), json!({})).await;
+    c.bound(&["after".into()]).await;
+    assert_eq!(b.bound(), 1);
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "b led after {:?}, long before the 30 s lease ran out",
+        stopped.elapsed()
     );
     c.server.stop().await;
 }
