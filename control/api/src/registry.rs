@@ -72,6 +72,8 @@ pub enum Subresource {
     Exec,
     /// `attach`: proxied to the node agent.
     Attach,
+    /// `finalize`: namespaces only, updates `spec.finalizers`.
+    Finalize,
 }
 
 impl Subresource {
@@ -85,6 +87,7 @@ impl Subresource {
             Self::Log => "log",
             Self::Exec => "exec",
             Self::Attach => "attach",
+            Self::Finalize => "finalize",
         }
     }
 
@@ -95,13 +98,14 @@ impl Subresource {
             Self::Binding | Self::Eviction => &["create"],
             Self::Log => &["get"],
             Self::Exec | Self::Attach => &["create", "get"],
+            Self::Finalize => &["update"],
         }
     }
 
     /// (group, version, kind) of the subresource's body.
     pub fn kind(self, parent: &ResourceDef) -> (&'static str, &'static str, &'static str) {
         match self {
-            Self::Status => (parent.group, parent.version, parent.kind),
+            Self::Status | Self::Finalize => (parent.group, parent.version, parent.kind),
             Self::Scale => ("autoscaling", "v1", "Scale"),
             Self::Binding => ("", "v1", "Binding"),
             Self::Eviction => ("policy", "v1", "Eviction"),
@@ -278,7 +282,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         verbs: &[
             "create", "delete", "get", "list", "patch", "update", "watch",
         ],
-        subresources: &[Subresource::Status],
+        subresources: &[Subresource::Status, Subresource::Finalize],
         categories: &[],
         columns: &[
             NAME,

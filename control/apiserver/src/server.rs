@@ -59,6 +59,14 @@ pub struct Config {
     /// How many recent changes the watch cache keeps for watches that
     /// resume from a resourceVersion; older ones get 410 Gone.
     pub watch_history: usize,
+    /// `tolerationSeconds` of the `node.kubernetes.io/not-ready:NoExecute`
+    /// toleration added to pods that have none
+    /// (`--default-not-ready-toleration-seconds`, upstream's
+    /// DefaultTolerationSeconds admission).
+    pub default_not_ready_toleration_seconds: i64,
+    /// The same for `node.kubernetes.io/unreachable:NoExecute`
+    /// (`--default-unreachable-toleration-seconds`).
+    pub default_unreachable_toleration_seconds: i64,
 }
 
 impl Config {
@@ -75,6 +83,8 @@ impl Config {
             also_bind: Vec::new(),
             bookmark_interval: Duration::from_secs(30),
             watch_history: 20_000,
+            default_not_ready_toleration_seconds: 300,
+            default_unreachable_toleration_seconds: 300,
         }
     }
 }
