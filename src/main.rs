@@ -34,6 +34,8 @@ enum Command {
     /// Simulate cluster members (nodes without agents) for tests and benchmarks.
     #[command(subcommand)]
     Sim(cmd::sim::SimCommand),
+    /// Run the controllers alone against an API server (HA control planes).
+    ControllerManager(cmd::controller_manager::ControllerManagerArgs),
     /// Inspect and exercise the eBPF dataplane.
     #[command(subcommand)]
     Bpf(BpfCommand),
@@ -111,6 +113,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Down(args) => cmd::up::down(args),
             Command::Scheduler(args) => cmd::scheduler::run(args).await,
             Command::Sim(c) => cmd::sim::run(c).await,
+            Command::ControllerManager(args) => cmd::controller_manager::run(args).await,
             Command::Bpf(BpfCommand::Count {
                 iface,
                 direction,

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod bpf;
+pub mod controller_manager;
 pub mod scheduler;
 pub mod server;
 pub mod sim;

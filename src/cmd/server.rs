@@ -49,6 +49,15 @@ pub struct ServerArgs {
     /// etcd client URLs, comma-separated (with --datastore etcd).
     #[arg(long, default_value = "")]
     etcd_endpoints: String,
+    /// Seconds new pods tolerate node.kubernetes.io/not-ready:NoExecute
+    /// (added at admission unless the pod tolerates it already).
+    #[arg(long, default_value_t = 300)]
+    default_not_ready_toleration_seconds: i64,
+    /// Seconds new pods tolerate node.kubernetes.io/unreachable:NoExecute.
+    #[arg(long, default_value_t = 300)]
+    default_unreachable_toleration_seconds: i64,
+    #[command(flatten)]
+    controllers: crate::cmd::controller_manager::ManagerArgs,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -69,6 +78,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     config.secure_port = args.secure_port;
     config.service_cidr = args.service_cidr;
     config.advertise_addresses = args.advertise_addresses;
+    config.default_not_ready_toleration_seconds = args.default_not_ready_toleration_seconds;
+    config.default_unreachable_toleration_seconds = args.default_unreachable_toleration_seconds;
     let server = kestrel_apiserver::ApiServer::bind(store, config)
         .await
         .context("starting the API server")?;
@@ -83,6 +94,18 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     );
     let kubeconfig = server.admin_kubeconfig().to_owned();
     let scheduler = tokio::spawn(async move { super::scheduler::in_server(&kubeconfig).await });
+    // The controllers are the server's clients like any other, through
+    // its admin kubeconfig.
+    let client = kestrel_client::client_from(server.admin_kubeconfig())
+        .await
+        .context("client for the controllers")?;
+    let controllers = kestrel_controllers::Manager::new(client, args.controllers.options(false))
+        .context("invalid controller options")?;
+    tokio::spawn(async move {
+        if let Err(e) = controllers.run(std::future::pending()).await {
+            tracing::error!(error = %e, "controller manager stopped");
+        }
+    });
     server.serve(shutdown_signal()).await.context("serving")?;
     scheduler.abort();
     tracing::info!("API server stopped");

@@ -6,9 +6,10 @@
 //! `terminating`), and the Service's ports resolved per pod (a named target
 //! port may be a different number in different pods, and each distinct set
 //! of ports gets its own slices). A slice holds at most 100 endpoints.
-//! Services without a selector are left alone, as upstream leaves them:
-//! their endpoints are someone else's (the API server's own `kubernetes`
-//! Service is one).
+//! Services without a selector keep Endpoints someone else writes (the API
+//! server writes those of its own `kubernetes` Service); those are mirrored
+//! into slices of their own, as upstream's EndpointSliceMirroring does, so
+//! a consumer of slices alone (the node agent) sees every Service.
 //!
 //! Churn is kept low: existing slices are updated in place, endpoints stay
 //! in the slice they are in, new ones fill free room before a slice is
@@ -47,6 +48,11 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 /// This controller's value of [`MANAGED_BY_LABEL`].
 pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
+/// [`MANAGED_BY_LABEL`] of slices mirrored from the Endpoints of a Service
+/// without a selector.
+pub const MIRRORED_BY: &str = "endpointslicemirroring-controller.k8s.io";
+/// Label on Endpoints that must not be mirrored into slices.
+pub const SKIP_MIRROR_LABEL: &str = "endpointslice.kubernetes.io/skip-mirror";
 /// Label upstream's endpoints controller puts on the Endpoints it manages.
 pub const ENDPOINTS_MANAGED_BY_LABEL: &str = "endpoints.kubernetes.io/managed-by";
 /// Its value.
@@ -91,15 +97,12 @@ pub async fn run(client: kube::Client) -> Result<()> {
     let cfg = watcher::Config::default;
     let (pods, pod_stream) = reflect(Api::<Pod>::all(client.clone()), cfg());
     let (nodes, node_stream) = reflect(Api::<Node>::all(client.clone()), cfg());
-    let (endpoints, ep_stream) = reflect(
-        Api::<Endpoints>::all(client.clone()),
-        cfg().labels(&format!(
-            "{ENDPOINTS_MANAGED_BY_LABEL}={ENDPOINTS_MANAGED_BY}"
-        )),
-    );
+    // Every Endpoints: ours, and those of Services without a selector,
+    // which are mirrored into slices.
+    let (endpoints, ep_stream) = reflect(Api::<Endpoints>::all(client.clone()), cfg());
     let (slices, slice_stream) = reflect(
         Api::<EndpointSlice>::all(client.clone()),
-        cfg().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
+        cfg().labels(MANAGED_BY_LABEL),
     );
     // Services through our own reflector: its stream triggers reconciles,
     // and its deletions (which a reconcile never sees) reach the Endpoints
@@ -234,11 +237,18 @@ fn services_for_pod(ctx: &Ctx, pod: &Pod) -> Vec<ObjectRef<Service>> {
 /// The selector of a Service this controller manages: one with a
 /// selector, and not of type ExternalName (a DNS name has no endpoints).
 fn selector(svc: &Service) -> Option<&BTreeMap<String, String>> {
-    let spec = svc.spec.as_ref()?;
-    if spec.type_.as_deref() == Some("ExternalName") {
+    if external_name(svc) {
         return None;
     }
-    spec.selector.as_ref().filter(|s| !s.is_empty())
+    svc.spec
+        .as_ref()?
+        .selector
+        .as_ref()
+        .filter(|s| !s.is_empty())
+}
+
+fn external_name(svc: &Service) -> bool {
+    svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("ExternalName")
 }
 
 fn selects(sel: &BTreeMap<String, String>, pod: &Pod) -> bool {
@@ -256,10 +266,7 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action> {
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
     let key = (ns.clone(), name.clone());
-    let Some(sel) = selector(&svc) else {
-        return Ok(Action::await_change());
-    };
-    if svc.metadata.deletion_timestamp.is_some() {
+    if svc.metadata.deletion_timestamp.is_some() || external_name(&svc) {
         return Ok(Action::await_change());
     }
     let stopped = |_| Error::Pending("a cache stopped".to_owned());
@@ -269,6 +276,17 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action> {
     ctx.nodes.wait_until_ready().await.map_err(stopped)?;
     ctx.settle(&key).await;
 
+    let Some(sel) = selector(&svc) else {
+        let mut expects = Vec::new();
+        let res = mirror(&ctx, &svc, &mut expects).await;
+        ctx.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), expects);
+        res?;
+        ctx.backoff.succeeded(&key);
+        return Ok(Action::await_change());
+    };
     let mut pods: Vec<Arc<Pod>> = ctx
         .pods
         .state()
@@ -613,16 +631,15 @@ pub fn plan_slices(
     (keep, delete)
 }
 
+type Wanted = BTreeMap<String, (Vec<EndpointPort>, Vec<Endpoint>)>;
+
 async fn sync_slices(
     ctx: &Ctx,
     svc: &Service,
     pods: &[Arc<Pod>],
     expects: &mut Vec<Expect>,
 ) -> Result<()> {
-    let ns = svc.namespace().unwrap_or_default();
-    let name = svc.name_any();
-    let uid = svc.metadata.uid.clone().unwrap_or_default();
-    let mut wanted: BTreeMap<String, (Vec<EndpointPort>, Vec<Endpoint>)> = BTreeMap::new();
+    let mut wanted = Wanted::new();
     for pod in pods {
         let zone = pod
             .spec
@@ -638,6 +655,84 @@ async fn sync_slices(
                 .push(pe.endpoint);
         }
     }
+    write_slices(ctx, svc, &wanted, MANAGED_BY, expects).await
+}
+
+/// Upstream's EndpointSliceMirroring: a Service without a selector whose
+/// endpoints are kept by hand (or by the API server, for `kubernetes`)
+/// gets slices mirroring its Endpoints, so consumers of slices alone (the
+/// node agent's dataplane) see it too.
+async fn mirror(ctx: &Ctx, svc: &Service, expects: &mut Vec<Expect>) -> Result<()> {
+    let ns = svc.namespace().unwrap_or_default();
+    let ep = ctx
+        .endpoints
+        .get(&ObjectRef::new(&svc.name_any()).within(&ns))
+        .filter(|e| {
+            e.labels().get(SKIP_MIRROR_LABEL).map(String::as_str) != Some("true")
+                && !e.labels().contains_key(ENDPOINTS_MANAGED_BY_LABEL)
+        });
+    let wanted = ep.map(|e| mirrored(&e)).unwrap_or_default();
+    write_slices(ctx, svc, &wanted, MIRRORED_BY, expects).await
+}
+
+/// Endpoints subsets as slice endpoints, grouped by port set.
+fn mirrored(ep: &Endpoints) -> Wanted {
+    let mut wanted = Wanted::new();
+    for subset in ep.subsets.iter().flatten() {
+        let ports: Vec<EndpointPort> = subset
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| EndpointPort {
+                name: Some(p.name.clone().unwrap_or_default()),
+                port: Some(p.port),
+                protocol: Some(p.protocol.clone().unwrap_or_else(|| "TCP".to_owned())),
+                app_protocol: p.app_protocol.clone(),
+            })
+            .collect();
+        let addrs = [
+            (&subset.addresses, true),
+            (&subset.not_ready_addresses, false),
+        ];
+        for (list, ready) in addrs {
+            for a in list.iter().flatten() {
+                if a.ip.parse::<std::net::Ipv4Addr>().is_err() {
+                    continue;
+                }
+                let e = Endpoint {
+                    addresses: vec![a.ip.clone()],
+                    conditions: Some(EndpointConditions {
+                        ready: Some(ready),
+                        serving: Some(ready),
+                        terminating: Some(false),
+                    }),
+                    hostname: a.hostname.clone(),
+                    node_name: a.node_name.clone(),
+                    target_ref: a.target_ref.clone(),
+                    ..Default::default()
+                };
+                wanted
+                    .entry(ports_key(&ports))
+                    .or_insert_with(|| (ports.clone(), Vec::new()))
+                    .1
+                    .push(e);
+            }
+        }
+    }
+    wanted
+}
+
+/// Make the Service's slices managed by `managed_by` hold `wanted`.
+async fn write_slices(
+    ctx: &Ctx,
+    svc: &Service,
+    wanted: &Wanted,
+    managed_by: &str,
+    expects: &mut Vec<Expect>,
+) -> Result<()> {
+    let ns = svc.namespace().unwrap_or_default();
+    let name = svc.name_any();
+    let uid = svc.metadata.uid.clone().unwrap_or_default();
     let mut existing: Vec<Arc<EndpointSlice>> = ctx
         .slices
         .state()
@@ -645,6 +740,7 @@ async fn sync_slices(
         .filter(|s| {
             s.namespace().as_deref() == Some(&ns)
                 && s.labels().get(SERVICE_NAME_LABEL) == Some(&name)
+                && s.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(managed_by)
                 && s.owner_references().iter().any(|o| o.uid == uid)
         })
         .collect();
@@ -659,9 +755,14 @@ async fn sync_slices(
             )
         })
         .collect();
-    let (plans, delete) = plan_slices(&current, &wanted, MAX_ENDPOINTS_PER_SLICE);
+    let (plans, delete) = if wanted.is_empty() && managed_by == MIRRORED_BY {
+        // Nothing to mirror: no placeholder, as upstream.
+        (Vec::new(), current.iter().map(|c| c.0.clone()).collect())
+    } else {
+        plan_slices(&current, wanted, MAX_ENDPOINTS_PER_SLICE)
+    };
     let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut labels = derived_labels(svc, (MANAGED_BY_LABEL, MANAGED_BY));
+    let mut labels = derived_labels(svc, (MANAGED_BY_LABEL, managed_by));
     labels.insert(SERVICE_NAME_LABEL.to_owned(), name.clone());
     let owner = owner_ref(svc);
     // Creates and updates before deletes, so no endpoint is ever missing
@@ -846,16 +947,25 @@ async fn sweep_endpoints(
         if ctx.endpoints.wait_until_ready().await.is_err() {
             return;
         }
+        // Only ours: hand-made Endpoints may exist without a Service.
+        let ours = |e: &Endpoints| {
+            e.labels()
+                .get(ENDPOINTS_MANAGED_BY_LABEL)
+                .map(String::as_str)
+                == Some(ENDPOINTS_MANAGED_BY)
+        };
         let candidates: Vec<(String, String, Option<String>)> = match which {
             Some((ns, name)) => ctx
                 .endpoints
                 .get(&ObjectRef::new(&name).within(&ns))
+                .filter(|e| ours(e))
                 .map(|e| vec![(ns, name, e.metadata.uid.clone())])
                 .unwrap_or_default(),
             None => ctx
                 .endpoints
                 .state()
                 .iter()
+                .filter(|e| ours(e))
                 .map(|e| {
                     (
                         e.namespace().unwrap_or_default(),
@@ -964,6 +1074,72 @@ mod tests {
             .collect();
         assert_eq!(sizes, [(80, 100), (80, 100), (80, 50), (8080, 1)]);
         assert!(plans.iter().all(|p| p.existing.is_none()));
+    }
+
+    #[test]
+    fn conditions_follow_readiness_termination_and_publish_not_ready() {
+        let svc = |publish: bool| -> Service {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "web"},
+                "spec": {"selector": {"app": "web"}, "publishNotReadyAddresses": publish,
+                    "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+            }))
+            .expect("svc")
+        };
+        let pod = |ready: bool, deleting: bool, port: Option<i32>| -> Pod {
+            let ports = port.map(|p| serde_json::json!([{"name": "http", "containerPort": p}]));
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "uid": "u1",
+                    "deletionTimestamp": if deleting { Some("2026-01-01T00:00:00Z") } else { None }},
+                "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": ports}]},
+                "status": {"phase": "Running", "podIP": "10.42.0.5",
+                    "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
+            }))
+            .expect("pod")
+        };
+        let conds = |svc: &Service, p: &Pod| -> (bool, bool, bool) {
+            let c = pod_endpoint(svc, p, None)
+                .expect("endpoint")
+                .endpoint
+                .conditions
+                .expect("conditions");
+            (
+                c.ready == Some(true),
+                c.serving == Some(true),
+                c.terminating == Some(true),
+            )
+        };
+        let plain = svc(false);
+        assert_eq!(
+            conds(&plain, &pod(true, false, Some(8080))),
+            (true, true, false)
+        );
+        assert_eq!(
+            conds(&plain, &pod(false, false, Some(8080))),
+            (false, false, false)
+        );
+        assert_eq!(
+            conds(&plain, &pod(true, true, Some(8080))),
+            (false, true, true)
+        );
+        assert_eq!(
+            conds(&plain, &pod(false, true, Some(8080))),
+            (false, false, true)
+        );
+        let publish = svc(true);
+        assert_eq!(
+            conds(&publish, &pod(false, false, Some(8080))),
+            (true, true, false)
+        );
+        // The named port resolves per pod; a pod without it has no port.
+        let e = pod_endpoint(&plain, &pod(true, false, Some(9090)), None).expect("endpoint");
+        assert_eq!(e.ports[0].port, Some(9090));
+        let e = pod_endpoint(&plain, &pod(true, false, None), None).expect("endpoint");
+        assert!(e.ports.is_empty());
+        // Legacy Endpoints leave terminating pods out unless publishing.
+        let p = Arc::new(pod(true, true, Some(8080)));
+        assert!(endpoint_subsets(&plain, std::slice::from_ref(&p)).is_empty());
+        assert_eq!(endpoint_subsets(&publish, &[p]).len(), 1);
     }
 
     #[test]

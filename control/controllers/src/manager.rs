@@ -35,7 +35,7 @@ pub const LEASE_NAME: &str = "kube-controller-manager";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A request to the API server failed.
-    #[error("API request failed")]
+    #[error("API request failed: {0}")]
     Kube(#[from] kube::Error),
     /// An option is invalid.
     #[error("configuration: {0}")]

@@ -308,6 +308,9 @@ async fn set_conditions(ctx: &Ctx, ns: &Namespace, sweep: &Sweep, discovery_erro
 async fn finalize(ctx: &Ctx, ns: &Namespace) -> Result<()> {
     let api: Api<Namespace> = Api::all(ctx.client.clone());
     let mut n = ns.clone();
+    // Unconditional: the status we wrote just before moved the
+    // resourceVersion, and only this controller removes this finalizer.
+    n.metadata.resource_version = None;
     if let Some(spec) = n.spec.as_mut() {
         spec.finalizers = Some(
             spec.finalizers

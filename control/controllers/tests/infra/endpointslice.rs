@@ -320,3 +320,82 @@ async fn more_than_a_hundred_pods_split_into_slices_of_at_most_a_hundred() {
         [(8080, Some("TCP".to_owned()))]
     );
 }
+
+/// Services without a selector keep hand-made Endpoints; those are mirrored
+/// into slices (upstream's EndpointSliceMirroring), the API server's own
+/// `kubernetes` Service included, so slice consumers see them too.
+#[tokio::test]
+async fn endpoints_of_selectorless_services_are_mirrored_into_slices() {
+    let c = Cluster::start(|_| {}).await;
+    let client = &c.client;
+    let mirrored = |s: &EndpointSlice| {
+        s.labels()
+            .get("endpointslice.kubernetes.io/managed-by")
+            .map(String::as_str)
+            == Some("endpointslicemirroring-controller.k8s.io")
+    };
+    let api = eventually(WAIT, "a slice for the kubernetes Service", || async {
+        let s = slices(client, "kubernetes").await;
+        (s.len() == 1 && mirrored(&s[0])).then(|| s[0].clone())
+    })
+    .await;
+    let port = &api.ports.as_ref().expect("ports")[0];
+    assert_eq!(port.name.as_deref(), Some("https"));
+    assert_eq!(port.port, Some(i32::from(c._server.addr.port())));
+    let e = &api.endpoints.as_ref().expect("endpoints")[0];
+    assert_eq!(e.addresses, [c._server.addr.ip().to_string()]);
+    assert_eq!(e.conditions.as_ref().and_then(|c| c.ready), Some(true));
+
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    svcs.create(
+        &PostParams::default(),
+        &obj(json!({"metadata": {"name": "external"}, "spec": {"ports": [{"name": "db", "port": 5432}]}})),
+    )
+    .await
+    .expect("service");
+    let eps: Api<Endpoints> = Api::namespaced(client.clone(), "default");
+    eps.create(
+        &PostParams::default(),
+        &obj(json!({"metadata": {"name": "external"}, "subsets": [{
+            "addresses": [{"ip": "192.0.2.10"}],
+            "notReadyAddresses": [{"ip": "192.0.2.11"}],
+            "ports": [{"name": "db", "port": 5432}],
+        }]})),
+    )
+    .await
+    .expect("endpoints");
+    let rows_of = |s: &[EndpointSlice]| -> Vec<(String, bool)> {
+        let mut v: Vec<_> = s
+            .iter()
+            .flat_map(|s| s.endpoints.iter().flatten())
+            .map(|e| {
+                (
+                    e.addresses[0].clone(),
+                    e.conditions.as_ref().and_then(|c| c.ready) == Some(true),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    eventually(WAIT, "mirrored slice", || async {
+        let s = slices(client, "external").await;
+        (s.iter().all(mirrored)
+            && rows_of(&s)
+                == [
+                    ("192.0.2.10".to_owned(), true),
+                    ("192.0.2.11".to_owned(), false),
+                ])
+        .then_some(())
+    })
+    .await;
+    // The Endpoints go: so do the mirrored slices. Ours never touched them.
+    eps.delete("external", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(WAIT, "mirrored slices removed", || async {
+        slices(client, "external").await.is_empty().then_some(())
+    })
+    .await;
+    assert!(eps.get_opt("external").await.expect("get").is_none());
+}

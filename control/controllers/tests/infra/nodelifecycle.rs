@@ -42,10 +42,18 @@ fn fake_kubelet(
 }
 
 async fn post_ready(nodes: &Api<Node>, name: &str) {
+    post_condition(nodes, name, "True").await;
+}
+
+async fn post_condition(nodes: &Api<Node>, name: &str, ready: &str) {
     let now = Time(jiff::Timestamp::now());
+    let reason = if ready == "True" {
+        "KubeletReady"
+    } else {
+        "KubeletNotReady"
+    };
     let patch = json!({"status": {"conditions": [{
-        "type": "Ready", "status": "True", "reason": "KubeletReady",
-        "message": "kubelet is posting ready status",
+        "type": "Ready", "status": ready, "reason": reason,
         "lastHeartbeatTime": now, "lastTransitionTime": now,
     }]}});
     nodes
@@ -187,5 +195,43 @@ async fn a_silent_node_is_tainted_its_pods_unready_then_evicted_and_recovers() {
             .then_some(())
     })
     .await;
+
+    // A node that reports NotReady itself gets the not-ready taints, and
+    // loses them when it is Ready again.
+    post_condition(&nodes, "n1", "False").await;
+    eventually(WAIT, "not-ready taints", || async {
+        let t = taints(&nodes.get("n1").await.ok()?);
+        (t == [
+            (
+                "node.kubernetes.io/not-ready".to_owned(),
+                "NoExecute".to_owned(),
+                true,
+            ),
+            (
+                "node.kubernetes.io/not-ready".to_owned(),
+                "NoSchedule".to_owned(),
+                true,
+            ),
+        ])
+        .then_some(())
+    })
+    .await;
+    post_ready(&nodes, "n1").await;
+    eventually(WAIT, "not-ready taints removed", || async {
+        taints(&nodes.get("n1").await.ok()?)
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    // The default not-ready toleration (300 s, added at admission) kept
+    // the pod through that.
+    assert!(
+        pods.get("forever")
+            .await
+            .expect("pod")
+            .metadata
+            .deletion_timestamp
+            .is_none()
+    );
     kubelet.abort();
 }
