@@ -401,3 +401,35 @@ async fn kubectl_rollout_undo_brings_back_the_previous_template() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_rollout_that_stalls_exceeds_its_progress_deadline() {
+    let c = Cluster::start().await;
+    let deploys = c.api::<Deployment>();
+    let mut d = deployment("stuck", 1, json!({}));
+    d.spec.progress_deadline_seconds = Some(1);
+    if let Some(l) = d
+        .spec
+        .template
+        .metadata
+        .as_mut()
+        .and_then(|m| m.labels.as_mut())
+    {
+        l.insert("fake-kubelet/outcome".into(), "pending".into());
+    }
+    deploys
+        .create(&PostParams::default(), &d)
+        .await
+        .expect("create");
+    let d = eventually(WAIT, "ProgressDeadlineExceeded", || async {
+        let d = deploys.get("stuck").await.ok()?;
+        (condition(&d, "Progressing") == Some(("False".into(), "ProgressDeadlineExceeded".into())))
+            .then_some(d)
+    })
+    .await;
+    assert_eq!(
+        condition(&d, "Available"),
+        Some(("False".into(), "MinimumReplicasUnavailable".into()))
+    );
+    assert_eq!(d.status.and_then(|s| s.unavailable_replicas), Some(1));
+}
