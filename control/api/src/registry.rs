@@ -70,6 +70,10 @@ pub enum Subresource {
     Log,
     /// `exec`: proxied to the node agent.
     Exec,
+    /// `attach`: proxied to the node agent.
+    Attach,
+    /// `finalize`: namespaces only, updates `spec.finalizers`.
+    Finalize,
 }
 
 impl Subresource {
@@ -82,6 +86,8 @@ impl Subresource {
             Self::Eviction => "eviction",
             Self::Log => "log",
             Self::Exec => "exec",
+            Self::Attach => "attach",
+            Self::Finalize => "finalize",
         }
     }
 
@@ -91,18 +97,19 @@ impl Subresource {
             Self::Status | Self::Scale => &["get", "patch", "update"],
             Self::Binding | Self::Eviction => &["create"],
             Self::Log => &["get"],
-            Self::Exec => &["create", "get"],
+            Self::Exec | Self::Attach => &["create", "get"],
+            Self::Finalize => &["update"],
         }
     }
 
     /// (group, version, kind) of the subresource's body.
     pub fn kind(self, parent: &ResourceDef) -> (&'static str, &'static str, &'static str) {
         match self {
-            Self::Status => (parent.group, parent.version, parent.kind),
+            Self::Status | Self::Finalize => (parent.group, parent.version, parent.kind),
             Self::Scale => ("autoscaling", "v1", "Scale"),
             Self::Binding => ("", "v1", "Binding"),
             Self::Eviction => ("policy", "v1", "Eviction"),
-            Self::Log | Self::Exec => ("", "v1", "Pod"),
+            Self::Log | Self::Exec | Self::Attach => ("", "v1", "Pod"),
         }
     }
 }
@@ -275,7 +282,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         verbs: &[
             "create", "delete", "get", "list", "patch", "update", "watch",
         ],
-        subresources: &[Subresource::Status],
+        subresources: &[Subresource::Status, Subresource::Finalize],
         categories: &[],
         columns: &[
             NAME,
@@ -358,8 +365,9 @@ pub static RESOURCES: &[ResourceDef] = &[
             Subresource::Status,
             Subresource::Binding,
             Subresource::Eviction,
-            Subresource::Log,
+            Subresource::Attach,
             Subresource::Exec,
+            Subresource::Log,
         ],
         categories: CORE_ALL,
         columns: &[

@@ -111,6 +111,51 @@ pub fn default_pod_spec(spec: &mut Map<String, Value>) {
     }
 }
 
+/// Upstream's DefaultTolerationSeconds admission: a new pod that does not
+/// tolerate the not-ready or unreachable NoExecute taint gets a bounded
+/// toleration for it, so the node lifecycle controller evicts it that long
+/// after its node fails, rather than at once.
+pub fn default_tolerations(config: &crate::Config, pod: &mut Value) {
+    let defaults = [
+        (
+            "node.kubernetes.io/not-ready",
+            config.default_not_ready_toleration_seconds,
+        ),
+        (
+            "node.kubernetes.io/unreachable",
+            config.default_unreachable_toleration_seconds,
+        ),
+    ];
+    let spec = obj_mut(pod, "spec");
+    let tols = spec.entry("tolerations").or_insert_with(|| json!([]));
+    if !tols.is_array() {
+        *tols = json!([]);
+    }
+    let Some(tols) = tols.as_array_mut() else {
+        return;
+    };
+    for (key, secs) in defaults {
+        let tolerated = tols.iter().any(|t| {
+            let s = |k: &str| t.get(k).and_then(Value::as_str).unwrap_or("");
+            let effect_ok = s("effect").is_empty() || s("effect") == "NoExecute";
+            let key_ok = match s("operator") {
+                "Exists" => s("key").is_empty() || s("key") == key,
+                "" | "Equal" => s("key") == key && s("value").is_empty(),
+                _ => false,
+            };
+            effect_ok && key_ok
+        });
+        if !tolerated {
+            tols.push(json!({
+                "key": key,
+                "operator": "Exists",
+                "effect": "NoExecute",
+                "tolerationSeconds": secs,
+            }));
+        }
+    }
+}
+
 fn template_spec(obj: &mut Value) -> Option<&mut Map<String, Value>> {
     obj.pointer_mut("/spec/template/spec")
         .and_then(Value::as_object_mut)

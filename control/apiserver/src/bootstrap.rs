@@ -1,6 +1,6 @@
 //! What a fresh (or restarted) server puts in place before serving: the
 //! system namespaces, the `kubernetes` Service and Endpoints, allocator
-//! state rebuilt from stored Services, and unfinished namespace deletions.
+//! state rebuilt from stored Services.
 
 use std::sync::Arc;
 
@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::handlers::{Target, create_object, update_with};
 use crate::server::AppState;
-use crate::{Error, admission, namespace};
+use crate::{Error, admission};
 
 fn target(plural: &str, ns: Option<&str>, name: &str) -> Result<Target, Error> {
     let def = registry::lookup("", "v1", plural)
@@ -87,16 +87,5 @@ pub async fn run(state: &Arc<AppState>) -> Result<(), Error> {
     .await
     .map_err(|e| Error::Bootstrap(e.to_string()))?;
 
-    // Finish namespace deletions a previous run started.
-    if let Some(def) = registry::lookup("", "v1", "namespaces") {
-        let (items, _) = state.cache.list(&def.key_prefix());
-        for e in items {
-            if e.value.pointer("/metadata/deletionTimestamp").is_some()
-                && let Some(n) = e.value.pointer("/metadata/name").and_then(Value::as_str)
-            {
-                namespace::spawn_cleanup(state.clone(), n.to_owned());
-            }
-        }
-    }
     Ok(())
 }

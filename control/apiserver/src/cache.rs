@@ -328,16 +328,6 @@ impl Cache {
         (items, st.revision)
     }
 
-    /// Keys under `prefix` (cheap: for namespace cleanup and allocators).
-    pub fn keys(&self, prefix: &str) -> Vec<String> {
-        let st = self.state.read().unwrap_or_else(|p| p.into_inner());
-        st.objects
-            .range(prefix.to_owned()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, _)| k.clone())
-            .collect()
-    }
-
     /// Start watching after `after`: the history since then, and a receiver
     /// for what follows. `after = None` means "from now".
     pub fn watch_from(&self, after: Option<Revision>) -> Result<WatchStart, CacheError> {

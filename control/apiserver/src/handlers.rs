@@ -727,6 +727,9 @@ pub async fn create_object(
     }
     obj = normalize(&t, ctx, obj)?;
     admission::set_defaults(t.def, &mut obj);
+    if t.def.kind == "Pod" && t.def.group.is_empty() {
+        admission::default_tolerations(&state.config, &mut obj);
+    }
     admission::validate(t.def, &obj, None)?;
     check_namespace_exists(state, &t, true)?;
     if str_at(&obj, "/metadata/name").is_some_and(|n| n.len() > 253) {
@@ -804,6 +807,21 @@ fn spec_part(v: &Value) -> Value {
 
 /// Fold an update into the stored object the way upstream strategies do.
 fn merge_update(t: &Target, old: &Value, mut new: Value, sub: Option<Subresource>) -> Value {
+    if sub == Some(Subresource::Finalize) {
+        // Only spec.finalizers changes through namespaces/finalize.
+        let mut out = old.clone();
+        let f = new
+            .pointer("/spec/finalizers")
+            .cloned()
+            .unwrap_or_else(|| json!([]));
+        if !out.get("spec").is_some_and(Value::is_object)
+            && let Some(o) = out.as_object_mut()
+        {
+            o.insert("spec".into(), json!({}));
+        }
+        out["spec"]["finalizers"] = f;
+        return out;
+    }
     if sub == Some(Subresource::Status) {
         let mut out = old.clone();
         if let Some(o) = out.as_object_mut() {
@@ -842,9 +860,17 @@ fn merge_update(t: &Target, old: &Value, mut new: Value, sub: Option<Subresource
         };
     }
     if t.def.kind == "Namespace" {
-        // Namespace status (phase) is the server's to keep.
+        // Namespace status (phase) is the server's to keep, and
+        // spec.finalizers changes only through namespaces/finalize.
         if let (Some(o), Some(s)) = (new.as_object_mut(), old.get("status")) {
             o.insert("status".into(), s.clone());
+        }
+        let f = old.pointer("/spec/finalizers").cloned();
+        if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+            match f {
+                Some(f) => spec.insert("finalizers".into(), f),
+                None => spec.remove("finalizers"),
+            };
         }
     }
     if let Some(g) = old_meta.get("generation").and_then(Value::as_i64)
@@ -926,10 +952,14 @@ pub async fn update_with(
             return Ok(new);
         }
         // Finalizers gone from an object being deleted: the update deletes it.
-        let finalizers_empty = new
-            .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .is_none_or(Vec::is_empty);
+        let finalizers_empty = ["/metadata/finalizers", "/spec/finalizers"]
+            .iter()
+            .filter(|p| p.starts_with("/metadata") || t.def.kind == "Namespace")
+            .all(|p| {
+                new.pointer(p)
+                    .and_then(Value::as_array)
+                    .is_none_or(Vec::is_empty)
+            });
         if new.pointer("/metadata/deletionTimestamp").is_some() && finalizers_empty {
             match state.store.delete(&key, Some(cur.mod_revision)).await {
                 Ok(d) => {
@@ -1199,6 +1229,40 @@ fn finish_delete(state: &AppState, t: &Target, obj: &Value) {
     }
 }
 
+/// Finalizer that holds an owner until the garbage collector has deleted
+/// its blocking dependents (`propagationPolicy=Foreground`).
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+/// Finalizer that holds an owner until the garbage collector has removed
+/// the references to it from its dependents (`propagationPolicy=Orphan`).
+pub const ORPHAN_FINALIZER: &str = "orphan";
+
+/// The object's finalizers after a delete with `propagation`, as upstream's
+/// registry sets them: Foreground and Orphan add their finalizer (and drop
+/// the other's), Background drops both, and no policy keeps what a
+/// previous delete asked for (the default for every kind is Background).
+fn gc_finalizers(current: &[Value], propagation: Option<&str>) -> Vec<Value> {
+    let add = match propagation {
+        Some("Foreground") => Some(FOREGROUND_FINALIZER),
+        Some("Orphan") => Some(ORPHAN_FINALIZER),
+        Some(_) => None,
+        None => return current.to_vec(),
+    };
+    let mut out: Vec<Value> = current
+        .iter()
+        .filter(|f| {
+            let f = f.as_str().unwrap_or("");
+            (f != FOREGROUND_FINALIZER && f != ORPHAN_FINALIZER) || Some(f) == add
+        })
+        .cloned()
+        .collect();
+    if let Some(a) = add
+        && !out.iter().any(|f| f.as_str() == Some(a))
+    {
+        out.push(json!(a));
+    }
+    out
+}
+
 /// Delete one object: immediately, or by marking it when finalizers (or a
 /// graceful pod shutdown) must run first. Returns the object as last seen.
 pub async fn delete_one(
@@ -1236,32 +1300,42 @@ pub async fn delete_one(
         if t.def.kind == "Namespace" && t.def.group.is_empty() {
             return crate::namespace::begin_delete(state, t, &cur, dry).await;
         }
-        let finalizers = obj
+        let current_finalizers: Vec<Value> = obj
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
-            .is_some_and(|f| !f.is_empty());
+            .cloned()
+            .unwrap_or_default();
+        let new_finalizers = gc_finalizers(&current_finalizers, opts.propagation.as_deref());
+        let finalizers = !new_finalizers.is_empty();
         // Pods bound to a node shut down gracefully: the node agent finishes
         // the delete. Unbound pods have nothing to stop and go at once.
         let graceful_pod = t.def.kind == "Pod"
             && t.def.group.is_empty()
             && str_at(obj, "/spec/nodeName").is_some_and(|n| !n.is_empty())
             && opts.grace.unwrap_or(1) > 0;
-        if finalizers || graceful_pod {
-            if obj.pointer("/metadata/deletionTimestamp").is_some() {
+        let deleting = obj.pointer("/metadata/deletionTimestamp").is_some();
+        // A Background delete that takes the last (GC) finalizer off an
+        // object already being deleted deletes it now, below.
+        let released = deleting && !finalizers && !current_finalizers.is_empty() && !graceful_pod;
+        if (finalizers || graceful_pod) && !released {
+            if deleting && new_finalizers == current_finalizers {
                 return Ok((**obj).clone());
             }
             let mut n = (**obj).clone();
-            let grace = if graceful_pod {
-                opts.grace
-                    .or_else(|| {
-                        obj.pointer("/spec/terminationGracePeriodSeconds")
-                            .and_then(Value::as_i64)
-                    })
-                    .unwrap_or(30)
-            } else {
-                0
-            };
-            {
+            if new_finalizers != current_finalizers {
+                meta_mut(&mut n).insert("finalizers".into(), Value::Array(new_finalizers));
+            }
+            if !deleting {
+                let grace = if graceful_pod {
+                    opts.grace
+                        .or_else(|| {
+                            obj.pointer("/spec/terminationGracePeriodSeconds")
+                                .and_then(Value::as_i64)
+                        })
+                        .unwrap_or(30)
+                } else {
+                    0
+                };
                 let m = meta_mut(&mut n);
                 m.insert("deletionTimestamp".into(), json!(meta::now_rfc3339()));
                 m.insert("deletionGracePeriodSeconds".into(), json!(grace));

@@ -1,15 +1,18 @@
-//! Namespace deletion: the namespace turns Terminating, everything in it is
-//! deleted, and the namespace itself goes once it is empty.
+//! Namespace deletion, the API server's part: the namespace turns
+//! Terminating (and refuses new content). Emptying it is the namespace
+//! controller's job (kestrel-controllers), which then removes the
+//! `kubernetes` finalizer through `namespaces/{name}/finalize`; the update
+//! that leaves no finalizer deletes the namespace. A namespace without
+//! finalizers goes at once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use kestrel_api::registry::{self, RESOURCES};
 use kestrel_api::{ApiError, meta};
 use serde_json::{Value, json};
 
 use crate::cache::Entry;
-use crate::handlers::{DeleteOpts, Target, delete_one};
+use crate::handlers::Target;
 use crate::server::AppState;
 
 /// Mark the namespace Terminating and start emptying it.
@@ -27,6 +30,34 @@ pub async fn begin_delete(
     }
     if cur.value.pointer("/metadata/deletionTimestamp").is_some() {
         return Ok((*cur.value).clone());
+    }
+    let no_finalizers = ["/spec/finalizers", "/metadata/finalizers"]
+        .iter()
+        .all(|p| {
+            cur.value
+                .pointer(p)
+                .and_then(Value::as_array)
+                .is_none_or(Vec::is_empty)
+        });
+    if no_finalizers {
+        if dry {
+            return Ok((*cur.value).clone());
+        }
+        return match state.store.delete(&t.key(), Some(cur.mod_revision)).await {
+            Ok(d) => {
+                let _ = state
+                    .cache
+                    .wait_for(d.revision, Duration::from_secs(10))
+                    .await;
+                let mut last = (*cur.value).clone();
+                crate::cache::set_resource_version(&mut last, d.revision);
+                Ok(last)
+            }
+            Err(kestrel_store::Error::Conflict { .. }) => {
+                Err(ApiError::stale("", "namespaces", &name))
+            }
+            Err(e) => Err(ApiError::Internal(e.to_string())),
+        };
     }
     let mut n = (*cur.value).clone();
     n["metadata"]["deletionTimestamp"] = json!(meta::now_rfc3339());
@@ -53,83 +84,5 @@ pub async fn begin_delete(
         })?;
     crate::cache::set_resource_version(&mut n, rev);
     let _ = state.cache.wait_for(rev, Duration::from_secs(10)).await;
-    spawn_cleanup(state.clone(), name);
     Ok(n)
-}
-
-/// Delete the namespace's contents, then the namespace, retrying until done.
-pub fn spawn_cleanup(state: Arc<AppState>, ns: String) {
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match cleanup_once(&state, &ns).await {
-                Ok(true) => return,
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(namespace = %ns, error = %e, "namespace cleanup failed; retrying")
-                }
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
-    });
-}
-
-/// One pass. `Ok(true)` once the namespace itself is gone.
-async fn cleanup_once(state: &Arc<AppState>, ns: &str) -> Result<bool, ApiError> {
-    let mut remaining = 0usize;
-    for def in RESOURCES.iter().filter(|d| d.namespaced) {
-        let (entries, _) = state.cache.list(&def.key_prefix_ns(Some(ns)));
-        for e in entries {
-            remaining += 1;
-            let t = Target {
-                def,
-                ns: Some(ns.to_owned()),
-                name: e
-                    .value
-                    .pointer("/metadata/name")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-            };
-            // Pods go without grace: nothing will run in a namespace being deleted.
-            let opts = DeleteOpts {
-                grace: Some(0),
-                ..Default::default()
-            };
-            match delete_one(state, &t, &opts, false).await {
-                Ok(_) | Err(ApiError::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    if remaining > 0 {
-        // Objects with finalizers may still be around; look again.
-        let left = RESOURCES
-            .iter()
-            .filter(|d| d.namespaced)
-            .any(|d| !state.cache.keys(&d.key_prefix_ns(Some(ns))).is_empty());
-        if left {
-            return Ok(false);
-        }
-    }
-    let Some(def) = registry::lookup("", "v1", "namespaces") else {
-        return Ok(true);
-    };
-    let key = def.key(None, ns);
-    let Some(cur) = state.cache.get(&key) else {
-        return Ok(true);
-    };
-    match state.store.delete(&key, Some(cur.mod_revision)).await {
-        Ok(d) => {
-            let _ = state
-                .cache
-                .wait_for(d.revision, Duration::from_secs(10))
-                .await;
-            tracing::info!(namespace = %ns, "namespace deleted");
-            Ok(true)
-        }
-        Err(kestrel_store::Error::NotFound { .. }) => Ok(true),
-        Err(kestrel_store::Error::Conflict { .. }) => Ok(false),
-        Err(e) => Err(ApiError::Internal(e.to_string())),
-    }
 }

@@ -87,7 +87,12 @@ pub async fn serve(
             .flatten()
     });
     let prefix = t.def.key_prefix_ns(ns.as_deref());
-    let exact_key = name.as_ref().map(|n| t.def.key(ns.as_deref(), n));
+    // One key only when the name pins one object: a namespaced kind
+    // watched across namespaces by name matches that name in every one.
+    let exact_key = name
+        .as_ref()
+        .filter(|_| !t.def.namespaced || ns.is_some())
+        .map(|n| t.def.key(ns.as_deref(), n));
     let bookmarks = ctx.q_bool("allowWatchBookmarks");
     let send_initial = ctx.q("sendInitialEvents").map(|v| v == "true" || v == "1");
     let rv: Option<Revision> = match ctx.q("resourceVersion").filter(|r| !r.is_empty()) {

@@ -6,7 +6,6 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use kestrel_apiserver::testing::{self, TestServer};
-use kestrel_testkit::eventually;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
@@ -597,8 +596,13 @@ async fn bad_input_never_stores_and_gets_a_status() {
     assert_eq!(code, 200);
 }
 
+/// The API server's part of namespace deletion (no controllers run here):
+/// the namespace turns Terminating and refuses new content; once its
+/// content is gone, removing the `kubernetes` finalizer through
+/// `namespaces/{name}/finalize` deletes it. (The namespace controller does
+/// the emptying; kestrel-controllers tests that.)
 #[tokio::test]
-async fn namespace_deletion_empties_then_removes() {
+async fn namespace_deletion_marks_terminating_and_finalize_removes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = TestServer::start_in(dir.path(), |_| {}).await;
     let client = s.client().await;
@@ -613,35 +617,200 @@ async fn namespace_deletion_empties_then_removes() {
         created.status.and_then(|s| s.phase).as_deref(),
         Some("Active")
     );
+    assert_eq!(
+        created.spec.and_then(|s| s.finalizers),
+        Some(vec!["kubernetes".to_owned()])
+    );
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "doomed");
-    for i in 0..5 {
-        cms.create(&PostParams::default(), &cm(&format!("c{i}"), json!({})))
-            .await
-            .expect("create cm");
-    }
+    cms.create(&PostParams::default(), &cm("c0", json!({})))
+        .await
+        .expect("create cm");
     nss.delete("doomed", &DeleteParams::default())
         .await
         .expect("delete ns");
-    eventually(WAIT, "namespace gone", || {
-        let nss = nss.clone();
-        async move {
-            matches!(nss.get("doomed").await, Err(kube::Error::Api(e)) if e.code == 404)
-                .then_some(())
-        }
-    })
-    .await;
-    let all: Api<ConfigMap> = Api::all(client.clone());
-    let left = all
-        .list(&ListParams::default().fields("metadata.namespace=doomed"))
+    let n = nss.get("doomed").await.expect("still there");
+    assert!(n.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        n.status.and_then(|s| s.phase).as_deref(),
+        Some("Terminating")
+    );
+    let e = api_err(
+        cms.create(&PostParams::default(), &cm("late", json!({})))
+            .await
+            .expect_err("terminating"),
+    );
+    assert_eq!(e.code, 403);
+    assert!(
+        e.message.contains(
+            "unable to create new content in namespace doomed because it is being terminated"
+        ),
+        "{}",
+        e.message
+    );
+    // A plain update cannot drop spec.finalizers; the finalize subresource can.
+    let mut upd = nss.get("doomed").await.expect("get");
+    upd.spec = Some(Default::default());
+    let after = nss
+        .replace("doomed", &PostParams::default(), &upd)
         .await
-        .expect("list");
-    assert!(left.items.is_empty());
+        .expect("update");
+    assert_eq!(
+        after.spec.and_then(|s| s.finalizers),
+        Some(vec!["kubernetes".to_owned()])
+    );
+    cms.delete("c0", &DeleteParams::default())
+        .await
+        .expect("delete cm");
+    let mut fin = nss.get("doomed").await.expect("get");
+    fin.spec = Some(Default::default());
+    nss.replace_subresource("finalize", "doomed", &PostParams::default(), &fin)
+        .await
+        .expect("finalize");
+    assert!(
+        nss.get_opt("doomed").await.expect("get").is_none(),
+        "gone once finalized"
+    );
+    // A namespace created without finalizers goes at once.
+    let bare: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "bare"}, "spec": {"finalizers": []}}))
+            .expect("ns");
+    nss.create(&PostParams::default(), &bare)
+        .await
+        .expect("create bare");
+    nss.delete("bare", &DeleteParams::default())
+        .await
+        .expect("delete bare");
+    assert!(nss.get_opt("bare").await.expect("get").is_none());
     let e = api_err(
         nss.delete("default", &DeleteParams::default())
             .await
             .expect_err("protected"),
     );
     assert_eq!(e.code, 403);
+}
+
+/// propagationPolicy as upstream's registry applies it: Foreground and
+/// Orphan leave the object with a deletionTimestamp and the garbage
+/// collector's finalizer (which a controller later removes), Background and
+/// the default delete at once.
+#[tokio::test]
+async fn propagation_policy_sets_garbage_collector_finalizers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = TestServer::start_in(dir.path(), |_| {}).await;
+    let client = s.client().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    for (name, policy, finalizer) in [
+        (
+            "fg",
+            Some(kube::api::PropagationPolicy::Foreground),
+            Some("foregroundDeletion"),
+        ),
+        (
+            "or",
+            Some(kube::api::PropagationPolicy::Orphan),
+            Some("orphan"),
+        ),
+        ("bg", Some(kube::api::PropagationPolicy::Background), None),
+        ("default", None, None),
+    ] {
+        cms.create(&PostParams::default(), &cm(name, json!({})))
+            .await
+            .expect("create");
+        let dp = DeleteParams {
+            propagation_policy: policy,
+            ..Default::default()
+        };
+        cms.delete(name, &dp).await.expect("delete");
+        let left = cms.get_opt(name).await.expect("get");
+        match finalizer {
+            Some(f) => {
+                let left = left.expect("kept for the garbage collector");
+                assert!(left.metadata.deletion_timestamp.is_some(), "{name}");
+                assert_eq!(left.metadata.finalizers, Some(vec![f.to_owned()]), "{name}");
+            }
+            None => assert!(left.is_none(), "{name} deleted at once"),
+        }
+    }
+    // Switching policy on a pending delete swaps the finalizer; Background
+    // drops it, and with it the object.
+    let dp = |p| DeleteParams {
+        propagation_policy: Some(p),
+        ..Default::default()
+    };
+    cms.delete("or", &dp(kube::api::PropagationPolicy::Foreground))
+        .await
+        .expect("re-delete");
+    let or = cms.get("or").await.expect("still there");
+    assert_eq!(
+        or.metadata.finalizers,
+        Some(vec!["foregroundDeletion".to_owned()])
+    );
+    cms.delete("or", &dp(kube::api::PropagationPolicy::Background))
+        .await
+        .expect("background");
+    assert!(cms.get_opt("or").await.expect("get").is_none());
+    // Removing the finalizer finishes a foreground delete.
+    let patch = json!({"metadata": {"finalizers": null}});
+    cms.patch("fg", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("drop finalizer");
+    assert!(cms.get_opt("fg").await.expect("get").is_none());
+}
+
+/// DefaultTolerationSeconds: new pods tolerate the not-ready and
+/// unreachable NoExecute taints for the configured time, unless they
+/// already tolerate them.
+#[tokio::test]
+async fn pods_get_default_not_ready_and_unreachable_tolerations() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = TestServer::start_in(dir.path(), |c| {
+        c.default_unreachable_toleration_seconds = 7;
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(s.client().await, "default");
+    let pod = |name: &str, tolerations: serde_json::Value| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"containers": [{"name": "c", "image": "busybox:1.35"}], "tolerations": tolerations},
+        }))
+        .expect("pod")
+    };
+    let tols = |p: Pod| -> Vec<(String, Option<i64>)> {
+        p.spec
+            .and_then(|s| s.tolerations)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| (t.key.unwrap_or_default(), t.toleration_seconds))
+            .collect()
+    };
+    let plain = pods
+        .create(&PostParams::default(), &pod("plain", json!([])))
+        .await
+        .expect("create");
+    assert_eq!(
+        tols(plain),
+        [
+            ("node.kubernetes.io/not-ready".to_owned(), Some(300)),
+            ("node.kubernetes.io/unreachable".to_owned(), Some(7)),
+        ]
+    );
+    let own = pods
+        .create(
+            &PostParams::default(),
+            &pod(
+                "own",
+                json!([{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"}]),
+            ),
+        )
+        .await
+        .expect("create");
+    assert_eq!(
+        tols(own),
+        [
+            ("node.kubernetes.io/unreachable".to_owned(), None),
+            ("node.kubernetes.io/not-ready".to_owned(), Some(300)),
+        ]
+    );
 }
 
 #[tokio::test]

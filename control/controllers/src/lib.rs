@@ -3,7 +3,8 @@
 //! One module per controller, each in the kube-runtime style: a reflector
 //! watches what it needs, a reconcile function moves one object toward its
 //! spec, and errors requeue with backoff. Every controller is a client of
-//! the API server and nothing else.
+//! the API server and nothing else. [`manager::Manager`] starts them all,
+//! behind leader election when asked.
 #![forbid(unsafe_code)]
 
 pub mod daemonset;
@@ -16,3 +17,13 @@ mod workloads;
 
 pub use workload::WorkloadConfig;
 pub use workloads::{run_workloads, run_workloads_with};
+// Infrastructure controllers.
+pub mod endpointslice;
+pub mod gc;
+pub mod manager;
+pub mod namespace;
+pub mod nodeipam;
+pub mod nodelifecycle;
+pub mod serviceaccount;
+
+pub use manager::{Manager, Options};

@@ -1,0 +1,12 @@
+//! The infrastructure controllers against an in-process API server on the
+//! real SQLite store. No node agent runs: where a scenario needs one, the
+//! test plays the kubelet through pods/status, nodes/status and the node
+//! Lease.
+
+mod common;
+mod endpointslice;
+mod gc;
+mod leader;
+mod namespace;
+mod nodeipam;
+mod nodelifecycle;
