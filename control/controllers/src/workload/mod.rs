@@ -5,10 +5,10 @@ pub mod expectations;
 pub mod informer;
 pub mod pods;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -73,7 +73,7 @@ pub struct Context {
     pub(crate) jobs: Informer<Job>,
     pub(crate) expectations: Expectations,
     pub(crate) events: Recorders,
-    failures: Mutex<HashMap<String, u32>>,
+    failures: crate::manager::Backoff<String>,
 }
 
 impl std::fmt::Debug for Context {
@@ -116,28 +116,21 @@ impl Context {
                 statefulset: rec("statefulset-controller"),
                 job: rec("job-controller"),
             },
-            failures: Mutex::default(),
+            failures: crate::manager::Backoff::default(),
             client,
             config,
         }
     }
 
-    /// Requeue delay after a failed reconcile of `key`: 50 ms doubling to
-    /// two minutes, like upstream's per-item workqueue backoff.
+    /// Requeue delay after a failed reconcile of `key`: the manager's
+    /// per-object exponential backoff.
     pub(crate) fn backoff(&self, key: &str) -> Action {
-        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let n = f.entry(key.to_owned()).or_insert(0);
-        *n = n.saturating_add(1);
-        let ms = 50u64.saturating_mul(1u64 << (*n - 1).min(12));
-        Action::requeue(Duration::from_millis(ms).min(Duration::from_secs(120)))
+        self.failures.failed(key.to_owned())
     }
 
     /// `key` reconciled cleanly: its next failure starts from the bottom.
     pub(crate) fn succeeded(&self, key: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+        self.failures.succeeded(&key.to_owned());
     }
 }
 
@@ -190,7 +183,9 @@ where
         .run(
             move |obj: Arc<K>, ctx: Arc<Context>| {
                 let uid = obj.meta().uid.clone().unwrap_or_default();
-                let fut = sync(obj, ctx.clone());
+                // Boxed: a reconcile future is large in debug builds, and
+                // the runtime may poll it on a small test-thread stack.
+                let fut = Box::pin(sync(obj, ctx.clone()));
                 async move {
                     let action = fut.await?;
                     ctx.succeeded(&uid);
