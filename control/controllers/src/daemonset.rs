@@ -12,25 +12,22 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
     PodSpec, Taint, Toleration,
 };
-use kestrel_client::events::EventType;
 use kube::ResourceExt as _;
-use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
 use crate::workload::pods::{
-    self, Claim, create_pod, delete_pod, is_available, is_ready, phase, pod_from_template,
-    slow_start,
+    create_pod, delete_pod, is_available, is_ready, phase, pod_from_template, slow_start,
 };
 use crate::workload::{
-    Context, Result, controller_ref, error_policy, owners_of, scaled_value, selector, template_hash,
+    Context, Result, controller_ref, drive, owned_pods, owning_pods, scaled_value, template_hash,
+    write_status,
 };
 
 /// The label naming the template revision a daemon pod runs.
@@ -38,30 +35,19 @@ pub const REVISION_LABEL: &str = "controller-revision-hash";
 const GENERATION_LABEL: &str = "pod-template-generation";
 
 pub(crate) fn controller(ctx: Arc<Context>) -> BoxFuture<'static, ()> {
-    let store = ctx.daemonsets.store().clone();
-    let for_pods = store.clone();
-    let for_nodes = store.clone();
-    Controller::for_shared_stream(ctx.daemonsets.subscribe(), store)
-        .watches_shared_stream(ctx.pods.subscribe(), move |pod: Arc<Pod>| {
-            owners_of(&*pod, &for_pods, |ds: &DaemonSet| Some(&ds.spec.selector))
-        })
-        // Any node change may change where every DaemonSet should run.
-        .watches_shared_stream(ctx.nodes.subscribe(), move |_: Arc<Node>| {
-            for_nodes
-                .state()
-                .iter()
-                .map(|ds| ObjectRef::from_obj(&**ds))
-                .collect::<Vec<_>>()
-        })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
-        .boxed()
-}
-
-async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action> {
-    let action = sync(&ds, &ctx).await?;
-    ctx.succeeded(ds.uid().as_deref().unwrap_or_default());
-    Ok(action)
+    let for_nodes = ctx.daemonsets.store().clone();
+    let c = owning_pods(&ctx, &ctx.daemonsets, |ds: &DaemonSet| {
+        Some(&ds.spec.selector)
+    })
+    // Any node change may change where every DaemonSet should run.
+    .watches_shared_stream(ctx.nodes.subscribe(), move |_: Arc<Node>| {
+        for_nodes
+            .state()
+            .iter()
+            .map(|ds| ObjectRef::from_obj(&**ds))
+            .collect::<Vec<_>>()
+    });
+    drive(c, ctx, |ds, ctx| async move { sync(&ds, &ctx).await })
 }
 
 /// Upstream's tolerations for daemon pods: they stay through node
@@ -174,11 +160,20 @@ fn placement(node: &Node, spec: &PodSpec) -> (bool, bool) {
 
 /// The node a daemon pod runs on, or is pinned to before binding.
 fn node_of(p: &Pod) -> Option<String> {
-    let spec = p.spec.as_ref()?;
-    if let Some(n) = spec.node_name.as_ref().filter(|n| !n.is_empty()) {
-        return Some(n.clone());
-    }
-    spec.affinity
+    p.spec
+        .as_ref()?
+        .node_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .or_else(|| pinned_node(p))
+}
+
+/// The node a pod's required node affinity pins it to by
+/// `metadata.name`, as this controller pins daemon pods.
+pub fn pinned_node(p: &Pod) -> Option<String> {
+    p.spec
+        .as_ref()?
+        .affinity
         .as_ref()?
         .node_affinity
         .as_ref()?
@@ -224,27 +219,13 @@ fn pin(spec: &mut PodSpec, node: &str) {
 
 async fn sync(ds: &DaemonSet, ctx: &Context) -> Result<Action> {
     let rec = &ctx.events.daemonset;
-    let ns = ds.namespace().unwrap_or_default();
-    let uid = ds.uid().unwrap_or_default();
-    let Some(sel) = selector(Some(&ds.spec.selector)) else {
-        rec.publish(
-            ds,
-            EventType::Warning,
-            "InvalidSelector",
-            "spec.selector does not parse as a label selector",
-        )
-        .await;
+    let _ns = ds.namespace().unwrap_or_default();
+    let _uid = ds.uid().unwrap_or_default();
+    let deleting = ds.metadata.deletion_timestamp.is_some();
+    let Some((satisfied, owned)) = owned_pods(ctx, rec, ds, &ds.spec.selector, |_| true).await?
+    else {
         return Ok(Action::await_change());
     };
-    let deleting = ds.metadata.deletion_timestamp.is_some();
-    let satisfied = ctx.expectations.satisfied(&uid, &ns, ctx.pods.store());
-    let claim = Claim {
-        owner: controller_ref(ds)?,
-        selector: &sel,
-        owner_deleting: deleting,
-    };
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let owned = pods::claim(&api, &claim, pods::pods_in(ctx, &ns)).await?;
     let hash = template_hash(
         &ds.spec.template,
         ds.status.as_ref().and_then(|s| s.collision_count),
@@ -382,19 +363,7 @@ async fn sync(ds: &DaemonSet, ctx: &Context) -> Result<Action> {
         })
     });
     if old_status.as_ref() != Some(&status) {
-        let dss: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ns);
-        match dss
-            .patch_status(
-                &ds.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": status })),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        write_status(ctx, ds, status).await?;
     }
     Ok(Action::await_change())
 }

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -22,8 +21,8 @@ use serde_json::json;
 
 use crate::workload::pods::{self, Claim, is_terminal};
 use crate::workload::{
-    Context, Error, Result, age_secs, controller_of, controller_ref, error_policy, now, owners_of,
-    scaled_value, selector, template_hash,
+    Context, Error, Result, age_secs, controller_of, controller_ref, drive, now, owners_of,
+    scaled_value, selector, template_hash, write_status,
 };
 
 /// The label that tells a Deployment's ReplicaSets (and their pods) apart.
@@ -49,7 +48,7 @@ pub(crate) fn controller(ctx: Arc<Context>) -> BoxFuture<'static, ()> {
     let for_rs = store.clone();
     let for_pods = store.clone();
     let rs_store = ctx.replicasets.store().clone();
-    Controller::for_shared_stream(ctx.deployments.subscribe(), store)
+    let c = Controller::for_shared_stream(ctx.deployments.subscribe(), store)
         .watches_shared_stream(ctx.replicasets.subscribe(), move |rs: Arc<ReplicaSet>| {
             owners_of(&*rs, &for_rs, |d: &Deployment| Some(&d.spec.selector))
         })
@@ -66,16 +65,12 @@ pub(crate) fn controller(ctx: Arc<Context>) -> BoxFuture<'static, ()> {
                         .map(|r| ObjectRef::new(&r.name).within(&ns))
                 })
                 .filter(|d| for_pods.get(d).is_some())
-        })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
-        .boxed()
-}
-
-async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action> {
-    let action = Sync::new(&d, &ctx)?.run().await?;
-    ctx.succeeded(d.uid().as_deref().unwrap_or_default());
-    Ok(action)
+        });
+    drive(
+        c,
+        ctx,
+        |d, ctx| async move { Sync::new(&d, &ctx)?.run().await },
+    )
 }
 
 fn replicas(rs: &ReplicaSet) -> i32 {
@@ -464,13 +459,7 @@ impl<'a> Sync<'a> {
                 // Someone else's ReplicaSet has our name: count a collision
                 // so the next hash differs.
                 let count = self.collision_count.unwrap_or(0) + 1;
-                let api: Api<Deployment> = Api::namespaced(self.ctx.client.clone(), &self.ns);
-                api.patch_status(
-                    &self.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": {"collisionCount": count}})),
-                )
-                .await?;
+                write_status(self.ctx, self.d, json!({"collisionCount": count})).await?;
                 Err(Error::Invalid(format!(
                     "replica set {rs_name} exists with another template; collisionCount is now {count}"
                 )))
@@ -871,19 +860,12 @@ impl<'a> Sync<'a> {
         }
         st.conditions = Some(conds);
         if st != old {
-            let api: Api<Deployment> = Api::namespaced(self.ctx.client.clone(), &self.ns);
-            match api
-                .patch_status(
-                    &self.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": st})),
-                )
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
+            write_status(
+                self.ctx,
+                self.d,
+                serde_json::to_value(&st).unwrap_or_default(),
+            )
+            .await?;
         }
         Ok(requeue.map_or_else(Action::await_change, Action::requeue))
     }

@@ -9,22 +9,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobSpec};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use kestrel_client::events::EventType;
 use kube::ResourceExt as _;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::controller::{Action, Controller};
+use kube::api::{Api, DeleteParams, Preconditions};
+use kube::runtime::controller::Action;
 use serde_json::json;
 
 use crate::workload::pods::{
-    self, Claim, create_pod, delete_pod, is_active, is_ready, phase, pod_from_template, slow_start,
+    create_pod, delete_pod, is_active, is_ready, phase, pod_from_template, slow_start,
     sort_for_deletion,
 };
 use crate::workload::{
-    Context, Result, age_secs, controller_ref, error_policy, now, owners_of, selector,
+    Context, Result, age_secs, controller_ref, drive, now, owned_pods, owning_pods, write_status,
 };
 
 /// Labels every Job pod carries (the legacy names too, as upstream).
@@ -34,23 +33,10 @@ const UID_LABELS: [&str; 2] = ["batch.kubernetes.io/controller-uid", "controller
 const MAX_BACKOFF: Duration = Duration::from_secs(360);
 
 pub(crate) fn controller(ctx: Arc<Context>) -> BoxFuture<'static, ()> {
-    let store = ctx.jobs.store().clone();
-    let owners = store.clone();
-    Controller::for_shared_stream(ctx.jobs.subscribe(), store)
-        .watches_shared_stream(ctx.pods.subscribe(), move |pod: Arc<Pod>| {
-            owners_of(&*pod, &owners, |j: &Job| {
-                j.spec.as_ref().and_then(|s| s.selector.as_ref())
-            })
-        })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
-        .boxed()
-}
-
-async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action> {
-    let action = sync(&job, &ctx).await?;
-    ctx.succeeded(job.uid().as_deref().unwrap_or_default());
-    Ok(action)
+    let c = owning_pods(&ctx, &ctx.jobs, |j: &Job| {
+        j.spec.as_ref().and_then(|s| s.selector.as_ref())
+    });
+    drive(c, ctx, |job, ctx| async move { sync(&job, &ctx).await })
 }
 
 /// The Job's selector. The API server does not (yet) generate one for
@@ -127,8 +113,8 @@ async fn sync(job: &Job, ctx: &Context) -> Result<Action> {
     let Some(spec) = job.spec.as_ref() else {
         return Ok(Action::await_change());
     };
-    let ns = job.namespace().unwrap_or_default();
-    let uid = job.uid().unwrap_or_default();
+    let _ns = job.namespace().unwrap_or_default();
+    let _uid = job.uid().unwrap_or_default();
     if let Some(done) = finished_at(job) {
         return expire(job, ctx, &done).await;
     }
@@ -145,24 +131,10 @@ async fn sync(job: &Job, ctx: &Context) -> Result<Action> {
         .await;
         return Ok(Action::await_change());
     }
-    let Some(sel) = selector(Some(&job_selector(job))) else {
-        rec.publish(
-            job,
-            EventType::Warning,
-            "InvalidSelector",
-            "spec.selector does not parse as a label selector",
-        )
-        .await;
+    let Some((satisfied, owned)) = owned_pods(ctx, rec, job, &job_selector(job), |_| true).await?
+    else {
         return Ok(Action::await_change());
     };
-    let satisfied = ctx.expectations.satisfied(&uid, &ns, ctx.pods.store());
-    let claim = Claim {
-        owner: controller_ref(job)?,
-        selector: &sel,
-        owner_deleting: false,
-    };
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let owned = pods::claim(&api, &claim, pods::pods_in(ctx, &ns)).await?;
     let mut active: Vec<_> = owned.iter().filter(|p| is_active(p)).cloned().collect();
     let succeeded = owned.iter().filter(|p| phase(p) == "Succeeded").count();
     let on_failure = spec
@@ -317,19 +289,7 @@ async fn sync(job: &Job, ctx: &Context) -> Result<Action> {
         "conditions": status.conditions,
     });
     if new_status != old_status {
-        let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-        match jobs
-            .patch_status(
-                &job.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": new_status })),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        write_status(ctx, job, new_status).await?;
     }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
 }

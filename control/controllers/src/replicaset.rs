@@ -7,20 +7,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
-use kestrel_client::events::EventType;
 use kube::ResourceExt as _;
-use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use serde_json::json;
 
 use crate::workload::pods::{
-    self, Claim, create_pod, delete_pod, is_active, is_available, is_ready, pod_from_template,
-    slow_start, sort_for_deletion, until_available,
+    create_pod, delete_pod, is_active, is_available, is_ready, pod_from_template, slow_start,
+    sort_for_deletion, until_available,
 };
-use crate::workload::{Context, Error, Result, controller_ref, error_policy, owners_of, selector};
+use crate::workload::{
+    Context, Error, Result, controller_ref, drive, owned_pods, owning_pods, write_status,
+};
 
 /// At most this many pods are created or deleted in one reconcile, as
 /// upstream's burstReplicas.
@@ -29,53 +28,21 @@ const BURST: usize = 500;
 /// The controller, ready to be polled. Subscribes to the informers now, so
 /// build it before they start.
 pub(crate) fn controller(ctx: Arc<Context>) -> BoxFuture<'static, ()> {
-    let store = ctx.replicasets.store().clone();
-    let owners = store.clone();
-    Controller::for_shared_stream(ctx.replicasets.subscribe(), store)
-        .watches_shared_stream(ctx.pods.subscribe(), move |pod: Arc<Pod>| {
-            owners_of(&*pod, &owners, |rs: &ReplicaSet| Some(&rs.spec.selector))
-        })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
-        .boxed()
-}
-
-async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action> {
-    let action = sync(&rs, &ctx).await?;
-    ctx.succeeded(rs.uid().as_deref().unwrap_or_default());
-    Ok(action)
+    let c = owning_pods(&ctx, &ctx.replicasets, |rs: &ReplicaSet| {
+        Some(&rs.spec.selector)
+    });
+    drive(c, ctx, |rs, ctx| async move { sync(&rs, &ctx).await })
 }
 
 async fn sync(rs: &ReplicaSet, ctx: &Context) -> Result<Action> {
     let rec = &ctx.events.replicaset;
-    let ns = rs.namespace().unwrap_or_default();
-    let uid = rs.uid().unwrap_or_default();
+    let _ns = rs.namespace().unwrap_or_default();
     let spec = &rs.spec;
-    let Some(sel) = selector(Some(&spec.selector)) else {
-        rec.publish(
-            rs,
-            EventType::Warning,
-            "InvalidSelector",
-            "spec.selector does not parse as a label selector",
-        )
-        .await;
+    let deleting = rs.metadata.deletion_timestamp.is_some();
+    let Some((satisfied, mut active)) = owned_pods(ctx, rec, rs, &spec.selector, is_active).await?
+    else {
         return Ok(Action::await_change());
     };
-    let deleting = rs.metadata.deletion_timestamp.is_some();
-    // Read the expectations before the pods, so a pod created in between
-    // is counted rather than created twice.
-    let satisfied = ctx.expectations.satisfied(&uid, &ns, ctx.pods.store());
-    let candidates = pods::pods_in(ctx, &ns)
-        .into_iter()
-        .filter(|p| is_active(p))
-        .collect();
-    let claim = Claim {
-        owner: controller_ref(rs)?,
-        selector: &sel,
-        owner_deleting: deleting,
-    };
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut active = pods::claim(&api, &claim, candidates).await?;
 
     let managed = if satisfied && !deleting {
         manage(rs, ctx, &mut active).await
@@ -204,19 +171,5 @@ async fn update_status(
     if new == old_json {
         return Ok(());
     }
-    let api: Api<ReplicaSet> =
-        Api::namespaced(ctx.client.clone(), &rs.namespace().unwrap_or_default());
-    match api
-        .patch_status(
-            &rs.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": new })),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        // Deleted meanwhile: nothing left to report on.
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    write_status(ctx, rs, new).await
 }

@@ -14,21 +14,19 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetCondition};
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use kestrel_client::events::EventType;
 use kube::ResourceExt as _;
-use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use serde_json::json;
 
 use crate::workload::pods::{
-    self, Claim, create_pod, delete_pod, is_available, is_ready, is_terminal, phase,
-    pod_from_template,
+    create_pod, delete_pod, is_available, is_ready, is_terminal, phase, pod_from_template,
 };
 use crate::workload::{
-    Context, Result, controller_ref, error_policy, now, owners_of, selector, template_hash,
+    Context, Result, controller_ref, drive, now, owned_pods, owning_pods, template_hash,
+    write_status,
 };
 
 /// The label naming the revision a pod was created from.
@@ -39,21 +37,10 @@ const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 const UNSUPPORTED: &str = "VolumeClaimTemplatesUnsupported";
 
 pub(crate) fn controller(ctx: Arc<Context>) -> BoxFuture<'static, ()> {
-    let store = ctx.statefulsets.store().clone();
-    let owners = store.clone();
-    Controller::for_shared_stream(ctx.statefulsets.subscribe(), store)
-        .watches_shared_stream(ctx.pods.subscribe(), move |pod: Arc<Pod>| {
-            owners_of(&*pod, &owners, |s: &StatefulSet| Some(&s.spec.selector))
-        })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
-        .boxed()
-}
-
-async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action> {
-    let action = sync(&set, &ctx).await?;
-    ctx.succeeded(set.uid().as_deref().unwrap_or_default());
-    Ok(action)
+    let c = owning_pods(&ctx, &ctx.statefulsets, |s: &StatefulSet| {
+        Some(&s.spec.selector)
+    });
+    drive(c, ctx, |set, ctx| async move { sync(&set, &ctx).await })
 }
 
 /// The ordinal in a member's name, `<set>-<ordinal>`.
@@ -75,9 +62,9 @@ fn revision_of(p: &Pod) -> Option<&String> {
 
 async fn sync(set: &StatefulSet, ctx: &Context) -> Result<Action> {
     let rec = &ctx.events.statefulset;
-    let ns = set.namespace().unwrap_or_default();
+    let _ns = set.namespace().unwrap_or_default();
     let name = set.name_any();
-    let uid = set.uid().unwrap_or_default();
+    let _uid = set.uid().unwrap_or_default();
     if set
         .spec
         .volume_claim_templates
@@ -86,25 +73,11 @@ async fn sync(set: &StatefulSet, ctx: &Context) -> Result<Action> {
     {
         return refuse_volume_claims(set, ctx).await;
     }
-    let Some(sel) = selector(Some(&set.spec.selector)) else {
-        rec.publish(
-            set,
-            EventType::Warning,
-            "InvalidSelector",
-            "spec.selector does not parse as a label selector",
-        )
-        .await;
+    let deleting = set.metadata.deletion_timestamp.is_some();
+    let Some((satisfied, owned)) = owned_pods(ctx, rec, set, &set.spec.selector, |_| true).await?
+    else {
         return Ok(Action::await_change());
     };
-    let deleting = set.metadata.deletion_timestamp.is_some();
-    let satisfied = ctx.expectations.satisfied(&uid, &ns, ctx.pods.store());
-    let claim = Claim {
-        owner: controller_ref(set)?,
-        selector: &sel,
-        owner_deleting: deleting,
-    };
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let owned = pods::claim(&api, &claim, pods::pods_in(ctx, &ns)).await?;
     let status = set.status.clone().unwrap_or_default();
     let update_revision = format!(
         "{name}-{}",
@@ -149,7 +122,7 @@ async fn sync(set: &StatefulSet, ctx: &Context) -> Result<Action> {
         "observedGeneration": set.metadata.generation,
         "conditions": status.conditions.clone().map(|cs| cs.into_iter().filter(|c| c.type_.as_deref() != Some(UNSUPPORTED)).collect::<Vec<_>>()),
     });
-    write_status(set, ctx, new).await?;
+    update_status(set, ctx, new).await?;
     Ok(Action::await_change())
 }
 
@@ -285,11 +258,12 @@ async fn refuse_volume_claims(set: &StatefulSet, ctx: &Context) -> Result<Action
         "observedGeneration": set.metadata.generation,
         "conditions": conditions,
     });
-    write_status(set, ctx, new).await?;
+    update_status(set, ctx, new).await?;
     Ok(Action::await_change())
 }
 
-async fn write_status(set: &StatefulSet, ctx: &Context, new: serde_json::Value) -> Result<()> {
+/// Write `new` unless the status already says it.
+async fn update_status(set: &StatefulSet, ctx: &Context, new: serde_json::Value) -> Result<()> {
     let old = serde_json::to_value(set.status.clone().unwrap_or_default()).unwrap_or_default();
     let unchanged = new
         .as_object()
@@ -299,20 +273,7 @@ async fn write_status(set: &StatefulSet, ctx: &Context, new: serde_json::Value) 
     if unchanged {
         return Ok(());
     }
-    let api: Api<StatefulSet> =
-        Api::namespaced(ctx.client.clone(), &set.namespace().unwrap_or_default());
-    match api
-        .patch_status(
-            &set.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": new })),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    write_status(ctx, set, new).await
 }
 
 #[cfg(test)]

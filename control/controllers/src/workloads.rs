@@ -30,13 +30,13 @@ pub async fn run_workloads_with(
     ];
     let informers = async {
         tokio::try_join!(
-            ctx.pods.run(),
-            ctx.nodes.run(),
-            ctx.replicasets.run(),
-            ctx.deployments.run(),
-            ctx.daemonsets.run(),
-            ctx.statefulsets.run(),
-            ctx.jobs.run(),
+            Box::pin(ctx.pods.run()),
+            Box::pin(ctx.nodes.run()),
+            Box::pin(ctx.replicasets.run()),
+            Box::pin(ctx.deployments.run()),
+            Box::pin(ctx.daemonsets.run()),
+            Box::pin(ctx.statefulsets.run()),
+            Box::pin(ctx.jobs.run()),
         )
         .map(|_| ())
     };

@@ -5,20 +5,26 @@ pub mod expectations;
 pub mod informer;
 pub mod pods;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{FutureExt as _, StreamExt as _};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kestrel_client::events::Recorder;
+use kestrel_client::events::{EventType, Recorder};
 use kube::Resource;
 use kube::core::{Selector, SelectorExt as _};
-use kube::runtime::controller::Action;
+use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
+use serde::de::DeserializeOwned;
 
 pub use expectations::Expectations;
 pub use informer::Informer;
@@ -67,7 +73,7 @@ pub struct Context {
     pub(crate) jobs: Informer<Job>,
     pub(crate) expectations: Expectations,
     pub(crate) events: Recorders,
-    failures: Mutex<HashMap<String, u32>>,
+    failures: crate::manager::Backoff<String>,
 }
 
 impl std::fmt::Debug for Context {
@@ -110,28 +116,21 @@ impl Context {
                 statefulset: rec("statefulset-controller"),
                 job: rec("job-controller"),
             },
-            failures: Mutex::default(),
+            failures: crate::manager::Backoff::default(),
             client,
             config,
         }
     }
 
-    /// Requeue delay after a failed reconcile of `key`: 50 ms doubling to
-    /// two minutes, like upstream's per-item workqueue backoff.
+    /// Requeue delay after a failed reconcile of `key`: the manager's
+    /// per-object exponential backoff.
     pub(crate) fn backoff(&self, key: &str) -> Action {
-        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let n = f.entry(key.to_owned()).or_insert(0);
-        *n = n.saturating_add(1);
-        let ms = 50u64.saturating_mul(1u64 << (*n - 1).min(12));
-        Action::requeue(Duration::from_millis(ms).min(Duration::from_secs(120)))
+        self.failures.failed(key.to_owned())
     }
 
     /// `key` reconciled cleanly: its next failure starts from the bottom.
     pub(crate) fn succeeded(&self, key: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+        self.failures.succeeded(&key.to_owned());
     }
 }
 
@@ -149,6 +148,123 @@ pub(crate) fn error_policy<K: Resource<DynamicType = ()>>(
         "reconcile failed; retrying"
     );
     ctx.backoff(obj.meta().uid.as_deref().unwrap_or_default())
+}
+
+/// A controller for `K`, woken by changes to `K` and to the pods it owns
+/// or might adopt.
+pub(crate) fn owning_pods<K>(
+    ctx: &Context,
+    informer: &Informer<K>,
+    selector_of: fn(&K) -> Option<&LabelSelector>,
+) -> Controller<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let owners = informer.store().clone();
+    Controller::for_shared_stream(informer.subscribe(), informer.store().clone())
+        .watches_shared_stream(ctx.pods.subscribe(), move |pod: Arc<Pod>| {
+            owners_of(&*pod, &owners, selector_of)
+        })
+}
+
+/// Run `controller` with `sync` as its reconciler: a failure requeues the
+/// object with growing backoff, a success resets it.
+pub(crate) fn drive<K, F, Fut>(
+    controller: Controller<K>,
+    ctx: Arc<Context>,
+    sync: F,
+) -> BoxFuture<'static, ()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    F: Fn(Arc<K>, Arc<Context>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Action>> + Send + 'static,
+{
+    controller
+        .run(
+            move |obj: Arc<K>, ctx: Arc<Context>| {
+                let uid = obj.meta().uid.clone().unwrap_or_default();
+                // Boxed: a reconcile future is large in debug builds, and
+                // the runtime may poll it on a small test-thread stack.
+                let fut = Box::pin(sync(obj, ctx.clone()));
+                async move {
+                    let action = fut.await?;
+                    ctx.succeeded(&uid);
+                    Ok(action)
+                }
+            },
+            error_policy,
+            ctx,
+        )
+        .for_each(|_| async {})
+        .boxed()
+}
+
+/// The pods `owner` controls among those `wanted` picks in its namespace
+/// (adopting and releasing by `selector` on the way), and whether every
+/// pod it created or deleted shows in the store yet. `None`, after a
+/// Warning Event, when the selector does not parse.
+pub(crate) async fn owned_pods<K>(
+    ctx: &Context,
+    rec: &Recorder,
+    owner: &K,
+    selector_spec: &LabelSelector,
+    wanted: impl Fn(&Pod) -> bool,
+) -> Result<Option<(bool, Vec<Arc<Pod>>)>>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let Some(sel) = selector(Some(selector_spec)) else {
+        rec.publish(
+            owner,
+            EventType::Warning,
+            "InvalidSelector",
+            "spec.selector does not parse as a label selector",
+        )
+        .await;
+        return Ok(None);
+    };
+    let ns = owner.meta().namespace.clone().unwrap_or_default();
+    let uid = owner.meta().uid.clone().unwrap_or_default();
+    // Read the expectations before the pods, so a pod created in between
+    // is counted rather than created twice.
+    let satisfied = ctx.expectations.satisfied(&uid, &ns, ctx.pods.store());
+    let candidates = pods::pods_in(ctx, &ns)
+        .into_iter()
+        .filter(|p| wanted(p))
+        .collect();
+    let claim = pods::Claim {
+        owner: controller_ref(owner)?,
+        selector: &sel,
+        owner_deleting: owner.meta().deletion_timestamp.is_some(),
+    };
+    let api: kube::Api<Pod> = kube::Api::namespaced(ctx.client.clone(), &ns);
+    let owned = pods::claim(&api, &claim, candidates).await?;
+    Ok(Some((satisfied, owned)))
+}
+
+/// Merge `status` into the status of `obj`; an object deleted meanwhile
+/// has nothing left to report on.
+pub(crate) async fn write_status<K>(ctx: &Context, obj: &K, status: serde_json::Value) -> Result<()>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let api: kube::Api<K> = kube::Api::namespaced(
+        ctx.client.clone(),
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+    );
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let patch = kube::api::Patch::Merge(serde_json::json!({ "status": status }));
+    match api
+        .patch_status(&name, &kube::api::PatchParams::default(), &patch)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A label selector as kube's matcher; `None` for one that does not parse.

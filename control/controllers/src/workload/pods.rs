@@ -11,7 +11,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kestrel_client::events::{EventType, Recorder};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::Selector;
 use kube::{Resource, ResourceExt as _};
 use serde::Serialize;
@@ -303,17 +303,7 @@ where
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let name = pod.name_any();
-    let dp = DeleteParams {
-        preconditions: pod
-            .metadata
-            .uid
-            .clone()
-            .map(|uid| kube::api::Preconditions {
-                uid: Some(uid),
-                resource_version: None,
-            }),
-        ..Default::default()
-    };
+    let dp = crate::manager::only_uid(pod.metadata.uid.clone());
     match api.delete(&name, &dp).await {
         Ok(_) => {
             let uid = owner.meta().uid.clone().unwrap_or_default();

@@ -363,4 +363,73 @@ async fn kubectl_rollout_undo_brings_back_the_previous_template() {
         .filter_map(|l| l.split_whitespace().next()?.parse::<u32>().ok())
         .collect();
     assert_eq!(revisions, [2, 3], "{history}");
+
+    // kubectl scale goes through the scale subresource.
+    kubectl
+        .ok(&["scale", "deployment/web", "--replicas=4"])
+        .await;
+    let d = rolled_out(&deploys, "web", 4).await;
+    assert_eq!(d.spec.replicas, Some(4));
+
+    // A paused Deployment takes a new template but does not roll it out.
+    kubectl.ok(&["rollout", "pause", "deployment/web"]).await;
+    kubectl
+        .ok(&["set", "image", "deployment/web", "c=busybox:1.37"])
+        .await;
+    eventually(WAIT, "the paused change observed", || async {
+        let d = deploys.get("web").await.ok()?;
+        let s = d.status.clone()?;
+        (s.observed_generation == d.metadata.generation
+            && condition(&d, "Progressing") == Some(("Unknown".into(), "DeploymentPaused".into())))
+        .then_some(())
+    })
+    .await;
+    let ps = live_pods(&pods, "app=web").await;
+    assert!(
+        ps.iter().all(|p| image_of(p) == "busybox:1.35"),
+        "nothing rolled while paused"
+    );
+    kubectl.ok(&["rollout", "resume", "deployment/web"]).await;
+    let status = kubectl
+        .ok(&["rollout", "status", "deployment/web", "--timeout=20s"])
+        .await;
+    assert!(status.contains("successfully rolled out"), "{status}");
+    eventually(WAIT, "the new template everywhere", || async {
+        let ps = live_pods(&pods, "app=web").await;
+        (ps.len() == 4 && ps.iter().all(|p| image_of(p) == "busybox:1.37" && ready(p)))
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_rollout_that_stalls_exceeds_its_progress_deadline() {
+    let c = Cluster::start().await;
+    let deploys = c.api::<Deployment>();
+    let mut d = deployment("stuck", 1, json!({}));
+    d.spec.progress_deadline_seconds = Some(1);
+    if let Some(l) = d
+        .spec
+        .template
+        .metadata
+        .as_mut()
+        .and_then(|m| m.labels.as_mut())
+    {
+        l.insert("fake-kubelet/outcome".into(), "pending".into());
+    }
+    deploys
+        .create(&PostParams::default(), &d)
+        .await
+        .expect("create");
+    let d = eventually(WAIT, "ProgressDeadlineExceeded", || async {
+        let d = deploys.get("stuck").await.ok()?;
+        (condition(&d, "Progressing") == Some(("False".into(), "ProgressDeadlineExceeded".into())))
+            .then_some(d)
+    })
+    .await;
+    assert_eq!(
+        condition(&d, "Available"),
+        Some(("False".into(), "MinimumReplicasUnavailable".into()))
+    );
+    assert_eq!(d.status.and_then(|s| s.unavailable_replicas), Some(1));
 }

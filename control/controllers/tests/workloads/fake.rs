@@ -103,27 +103,6 @@ impl Drop for Cluster {
     }
 }
 
-/// The node a pod's required node affinity pins it to, if any.
-fn pinned_node(p: &Pod) -> Option<String> {
-    let terms = p
-        .spec
-        .as_ref()?
-        .affinity
-        .as_ref()?
-        .node_affinity
-        .as_ref()?
-        .required_during_scheduling_ignored_during_execution
-        .as_ref()?
-        .node_selector_terms
-        .clone();
-    terms.into_iter().find_map(|t| {
-        t.match_fields?
-            .into_iter()
-            .find(|f| f.key == "metadata.name" && f.operator == "In")
-            .and_then(|f| f.values?.into_iter().next())
-    })
-}
-
 async fn fake_kubelet(client: Client) {
     let all: Api<Pod> = Api::all(client.clone());
     let mut events = std::pin::pin!(watcher::watcher(all, watcher::Config::default()));
@@ -168,7 +147,8 @@ async fn step(client: &Client, p: &Pod) -> Result<(), kube::Error> {
         .and_then(|s| s.node_name.clone())
         .filter(|n| !n.is_empty());
     if node.is_none() {
-        let target = pinned_node(p).unwrap_or_else(|| DEFAULT_NODE.to_owned());
+        let target = kestrel_controllers::daemonset::pinned_node(p)
+            .unwrap_or_else(|| DEFAULT_NODE.to_owned());
         let binding = json!({
             "apiVersion": "v1", "kind": "Binding",
             "metadata": {"name": name, "namespace": ns},

@@ -94,16 +94,24 @@ async fn orphans_are_adopted_and_unselected_pods_released() {
     rss.create(&PostParams::default(), &replicaset("web", 3))
         .await
         .expect("create rs");
-    eventually(WAIT, "the orphan adopted and two more pods", || async {
-        let ps = live_pods(&pods, "app=web").await;
-        let stray = ps.iter().find(|p| p.name_any() == "stray")?;
-        let owned = ps
-            .iter()
-            .filter(|p| owner_name(*p, "ReplicaSet").as_deref() == Some("web"))
-            .count();
-        (owner_name(stray, "ReplicaSet").as_deref() == Some("web") && owned == 3 && ps.len() == 3)
-            .then_some(())
-    })
+    eventually(
+        WAIT,
+        "the orphan adopted and two more pods ready",
+        || async {
+            let ps = live_pods(&pods, "app=web").await;
+            let stray = ps.iter().find(|p| p.name_any() == "stray")?;
+            let owned = ps
+                .iter()
+                .filter(|p| owner_name(*p, "ReplicaSet").as_deref() == Some("web"))
+                .count();
+            let others_ready = ps.iter().filter(|p| ready(p)).count() == 2;
+            (owner_name(stray, "ReplicaSet").as_deref() == Some("web")
+                && owned == 3
+                && ps.len() == 3
+                && others_ready)
+                .then_some(())
+        },
+    )
     .await;
 
     // Scaling down removes the not-ready pod first.
