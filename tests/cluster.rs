@@ -226,6 +226,8 @@ fn two_node_cluster_end_to_end() {
         assert!(!str_at(n, "/spec/podCIDR").is_empty(), "{n}");
     }
 
+    deployment_spreads_and_turns_ready(&c);
+    readiness_failure_leaves_the_endpointslice(&c);
     pod_to_pod_across_nodes_keeps_the_client_ip(&c);
     logs_and_exec_reach_the_container(&c);
     crash_loop_backs_off(&c);
@@ -233,6 +235,111 @@ fn two_node_cluster_end_to_end() {
     oom_is_reported(&c);
     deleting_a_pod_removes_sandbox_veth_and_ip(&c);
     agent_restart_adopts_running_containers(&c);
+}
+
+fn deployment_spreads_and_turns_ready(c: &Cluster) {
+    c.apply(&format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: 4
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers:
+      - name: echo
+        image: {ECHO}
+        env:
+        - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
+        - {{name: POD_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
+        readinessProbe: {{httpGet: {{port: 8080, path: /healthz}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+"#
+    ));
+    let pods = c.wait(Duration::from_secs(90), "4 web replicas Ready", || {
+        let out = c.kubectl(&["get", "pods", "-l", "app=web", "-o", "json"]);
+        let v: Value = serde_json::from_str(&out).ok()?;
+        let items = v["items"].as_array()?.clone();
+        (items.len() == 4 && items.iter().all(ready)).then_some(items)
+    });
+    let nodes: std::collections::BTreeSet<&str> =
+        pods.iter().map(|p| str_at(p, "/spec/nodeName")).collect();
+    assert_eq!(nodes.len(), 2, "replicas spread over both nodes: {nodes:?}");
+    let d = c.kubectl(&["get", "deployment", "web", "-o", "json"]);
+    let d: Value = serde_json::from_str(&d).expect("deployment");
+    assert_eq!(d["status"]["readyReplicas"], 4, "{}", d["status"]);
+    c.wait(Duration::from_secs(30), "4 ready endpoints", || {
+        (ready_endpoints(c, "web").len() == 4).then_some(())
+    });
+}
+
+/// Addresses of the ready endpoints in a Service's EndpointSlices.
+fn ready_endpoints(c: &Cluster, svc: &str) -> Vec<String> {
+    let out = c.kubectl(&[
+        "get",
+        "endpointslices",
+        "-l",
+        &format!("kubernetes.io/service-name={svc}"),
+        "-o",
+        "json",
+    ]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_default();
+    v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["conditions"]["ready"] == true)
+        .filter_map(|e| e["addresses"][0].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn readiness_failure_leaves_the_endpointslice(c: &Cluster) {
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: flaky, labels: {{app: web}}}}
+spec:
+  nodeName: node-1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: [sh, -c, "touch /tmp/ready; sleep 3600"]
+    readinessProbe:
+      exec: {{command: [cat, /tmp/ready]}}
+      periodSeconds: 1
+      failureThreshold: 1
+"#
+    ));
+    let p = c.wait(Duration::from_secs(60), "flaky Ready", || {
+        c.pod("flaky").filter(ready)
+    });
+    let ip = str_at(&p, "/status/podIP").to_owned();
+    c.wait(Duration::from_secs(30), "flaky in the slice", || {
+        ready_endpoints(c, "web").contains(&ip).then_some(())
+    });
+    c.kubectl(&["exec", "flaky", "--", "rm", "/tmp/ready"]);
+    c.wait(Duration::from_secs(30), "flaky not Ready", || {
+        c.pod("flaky").filter(|p| !ready(p))
+    });
+    c.wait(
+        Duration::from_secs(30),
+        "flaky out of the ready endpoints",
+        || {
+            let eps = ready_endpoints(c, "web");
+            (!eps.contains(&ip) && eps.len() == 4).then_some(())
+        },
+    );
+    c.kubectl(&["delete", "pod", "flaky"]);
 }
 
 fn pod_to_pod_across_nodes_keeps_the_client_ip(c: &Cluster) {
