@@ -23,6 +23,17 @@ struct Cli {
 enum Command {
     /// Run the control plane: the Kubernetes API server over the chosen store.
     Server(cmd::server::ServerArgs),
+    /// Run a node: the agent (kubelet) with its own containerd.
+    Agent(cmd::agent::AgentArgs),
+    /// Start a local multi-node cluster: nodes are network namespaces.
+    Up(cmd::up::UpArgs),
+    /// Remove everything `kestrel up` made.
+    Down(cmd::up::DownArgs),
+    /// Run the scheduler alone, against the API server in --kubeconfig or KUBECONFIG.
+    Scheduler(cmd::scheduler::SchedulerArgs),
+    /// Simulate cluster members (nodes without agents) for tests and benchmarks.
+    #[command(subcommand)]
+    Sim(cmd::sim::SimCommand),
     /// Run the controllers alone against an API server (HA control planes).
     ControllerManager(cmd::controller_manager::ControllerManagerArgs),
     /// Inspect and exercise the eBPF dataplane.
@@ -62,6 +73,18 @@ enum Direction {
 }
 
 fn main() -> ExitCode {
+    // One binary: containerd runs it as the CNI plugin under that name.
+    if std::env::args_os()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|f| f == "kestrel-cni" || f == "loopback")
+        })
+        .unwrap_or(false)
+    {
+        return kestrel_cni::exec::main();
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -85,6 +108,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => cmd::server::run(args).await,
+            Command::Agent(args) => cmd::agent::run(args).await,
+            Command::Up(args) => cmd::up::up(args).await,
+            Command::Down(args) => cmd::up::down(args),
+            Command::Scheduler(args) => cmd::scheduler::run(args).await,
+            Command::Sim(c) => cmd::sim::run(c).await,
             Command::ControllerManager(args) => cmd::controller_manager::run(args).await,
             Command::Bpf(BpfCommand::Count {
                 iface,

@@ -4,5 +4,6 @@
 #![forbid(unsafe_code)]
 
 pub mod cni;
+pub mod pods;
 pub mod report;
 pub mod store;

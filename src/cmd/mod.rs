@@ -1,5 +1,9 @@
 //! One module per subcommand; each is a thin shell over a library crate.
 
+pub mod agent;
 pub mod bpf;
 pub mod controller_manager;
+pub mod scheduler;
 pub mod server;
+pub mod sim;
+pub mod up;

@@ -29,9 +29,10 @@ pub struct ServerArgs {
     /// admin.kubeconfig live.
     #[arg(long, default_value = "/var/lib/kestrel/server")]
     data_dir: PathBuf,
-    /// Address the API server listens on.
-    #[arg(long, default_value = "0.0.0.0")]
-    bind_address: IpAddr,
+    /// Address the API server listens on. Repeatable: the first one goes
+    /// into admin.kubeconfig.
+    #[arg(long = "bind-address", default_value = "0.0.0.0")]
+    bind_addresses: Vec<IpAddr>,
     /// Port of the API server (HTTPS).
     #[arg(long, default_value_t = 6443)]
     secure_port: u16,
@@ -70,7 +71,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let store = datastore.open().await.context("opening the datastore")?;
 
     let mut config = kestrel_apiserver::Config::new(&args.data_dir);
-    config.bind_address = args.bind_address;
+    if let Some((first, rest)) = args.bind_addresses.split_first() {
+        config.bind_address = *first;
+        config.also_bind = rest.to_vec();
+    }
     config.secure_port = args.secure_port;
     config.service_cidr = args.service_cidr;
     config.advertise_addresses = args.advertise_addresses;
@@ -88,6 +92,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         server.local_addr(),
         server.admin_kubeconfig().display()
     );
+    let kubeconfig = server.admin_kubeconfig().to_owned();
+    let scheduler = tokio::spawn(async move { super::scheduler::in_server(&kubeconfig).await });
     // The controllers are the server's clients like any other, through
     // its admin kubeconfig.
     let client = kestrel_client::client_from(server.admin_kubeconfig())
@@ -101,12 +107,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         }
     });
     server.serve(shutdown_signal()).await.context("serving")?;
+    scheduler.abort();
     tracing::info!("API server stopped");
     Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {

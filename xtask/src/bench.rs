@@ -22,6 +22,8 @@ enum Suite {
     Store,
     /// The CNI plugin: ADD and DEL latency against a no-op baseline (needs root).
     Cni,
+    /// Pod startup on a real two-node cluster, and agent RSS (needs root).
+    Pods,
     /// The API server: creates, LIST, watch fan-out, RSS. Prints its report;
     /// it does not yet write docs/benchmarks.md itself.
     Apiserver,
@@ -53,6 +55,32 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
                 vec![
                     "--plugin".into(),
                     plugin.into(),
+                    "--write".into(),
+                    docs.into(),
+                ],
+            )
+        }
+        Suite::Pods => {
+            crate::images::run(root, &crate::images::ImagesArgs::default())?;
+            cargo(
+                root,
+                &[
+                    "build",
+                    "--release",
+                    "--package",
+                    "kestrel",
+                    "--bin",
+                    "kestrel",
+                ],
+                &[],
+            )?;
+            (
+                &["--package", "kestrel-bench", "--bin", "pods-bench"],
+                vec![
+                    "--kestrel".into(),
+                    root.join("target/release/kestrel").into(),
+                    "--images".into(),
+                    root.join("target/images").into(),
                     "--write".into(),
                     docs.into(),
                 ],

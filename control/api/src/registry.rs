@@ -70,6 +70,8 @@ pub enum Subresource {
     Log,
     /// `exec`: proxied to the node agent.
     Exec,
+    /// `attach`: proxied to the node agent.
+    Attach,
     /// `finalize`: namespaces only, updates `spec.finalizers`.
     Finalize,
 }
@@ -84,6 +86,7 @@ impl Subresource {
             Self::Eviction => "eviction",
             Self::Log => "log",
             Self::Exec => "exec",
+            Self::Attach => "attach",
             Self::Finalize => "finalize",
         }
     }
@@ -94,7 +97,7 @@ impl Subresource {
             Self::Status | Self::Scale => &["get", "patch", "update"],
             Self::Binding | Self::Eviction => &["create"],
             Self::Log => &["get"],
-            Self::Exec => &["create", "get"],
+            Self::Exec | Self::Attach => &["create", "get"],
             Self::Finalize => &["update"],
         }
     }
@@ -106,7 +109,7 @@ impl Subresource {
             Self::Scale => ("autoscaling", "v1", "Scale"),
             Self::Binding => ("", "v1", "Binding"),
             Self::Eviction => ("policy", "v1", "Eviction"),
-            Self::Log | Self::Exec => ("", "v1", "Pod"),
+            Self::Log | Self::Exec | Self::Attach => ("", "v1", "Pod"),
         }
     }
 }
@@ -362,8 +365,9 @@ pub static RESOURCES: &[ResourceDef] = &[
             Subresource::Status,
             Subresource::Binding,
             Subresource::Eviction,
-            Subresource::Log,
+            Subresource::Attach,
             Subresource::Exec,
+            Subresource::Log,
         ],
         categories: CORE_ALL,
         columns: &[

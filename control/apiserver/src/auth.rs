@@ -38,12 +38,17 @@ pub fn user_from_cert(der: &[u8]) -> Option<User> {
     Some(User { name, groups })
 }
 
+/// The cluster CA in PEM, public as in k3s: a joining agent fetches it over
+/// an unverified connection and checks it against the hash in its token.
+pub const CACERTS_PATH: &str = "/cacerts";
+
 /// Paths upstream serves to anonymous clients (the `system:public-info-viewer`
-/// and health-check rules), so probes and version checks need no credentials.
+/// and health-check rules), so probes and version checks need no credentials,
+/// plus the CA bundle a joining agent verifies against its token.
 pub fn is_public_path(path: &str) -> bool {
     matches!(
         path,
-        "/healthz" | "/livez" | "/readyz" | "/version" | "/version/"
+        "/healthz" | "/livez" | "/readyz" | "/version" | "/version/" | CACERTS_PATH
     ) || path.starts_with("/healthz/")
         || path.starts_with("/livez/")
         || path.starts_with("/readyz/")

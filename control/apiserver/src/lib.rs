@@ -20,6 +20,7 @@ mod openapi;
 mod patch;
 pub mod pki;
 mod proto;
+mod proxy;
 mod server;
 mod table;
 #[cfg(feature = "testing")]
@@ -29,6 +30,7 @@ mod watch;
 use std::net::SocketAddr;
 
 pub use handlers::JOIN_PATH;
+pub use proxy::node_api_client_config;
 pub use server::{ApiServer, Config, MAX_BODY_BYTES};
 
 /// Errors starting the server.

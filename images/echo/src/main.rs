@@ -9,6 +9,9 @@
 //!   echoed back.
 //! - UDP on `ECHO_PORT`: each datagram answered with an identity line
 //!   followed by the datagram.
+//!
+//! SIGTERM or SIGINT ends it at once, so pods stop without waiting out
+//! their grace period.
 #![forbid(unsafe_code)]
 
 use std::{
@@ -65,6 +68,13 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), String> {
+    // Blocked before any thread starts, so every thread inherits the mask
+    // and the signals queue for the sigwait below (no handler needed).
+    let mut stop = nix::sys::signal::SigSet::empty();
+    stop.add(nix::sys::signal::Signal::SIGTERM);
+    stop.add(nix::sys::signal::Signal::SIGINT);
+    stop.thread_block()
+        .map_err(|e| format!("blocking signals: {e}"))?;
     let identity = Arc::new(Identity::from_env());
     let http_port = port("HTTP_PORT", 8080)?;
     let echo_port = port("ECHO_PORT", 9000)?;
@@ -84,7 +94,11 @@ fn run() -> Result<(), String> {
     thread::spawn(move || serve_udp(&udp, &id));
     let id = Arc::clone(&identity);
     thread::spawn(move || accept_loop(&tcp, id, serve_tcp));
-    accept_loop(&http, identity, serve_http);
+    thread::spawn(move || accept_loop(&http, identity, serve_http));
+    let signal = stop
+        .wait()
+        .map_err(|e| format!("waiting for signals: {e}"))?;
+    eprintln!("kestrel-echo: {signal:?}, exiting");
     Ok(())
 }
 

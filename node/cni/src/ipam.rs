@@ -143,6 +143,34 @@ impl Ipam {
         Ok(Some(ip))
     }
 
+    /// Release every address whose sandbox is not in `live` and whose
+    /// allocation is older than `min_age` (younger ones may belong to a
+    /// sandbox the runtime is still creating). Returns what was released.
+    pub fn release_orphans(
+        &self,
+        live: &std::collections::HashSet<String>,
+        min_age: std::time::Duration,
+    ) -> Result<Vec<Ipv4Addr>> {
+        let _lock = self.lock()?;
+        let mut released = Vec::new();
+        for (ip, owner) in self.allocations_locked()? {
+            if live.contains(&owner.container_id) {
+                continue;
+            }
+            let path = self.dir.join(ip.to_string());
+            let old = fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= min_age);
+            if old {
+                fs::remove_file(&path).map_err(|e| Error::io("removing", &path, e))?;
+                released.push(ip);
+            }
+        }
+        Ok(released)
+    }
+
     /// Every allocation, for garbage collection and inspection.
     pub fn allocations(&self) -> Result<Vec<(Ipv4Addr, Owner)>> {
         let _lock = self.lock()?;

@@ -13,6 +13,7 @@
 #![allow(clippy::allow_attributes_without_reason, reason = "generated code")]
 
 mod error;
+pub mod exec;
 pub mod ipam;
 pub mod net;
 pub mod spec;
@@ -45,6 +46,9 @@ pub async fn run(invocation: &Invocation, stdin: &[u8]) -> Result<String> {
             "supportedVersions": spec::SUPPORTED_VERSIONS,
         })
         .to_string());
+    }
+    if is_loopback(stdin) {
+        return loopback(invocation);
     }
     let conf = NetConf::parse(stdin)?;
     let owner = ipam::Owner {
@@ -82,6 +86,33 @@ pub async fn run(invocation: &Invocation, stdin: &[u8]) -> Result<String> {
             Ok(String::new())
         }
         Command::Version => unreachable!("handled above"),
+    }
+}
+
+/// Whether the configuration asks for the `loopback` plugin, which
+/// containerd invokes for every sandbox; this binary serves as that too.
+fn is_loopback(stdin: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(stdin)
+        .is_ok_and(|v| v.get("type").and_then(serde_json::Value::as_str) == Some("loopback"))
+}
+
+fn loopback(invocation: &Invocation) -> Result<String> {
+    match invocation.command {
+        Command::Add => {
+            let netns = invocation
+                .netns
+                .as_deref()
+                .ok_or_else(|| Error::InvalidEnvironment("CNI_NETNS is not set".into()))?;
+            net::loopback_up(netns)?;
+            Ok(serde_json::json!({
+                "cniVersion": spec::CNI_VERSION,
+                "interfaces": [{"name": "lo"}],
+                "ips": [{"address": "127.0.0.1/8", "interface": 0}],
+            })
+            .to_string())
+        }
+        // Nothing to undo: lo goes with the namespace.
+        Command::Del | Command::Check | Command::Version => Ok(String::new()),
     }
 }
 

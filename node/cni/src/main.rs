@@ -2,60 +2,6 @@
 //! configuration, runs the operation, and prints the result or a CNI error
 //! document (exit status 1).
 
-use std::{io::Read as _, process::ExitCode};
-
-use kestrel_cni::{
-    Error,
-    spec::{ErrorDoc, Invocation},
-};
-
-/// A configuration larger than this is refused rather than read.
-const MAX_STDIN: u64 = 1 << 20;
-
-fn main() -> ExitCode {
-    match run() {
-        Ok(out) => {
-            if !out.is_empty() {
-                println!("{out}");
-            }
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            let doc = ErrorDoc::from_error(&error);
-            match serde_json::to_string(&doc) {
-                Ok(json) => println!("{json}"),
-                Err(_) => {
-                    println!(r#"{{"cniVersion":"1.0.0","code":999,"msg":"unprintable error"}}"#)
-                }
-            }
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run() -> Result<String, Error> {
-    let invocation = Invocation::from_env(|k| std::env::var(k).ok())?;
-    let mut stdin = Vec::new();
-    std::io::stdin()
-        .take(MAX_STDIN + 1)
-        .read_to_end(&mut stdin)
-        .map_err(|e| Error::Io {
-            what: "reading",
-            path: "stdin".into(),
-            source: e,
-        })?;
-    if stdin.len() as u64 > MAX_STDIN {
-        return Err(Error::InvalidConfig(format!(
-            "network configuration larger than {MAX_STDIN} bytes"
-        )));
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Io {
-            what: "starting the runtime",
-            path: "tokio".into(),
-            source: e,
-        })?;
-    runtime.block_on(kestrel_cni::run(&invocation, &stdin))
+fn main() -> std::process::ExitCode {
+    kestrel_cni::exec::main()
 }

@@ -114,6 +114,25 @@ fn in_netns<T: Send>(
     })
 }
 
+/// Brings `lo` up in the namespace at `netns` (the `loopback` plugin's job,
+/// which containerd runs for every sandbox).
+pub fn loopback_up(netns: &Path) -> Result<()> {
+    in_netns(netns, || {
+        Box::pin(async {
+            let handle = connect()?;
+            let lo = find_link(&handle, "lo")
+                .await?
+                .ok_or_else(|| Error::InvalidEnvironment("the namespace has no lo".into()))?;
+            handle
+                .link()
+                .set(LinkUnspec::new_with_index(lo.header.index).up().build())
+                .execute()
+                .await
+                .map_err(|e| Error::netlink("bringing lo up", e))
+        })
+    })
+}
+
 /// Creates the pod's veth pair and gives the pod `ip`, a route to the
 /// gateway and a default route. Safe to repeat: a leftover pair from an
 /// interrupted ADD is replaced.

@@ -90,6 +90,9 @@ state = {state}
   # below 0 even for root, which makes runc fail every sandbox at its -998.
   # Clamp to containerd's own score instead; QoS ordering above it still holds.
   restrict_oom_score_adj = true
+  # Pod network namespaces are mounted under this node's state directory,
+  # not /run/netns, so tearing a node down finds every one of them.
+  netns_mounts_under_state_dir = true
 
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
@@ -101,6 +104,12 @@ state = {state}
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = {cni_bin}
     conf_dir = {cni_conf}
+
+  # One `<registry>/hosts.toml` per registry that needs more than the
+  # default (HTTPS to the registry itself), e.g. plain HTTP. containerd
+  # reads the directory at every pull, so entries may be added while it runs.
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = {registry}
 "#,
             root = q(&self.root),
             state = q(&self.state),
@@ -110,6 +119,7 @@ state = {state}
             sandbox = toml_string(&self.sandbox_image),
             cni_bin = q(&self.cni_bin_dir),
             cni_conf = q(&self.cni_conf_dir),
+            registry = q(&self.registry_dir()),
         );
         out
     }
@@ -122,6 +132,110 @@ state = {state}
     /// Where containerd's output goes.
     pub fn log_path(&self) -> PathBuf {
         self.root.with_file_name("containerd.log")
+    }
+
+    /// The registry hosts directory (containerd's `config_path`): one
+    /// subdirectory per registry, named as in image references (`host` or
+    /// `host:port`), holding a `hosts.toml`.
+    pub fn registry_dir(&self) -> PathBuf {
+        self.root.with_file_name("certs.d")
+    }
+
+    /// Declares that images named `<registry>/…` are pulled and resolved
+    /// over plain HTTP from `endpoint` (`host` or `host:port`), by writing
+    /// `<registry_dir>/<registry>/hosts.toml`. Returns that file's path.
+    ///
+    /// With `endpoint == registry` the registry itself speaks plain HTTP.
+    /// Otherwise `endpoint` is a mirror tried first, and containerd falls back
+    /// to the registry's own default (HTTPS) server when the mirror fails.
+    /// A running containerd picks the file up at its next pull; the file is
+    /// replaced atomically, so a pull never reads half of it.
+    pub fn add_plain_http_registry(&self, registry: &str, endpoint: &str) -> Result<PathBuf> {
+        let text = plain_http_hosts_toml(registry, endpoint)?;
+        let dir = self.registry_dir().join(registry);
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+            what: "creating",
+            path: dir.clone(),
+            source,
+        })?;
+        let path = dir.join("hosts.toml");
+        let tmp = dir.join(".hosts.toml.tmp");
+        std::fs::write(&tmp, text).map_err(|source| Error::Io {
+            what: "writing",
+            path: tmp.clone(),
+            source,
+        })?;
+        std::fs::rename(&tmp, &path).map_err(|source| Error::Io {
+            what: "renaming into place",
+            path: path.clone(),
+            source,
+        })?;
+        Ok(path)
+    }
+}
+
+/// containerd's `hosts.toml` that sends pulls of `<registry>/…` to
+/// `endpoint` over plain HTTP (see [`ContainerdConfig::add_plain_http_registry`]).
+pub fn plain_http_hosts_toml(registry: &str, endpoint: &str) -> Result<String> {
+    check_registry_host(registry)?;
+    check_registry_host(endpoint)?;
+    let url = toml_string(&format!("http://{endpoint}"));
+    let mut out = format!("# Written by Kestrel: {registry} over plain HTTP from {endpoint}.\n");
+    if registry == endpoint {
+        let _ = writeln!(out, "server = {url}");
+    }
+    let _ = write!(
+        out,
+        "\n[host.{url}]\n  capabilities = [\"pull\", \"resolve\"]\n"
+    );
+    Ok(out)
+}
+
+/// Accepts `host` or `host:port` as it appears in an image reference. It
+/// names a directory, so nothing that could climb out of it gets through.
+fn check_registry_host(host: &str) -> Result<()> {
+    let reason = if host.is_empty() {
+        Some("it is empty")
+    } else if host.starts_with(['.', '-', ':']) {
+        Some("it must start with a letter or digit")
+    } else if !host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'))
+    {
+        Some("only letters, digits, '.', '-', '_' and ':' are allowed")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::InvalidRegistry {
+            host: host.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Imports an image archive into the CRI namespace of the containerd
+/// listening on `socket` (see [`Containerd::import_archive`]).
+pub async fn import_archive(socket: &Path, archive: &Path) -> Result<()> {
+    let output = Command::new("ctr")
+        .arg("--address")
+        .arg(socket)
+        .args(["--namespace", "k8s.io", "images", "import"])
+        .arg(archive)
+        .output()
+        .await
+        .map_err(|source| Error::Spawn {
+            program: "ctr images import".into(),
+            source,
+        })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Import {
+            archive: archive.to_path_buf(),
+            output: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
     }
 }
 
@@ -173,6 +287,7 @@ impl Containerd {
             &config.state,
             &config.cni_bin_dir,
             &config.cni_conf_dir,
+            &config.registry_dir(),
         ] {
             std::fs::create_dir_all(dir).map_err(|source| Error::Io {
                 what: "creating",
@@ -298,25 +413,7 @@ impl Containerd {
     /// CRI has no import call, so this uses containerd's own client, `ctr`,
     /// which ships with containerd.
     pub async fn import_archive(&self, archive: &Path) -> Result<()> {
-        let output = Command::new("ctr")
-            .arg("--address")
-            .arg(&self.config.socket)
-            .args(["--namespace", "k8s.io", "images", "import"])
-            .arg(archive)
-            .output()
-            .await
-            .map_err(|source| Error::Spawn {
-                program: "ctr images import".into(),
-                source,
-            })?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            Err(Error::Import {
-                archive: archive.to_path_buf(),
-                output: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-            })
-        }
+        import_archive(&self.config.socket, archive).await
     }
 
     /// Asks containerd to exit (SIGTERM), and kills it if it has not within
@@ -366,6 +463,93 @@ mod tests {
             Some("/var/lib/kestrel/node-1/containerd/cni/net.d")
         );
         assert_eq!(doc["debug"]["address"].as_str(), Some(""));
+    }
+
+    #[test]
+    fn registry_hosts_directory_is_a_sibling_of_root() {
+        let config = ContainerdConfig::under(Path::new("/var/lib/kestrel/n1/containerd"), "p");
+        assert_eq!(
+            config.registry_dir(),
+            Path::new("/var/lib/kestrel/n1/containerd/certs.d")
+        );
+        let doc: toml::Table = config.render().parse().expect("valid TOML");
+        let registry = &doc["plugins"]["io.containerd.grpc.v1.cri"]["registry"];
+        assert_eq!(
+            registry["config_path"].as_str(),
+            Some("/var/lib/kestrel/n1/containerd/certs.d")
+        );
+        // Only config_path: containerd 1.6 refuses it next to the old
+        // `mirrors`/`configs` tables.
+        assert_eq!(registry.as_table().map(toml::Table::len), Some(1));
+    }
+
+    #[test]
+    fn a_plain_http_registry_is_its_own_server() {
+        let text = plain_http_hosts_toml("127.0.0.1:5000", "127.0.0.1:5000").expect("valid");
+        let doc: toml::Table = text.parse().expect("valid TOML");
+        assert_eq!(doc["server"].as_str(), Some("http://127.0.0.1:5000"));
+        let host = &doc["host"]["http://127.0.0.1:5000"];
+        let capabilities: Vec<&str> = host["capabilities"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter_map(toml::Value::as_str)
+            .collect();
+        assert_eq!(capabilities, ["pull", "resolve"]);
+        assert_eq!(doc.len(), 2, "{text}");
+    }
+
+    #[test]
+    fn a_plain_http_mirror_keeps_the_default_server() {
+        let text = plain_http_hosts_toml("docker.io", "10.41.0.1:5000").expect("valid");
+        let doc: toml::Table = text.parse().expect("valid TOML");
+        assert!(!doc.contains_key("server"), "{text}");
+        assert!(doc["host"]["http://10.41.0.1:5000"]["capabilities"].is_array());
+    }
+
+    #[test]
+    fn registry_names_that_are_not_hosts_are_refused() {
+        for bad in ["", "..", "../etc", "a/b", "reg istry", ":5000", "x\ny"] {
+            assert!(
+                matches!(
+                    plain_http_hosts_toml(bad, "127.0.0.1:5000"),
+                    Err(Error::InvalidRegistry { .. })
+                ),
+                "{bad:?} accepted as a registry"
+            );
+            assert!(
+                plain_http_hosts_toml("docker.io", bad).is_err(),
+                "{bad:?} accepted as an endpoint"
+            );
+        }
+    }
+
+    #[test]
+    fn adding_a_registry_writes_its_hosts_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = ContainerdConfig::under(dir.path(), "p");
+        let path = config
+            .add_plain_http_registry("127.0.0.1:5000", "127.0.0.1:5000")
+            .expect("written");
+        assert_eq!(
+            path,
+            dir.path().join("certs.d/127.0.0.1:5000/hosts.toml"),
+            "where containerd looks for it"
+        );
+        let doc: toml::Table = std::fs::read_to_string(&path)
+            .expect("read")
+            .parse()
+            .expect("valid TOML");
+        assert_eq!(doc["server"].as_str(), Some("http://127.0.0.1:5000"));
+        // Writing again replaces it; no temporary file is left behind.
+        config
+            .add_plain_http_registry("127.0.0.1:5000", "127.0.0.1:5000")
+            .expect("rewritten");
+        let names: Vec<_> = std::fs::read_dir(path.parent().expect("dir"))
+            .expect("list")
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        assert_eq!(names, ["hosts.toml"]);
     }
 
     #[test]

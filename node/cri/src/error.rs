@@ -45,6 +45,14 @@ pub enum Error {
         /// What the importer said.
         output: String,
     },
+    /// A registry name or endpoint is not a `host` or `host:port`.
+    #[error("{host:?} is not a registry host: {reason}")]
+    InvalidRegistry {
+        /// The name given.
+        host: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// containerd exited or never became ready.
     #[error("containerd did not become ready: {reason}; its log is {}", log.display())]
     NotReady {

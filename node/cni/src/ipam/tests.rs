@@ -110,3 +110,28 @@ fn tiny_cidrs_are_refused() {
         Err(Error::InvalidConfig(_))
     ));
 }
+
+#[test]
+fn orphans_are_released_only_when_gone_and_old_enough() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ipam = Ipam::open(dir.path(), cidr("10.42.1.0/24")).expect("open");
+    let live_ip = ipam.allocate(&owner("live")).expect("live");
+    let gone_ip = ipam.allocate(&owner("gone")).expect("gone");
+    let live: std::collections::HashSet<String> = ["live".to_owned()].into();
+    // Young allocations may belong to a sandbox still being created.
+    let kept = ipam
+        .release_orphans(&live, std::time::Duration::from_secs(60))
+        .expect("gc");
+    assert!(kept.is_empty(), "{kept:?}");
+    let released = ipam
+        .release_orphans(&live, std::time::Duration::ZERO)
+        .expect("gc");
+    assert_eq!(released, vec![gone_ip]);
+    let left: Vec<Ipv4Addr> = ipam
+        .allocations()
+        .expect("list")
+        .into_iter()
+        .map(|(ip, _)| ip)
+        .collect();
+    assert_eq!(left, vec![live_ip]);
+}

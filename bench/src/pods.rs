@@ -1,0 +1,320 @@
+//! Pod startup latency on a real two-node cluster (`kestrel up`): from the
+//! create call to the pod's Ready condition as seen through a watch, for a
+//! burst of pods scheduled by the scheduler onto both nodes, with the images
+//! local. Also the agents' RSS while they hold the pods.
+//!
+//! The baseline, measured in the same run, is one pod at a time on the idle
+//! cluster: what a single pod's path costs with nothing queued before it.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use futures::{StreamExt as _, TryStreamExt as _};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
+
+use crate::report::{Summary, command_output, machine, percentile};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The `kestrel` executable (release build).
+    pub kestrel: PathBuf,
+    /// The image archives.
+    pub images: PathBuf,
+    /// Repetitions of the burst.
+    pub reps: usize,
+    /// Pods per burst.
+    pub pods: usize,
+    /// Pods in the one-at-a-time baseline.
+    pub baseline_pods: usize,
+}
+
+/// The results.
+#[derive(Debug, Clone)]
+pub struct Report {
+    machine: String,
+    kernel: String,
+    date: String,
+    options: Options,
+    baseline_ms: Summary,
+    p50_ms: Summary,
+    p99_ms: Summary,
+    rss_mib: Summary,
+}
+
+const NS: &str = "bench";
+const IMAGE: &str = "docker.io/kestrel/echo:0.1.0";
+
+/// `kestrel up` in a temp dir; `kestrel down` on drop.
+struct Cluster {
+    kestrel: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn up(kestrel: &Path, images: &Path) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("kestrel-bench-")
+            .tempdir()?;
+        let c = Self {
+            kestrel: kestrel.to_owned(),
+            dir,
+        };
+        let out = Command::new(kestrel)
+            .args(["up", "--nodes", "2", "--data-dir"])
+            .arg(c.dir.path())
+            .arg("--images-dir")
+            .arg(images)
+            .output()
+            .context("running kestrel up")?;
+        ensure!(
+            out.status.success(),
+            "kestrel up failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(c)
+    }
+
+    /// Resident memory of each node's agent, in MiB.
+    fn agent_rss_mib(&self) -> Vec<f64> {
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let pid = e.file_name();
+            let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = raw
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if args.get(1).is_none_or(|a| a != "agent") || !args.iter().any(|a| a.starts_with(&dir))
+            {
+                continue;
+            }
+            let status = std::fs::read_to_string(format!("/proc/{}/status", pid.to_string_lossy()))
+                .unwrap_or_default();
+            if let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            {
+                out.push(kb / 1024.0);
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.kestrel)
+            .args(["down", "--data-dir"])
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+fn pod(name: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app": "startup-bench"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "echo", "image": IMAGE, "imagePullPolicy": "IfNotPresent"}]
+        }
+    }))
+    .unwrap_or_default()
+}
+
+fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Create `names` (at most 32 requests in flight) and return each pod's
+/// create-to-Ready latency as seen through a watch started beforehand.
+async fn startup(api: &Api<Pod>, names: &[String]) -> Result<Vec<Duration>> {
+    let rv = api
+        .list(&ListParams::default().limit(1))
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let mut watch = api
+        .watch(&WatchParams::default().labels("app=startup-bench"), &rv)
+        .await?
+        .boxed();
+    let mut created: HashMap<String, Instant> = HashMap::new();
+    let creates = futures::stream::iter(names.iter().cloned())
+        .map(|n| {
+            let api = api.clone();
+            async move {
+                let at = Instant::now();
+                api.create(&PostParams::default(), &pod(&n))
+                    .await
+                    .map(|_| (n, at))
+            }
+        })
+        .buffer_unordered(32);
+    let mut creates = std::pin::pin!(creates);
+    let mut ready: HashMap<String, Instant> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    let mut creating = true;
+    while ready.len() < names.len() {
+        tokio::select! {
+            c = creates.next(), if creating => match c {
+                Some(r) => { let (n, at) = r?; created.insert(n, at); }
+                None => creating = false,
+            },
+            ev = watch.try_next() => match ev? {
+                Some(WatchEvent::Added(p) | WatchEvent::Modified(p)) if is_ready(&p) => {
+                    let n = p.metadata.name.clone().unwrap_or_default();
+                    ready.entry(n).or_insert_with(Instant::now);
+                }
+                Some(WatchEvent::Error(e)) => bail!("watch error: {}", e.message),
+                Some(_) => {}
+                None => bail!("the watch ended"),
+            },
+            () = tokio::time::sleep_until(deadline) => bail!("only {} of {} pods Ready within 180 s", ready.len(), names.len()),
+        }
+    }
+    let mut out: Vec<Duration> = names
+        .iter()
+        .filter_map(|n| Some(ready.get(n)?.saturating_duration_since(*created.get(n)?)))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+async fn clear(api: &Api<Pod>) -> Result<()> {
+    api.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels("app=startup-bench"),
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !api
+        .list(&ListParams::default().labels("app=startup-bench"))
+        .await?
+        .items
+        .is_empty()
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "pods were not removed within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
+
+/// Run the benchmark.
+pub async fn run_bench(options: Options) -> Result<Report> {
+    let cluster = Cluster::up(&options.kestrel, &options.images)?;
+    let client =
+        kestrel_client::client_from(&cluster.dir.path().join("server/admin.kubeconfig")).await?;
+    let nss: Api<Namespace> = Api::all(client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({"metadata": {"name": NS}}))?,
+    )
+    .await?;
+    let api: Api<Pod> = Api::namespaced(client, NS);
+
+    let mut baseline = Vec::new();
+    for i in 0..options.baseline_pods {
+        let l = startup(&api, &[format!("single-{i}")]).await?;
+        baseline.extend(l);
+        clear(&api).await?;
+    }
+    let (mut p50s, mut p99s, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+    for rep in 0..options.reps {
+        let names: Vec<String> = (0..options.pods)
+            .map(|i| format!("burst-{rep}-{i}"))
+            .collect();
+        let lat = startup(&api, &names).await?;
+        p50s.push(percentile(&lat, 50.0));
+        p99s.push(percentile(&lat, 99.0));
+        rss.push(cluster.agent_rss_mib().into_iter().fold(0.0, f64::max));
+        eprintln!(
+            "rep {rep}: p50 {:.0} ms, p99 {:.0} ms",
+            p50s[rep], p99s[rep]
+        );
+        clear(&api).await?;
+    }
+    baseline.sort();
+    Ok(Report {
+        machine: machine(),
+        kernel: command_output("uname", &["-r"]),
+        date: command_output("date", &["-u", "+%Y-%m-%d"]),
+        options,
+        baseline_ms: Summary::of(baseline.iter().map(|d| d.as_secs_f64() * 1000.0).collect()),
+        p50_ms: Summary::of(p50s),
+        p99_ms: Summary::of(p99s),
+        rss_mib: Summary::of(rss),
+    })
+}
+
+impl Report {
+    /// The docs/benchmarks.md section.
+    pub fn to_markdown(&self) -> String {
+        let mut out = String::from("## Pod startup\n\n");
+        let _ = writeln!(
+            out,
+            "Run on {}, kernel {}, {}. A real two-node cluster from `kestrel up` (release build): \
+             {} kestrel-echo pods created at once (32 requests in flight), scheduled onto both nodes, \
+             started through CRI on each node's containerd with the image local; latency from the \
+             create call to Ready seen through a watch. {} repetitions; each figure is the median over \
+             repetitions with [min–max]. The baseline is one pod at a time on the idle cluster \
+             ({} pods, median [min–max]). Agent RSS is the larger of the two agents with the pods \
+             running. Reproduce with `cargo xtask bench pods`.\n",
+            self.machine,
+            self.kernel,
+            self.date,
+            self.options.pods,
+            self.options.reps,
+            self.options.baseline_pods
+        );
+        out.push_str("| figure | value | / baseline |\n|---|---|---|\n");
+        let b = self.baseline_ms.median;
+        let ratio = |v: f64| {
+            if b > 0.0 {
+                format!("{:.1}×", v / b)
+            } else {
+                "—".into()
+            }
+        };
+        let _ = writeln!(
+            out,
+            "| one pod alone (baseline), ms | {} | 1.0× |",
+            self.baseline_ms.cell(0)
+        );
+        let _ = writeln!(
+            out,
+            "| burst p50, ms | {} | {} |",
+            self.p50_ms.cell(0),
+            ratio(self.p50_ms.median)
+        );
+        let _ = writeln!(
+            out,
+            "| burst p99, ms | {} | {} |",
+            self.p99_ms.cell(0),
+            ratio(self.p99_ms.median)
+        );
+        let _ = writeln!(
+            out,
+            "| agent RSS with {} pods on 2 nodes, MiB | {} | |",
+            self.options.pods,
+            self.rss_mib.cell(1)
+        );
+        out.push_str("\nTargets: p99 ≤ 1.5 s (upstream's SLO is p99 ≤ 5 s); agent RSS ≤ 50 MiB with 100 pods.\n");
+        out
+    }
+}

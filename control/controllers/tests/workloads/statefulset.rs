@@ -1,0 +1,271 @@
+use std::collections::HashMap;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use kestrel_testkit::eventually;
+use kube::ResourceExt as _;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use serde_json::json;
+
+use super::*;
+
+fn statefulset(name: &str, replicas: i32, spec: serde_json::Value) -> StatefulSet {
+    let mut s = json!({
+        "replicas": replicas,
+        "serviceName": name,
+        "selector": {"matchLabels": {"app": name}},
+        "template": template(name, "busybox:1.35", json!({})),
+    });
+    if let (Some(m), Some(extra)) = (s.as_object_mut(), spec.as_object()) {
+        m.extend(extra.clone());
+    }
+    serde_json::from_value(json!({"metadata": {"name": name}, "spec": s})).expect("statefulset")
+}
+
+fn image_of(p: &Pod) -> &str {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.containers[0].image.as_deref())
+        .unwrap_or_default()
+}
+
+/// Every pod creation (by name) in the order the watch saw them, each with
+/// the names of the pods that were Running and Ready at that moment.
+fn record_creations(
+    api: Api<Pod>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::mpsc::UnboundedReceiver<(String, Vec<String>)>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let mut ready_now: HashMap<String, (String, bool)> = HashMap::new();
+        let mut events = std::pin::pin!(watcher::watcher(api, watcher::Config::default()));
+        while let Some(ev) = events.next().await {
+            match ev {
+                Ok(ev @ (watcher::Event::Apply(_) | watcher::Event::InitApply(_))) => {
+                    let listing = matches!(ev, watcher::Event::InitApply(_));
+                    let (watcher::Event::Apply(p) | watcher::Event::InitApply(p)) = ev else {
+                        continue;
+                    };
+                    let uid = p.uid().unwrap_or_default();
+                    let fresh = ready_now.get(&p.name_any()).is_none_or(|(u, _)| *u != uid);
+                    // Pods in the first list were there before the watch.
+                    if fresh && !listing {
+                        let mut up: Vec<_> = ready_now
+                            .iter()
+                            .filter(|(_, (_, r))| *r)
+                            .map(|(n, _)| n.clone())
+                            .collect();
+                        up.sort();
+                        let _ = tx.send((p.name_any(), up));
+                    }
+                    ready_now.insert(
+                        p.name_any(),
+                        (uid, ready(&p) && p.metadata.deletion_timestamp.is_none()),
+                    );
+                }
+                Ok(watcher::Event::Delete(p)) => {
+                    ready_now.remove(&p.name_any());
+                }
+                _ => {}
+            }
+        }
+    });
+    (task, rx)
+}
+
+#[tokio::test]
+async fn ordered_ready_creates_pods_one_after_another() {
+    let c = Cluster::start().await;
+    let sets = c.api::<StatefulSet>();
+    let pods = c.api::<Pod>();
+    let (watch, mut created) = record_creations(pods.clone());
+    sets.create(&PostParams::default(), &statefulset("db", 3, json!({})))
+        .await
+        .expect("create");
+    let st = eventually(WAIT, "three ready replicas", || async {
+        let s = sets.get("db").await.ok()?.status?;
+        (s.ready_replicas == Some(3)).then_some(s)
+    })
+    .await;
+    watch.abort();
+    let mut order = Vec::new();
+    while let Ok(e) = created.try_recv() {
+        order.push(e);
+    }
+    assert_eq!(
+        order,
+        [
+            ("db-0".to_owned(), vec![]),
+            ("db-1".to_owned(), vec!["db-0".to_owned()]),
+            (
+                "db-2".to_owned(),
+                vec!["db-0".to_owned(), "db-1".to_owned()]
+            ),
+        ],
+        "each pod created only once the lower ones were Running and Ready"
+    );
+    assert_eq!(st.replicas, 3);
+    assert_eq!(st.current_replicas, Some(3));
+    assert_eq!(st.updated_replicas, Some(3));
+    assert_eq!(st.available_replicas, Some(3));
+    assert_eq!(st.current_revision, st.update_revision);
+    let p = pods.get("db-1").await.expect("db-1");
+    assert_eq!(
+        p.labels()
+            .get("statefulset.kubernetes.io/pod-name")
+            .map(String::as_str),
+        Some("db-1")
+    );
+    assert_eq!(
+        p.labels()
+            .get("apps.kubernetes.io/pod-index")
+            .map(String::as_str),
+        Some("1")
+    );
+    let spec = p.spec.expect("spec");
+    assert_eq!(
+        (spec.hostname.as_deref(), spec.subdomain.as_deref()),
+        (Some("db-1"), Some("db"))
+    );
+
+    // A deleted member comes back under its own name.
+    let old_uid = pods.get("db-1").await.expect("db-1").uid();
+    pods.delete("db-1", &Default::default())
+        .await
+        .expect("delete");
+    eventually(WAIT, "a new db-1, ready", || async {
+        let p = pods.get("db-1").await.ok()?;
+        (p.uid() != old_uid && ready(&p)).then_some(())
+    })
+    .await;
+
+    // Scale down removes the highest ordinal.
+    sets.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .expect("scale");
+    eventually(WAIT, "only db-0 left", || async {
+        (names(&live_pods(&pods, "app=db").await) == ["db-0"]).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_partitioned_rolling_update_goes_from_the_highest_ordinal_down() {
+    let c = Cluster::start().await;
+    let sets = c.api::<StatefulSet>();
+    let pods = c.api::<Pod>();
+    let spec = json!({
+        "podManagementPolicy": "Parallel",
+        "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 1}},
+    });
+    sets.create(&PostParams::default(), &statefulset("db", 3, spec))
+        .await
+        .expect("create");
+    let before = eventually(WAIT, "three ready replicas", || async {
+        let s = sets.get("db").await.ok()?.status?;
+        (s.ready_replicas == Some(3)).then_some(s)
+    })
+    .await;
+    let (watch, mut created) = record_creations(pods.clone());
+    let image = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}}}});
+    sets.patch("db", &PatchParams::default(), &Patch::Merge(image))
+        .await
+        .expect("update");
+    let st = eventually(WAIT, "ordinals 1 and 2 updated", || async {
+        let s = sets.get("db").await.ok()?.status?;
+        (s.updated_replicas == Some(2) && s.ready_replicas == Some(3)).then_some(s)
+    })
+    .await;
+    assert_eq!(
+        st.current_revision, before.current_revision,
+        "below the partition stays current"
+    );
+    assert_ne!(st.update_revision, st.current_revision);
+    assert_eq!(st.current_replicas, Some(1));
+    let mut images: Vec<_> = live_pods(&pods, "app=db")
+        .await
+        .iter()
+        .map(|p| (p.name_any(), image_of(p).to_owned()))
+        .collect();
+    images.sort();
+    assert_eq!(
+        images,
+        [
+            ("db-0".to_owned(), "busybox:1.35".to_owned()),
+            ("db-1".to_owned(), "busybox:1.36".to_owned()),
+            ("db-2".to_owned(), "busybox:1.36".to_owned()),
+        ]
+    );
+    let mut order = Vec::new();
+    while let Ok((n, _)) = created.try_recv() {
+        order.push(n);
+    }
+    assert_eq!(order, ["db-2", "db-1"], "highest ordinal first");
+
+    // Partition 0 finishes the rollout, and the update revision becomes current.
+    sets.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"updateStrategy": {"rollingUpdate": {"partition": 0}}}})),
+    )
+    .await
+    .expect("partition 0");
+    let st = eventually(WAIT, "all updated", || async {
+        let s = sets.get("db").await.ok()?.status?;
+        (s.updated_replicas == Some(3)
+            && s.ready_replicas == Some(3)
+            && s.current_revision == s.update_revision)
+            .then_some(s)
+    })
+    .await;
+    watch.abort();
+    assert_eq!(st.current_replicas, Some(3));
+    let mut order = Vec::new();
+    while let Ok((n, _)) = created.try_recv() {
+        order.push(n);
+    }
+    assert_eq!(order, ["db-0"]);
+}
+
+#[tokio::test]
+async fn volume_claim_templates_are_refused_where_users_look() {
+    let c = Cluster::start().await;
+    let sets = c.api::<StatefulSet>();
+    let pods = c.api::<Pod>();
+    let spec = json!({"volumeClaimTemplates": [{
+        "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }]});
+    sets.create(&PostParams::default(), &statefulset("db", 2, spec))
+        .await
+        .expect("create");
+    let cond = eventually(WAIT, "the refusal in status", || async {
+        let s = sets.get("db").await.ok()?.status?;
+        s.conditions?
+            .into_iter()
+            .find(|c| c.type_.as_deref() == Some("VolumeClaimTemplatesUnsupported"))
+    })
+    .await;
+    assert_eq!(cond.status.as_deref(), Some("True"));
+    assert!(
+        cond.message
+            .unwrap_or_default()
+            .contains("volumeClaimTemplates is not supported")
+    );
+    let events = events_about(&c, "db").await;
+    assert!(
+        events
+            .iter()
+            .any(|(r, _)| r == "VolumeClaimTemplatesUnsupported"),
+        "{events:?}"
+    );
+    assert!(live_pods(&pods, "app=db").await.is_empty(), "no pods");
+}

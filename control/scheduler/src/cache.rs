@@ -1,0 +1,345 @@
+//! The scheduler's view of the cluster: one [`NodeInfo`] per node with the
+//! resources its pods request, kept up to date from watch events and from
+//! the scheduler's own assumptions (a pod is counted on its node from the
+//! moment it is chosen, before the API server confirms the binding).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Node, Taint};
+
+use crate::pod_info::{HostPort, InvalidPod, PodInfo, Resources};
+use crate::quantity;
+
+/// One node and what is placed on it.
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    pub name: String,
+    /// False for a slot that only holds pods of a node we have not seen
+    /// (or that was deleted); such slots are never candidates.
+    pub present: bool,
+    pub labels: BTreeMap<String, String>,
+    pub allocatable: Resources,
+    /// Sum of the requests of the pods here.
+    pub requested: Resources,
+    /// The same with upstream's non-zero defaults, for scoring.
+    pub non_zero_requested: Resources,
+    /// The node's taints, plus `node.kubernetes.io/not-ready` (or
+    /// `unreachable`) NoSchedule when its Ready condition is not True, the
+    /// taint upstream's node lifecycle controller would add.
+    pub taints: Vec<Taint>,
+    pub unschedulable: bool,
+    /// Pods bound or assumed here.
+    pub pods: Vec<Arc<PodInfo>>,
+    pub used_ports: Vec<HostPort>,
+    /// How many of `pods` carry required pod anti-affinity.
+    pub pods_with_required_anti_affinity: usize,
+    /// How many of `pods` carry any pod affinity or anti-affinity.
+    pub pods_with_affinity: usize,
+}
+
+impl NodeInfo {
+    /// Build from a Node object. A bad allocatable quantity is an error.
+    pub fn set_node(&mut self, node: &Node) -> Result<(), InvalidPod> {
+        self.name = node.metadata.name.clone().unwrap_or_default();
+        self.present = true;
+        self.labels = node.metadata.labels.clone().unwrap_or_default();
+        let spec = node.spec.as_ref();
+        self.unschedulable = spec.and_then(|s| s.unschedulable).unwrap_or(false);
+        let mut taints = spec.and_then(|s| s.taints.clone()).unwrap_or_default();
+        let status = node.status.as_ref();
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.status.as_str());
+        let synthetic = match ready {
+            Some("True") => None,
+            Some("False") => Some("node.kubernetes.io/not-ready"),
+            _ => Some("node.kubernetes.io/unreachable"),
+        };
+        if let Some(key) = synthetic
+            && !taints
+                .iter()
+                .any(|t| t.key == key && t.effect == "NoSchedule")
+        {
+            taints.push(Taint {
+                key: key.to_owned(),
+                effect: "NoSchedule".to_owned(),
+                ..Default::default()
+            });
+        }
+        self.taints = taints;
+        let list = status
+            .and_then(|s| s.allocatable.as_ref().or(s.capacity.as_ref()))
+            .cloned()
+            .unwrap_or_default();
+        let mut a = Resources::default();
+        for (name, q) in &list {
+            let bad = |source| InvalidPod {
+                field: format!("status.allocatable[{name}]"),
+                source,
+            };
+            match name.as_str() {
+                "cpu" => a.milli_cpu = quantity::milli(&q.0).map_err(bad)?,
+                "memory" => a.memory = quantity::units(&q.0).map_err(bad)?,
+                "ephemeral-storage" => a.ephemeral_storage = quantity::units(&q.0).map_err(bad)?,
+                "pods" => a.pods = quantity::units(&q.0).map_err(bad)?,
+                _ => {}
+            }
+        }
+        self.allocatable = a;
+        Ok(())
+    }
+
+    fn add_pod(&mut self, p: Arc<PodInfo>) {
+        self.requested.add(&p.requests);
+        self.non_zero_requested.add(&p.non_zero);
+        self.used_ports.extend(p.host_ports.iter().cloned());
+        if !p.required_anti_affinity.is_empty() {
+            self.pods_with_required_anti_affinity += 1;
+        }
+        if p.has_pod_affinity() {
+            self.pods_with_affinity += 1;
+        }
+        self.pods.push(p);
+    }
+
+    fn remove_pod(&mut self, key_ns: &str, key_name: &str) -> Option<Arc<PodInfo>> {
+        let i = self
+            .pods
+            .iter()
+            .position(|p| p.namespace == key_ns && p.name == key_name)?;
+        let p = self.pods.swap_remove(i);
+        self.requested.sub(&p.requests);
+        self.non_zero_requested.sub(&p.non_zero);
+        for hp in &p.host_ports {
+            if let Some(j) = self.used_ports.iter().position(|u| u == hp) {
+                self.used_ports.swap_remove(j);
+            }
+        }
+        if !p.required_anti_affinity.is_empty() {
+            self.pods_with_required_anti_affinity -= 1;
+        }
+        if p.has_pod_affinity() {
+            self.pods_with_affinity -= 1;
+        }
+        Some(p)
+    }
+}
+
+#[derive(Debug)]
+struct PlacedPod {
+    node: usize,
+    assumed: bool,
+}
+
+/// All nodes and every pod placed on one.
+#[derive(Debug, Default)]
+pub struct Cache {
+    slots: Vec<NodeInfo>,
+    by_name: HashMap<String, usize>,
+    /// Slots of present nodes, in a stable order for the rotating start.
+    present: Vec<usize>,
+    placed: HashMap<String, PlacedPod>,
+    /// Where the next cycle starts looking, as upstream rotates it so that
+    /// sampling does not always favour the first nodes.
+    pub next_start: usize,
+}
+
+impl Cache {
+    fn slot(&mut self, name: &str) -> usize {
+        if let Some(&i) = self.by_name.get(name) {
+            return i;
+        }
+        let i = self.slots.len();
+        self.slots.push(NodeInfo {
+            name: name.to_owned(),
+            ..Default::default()
+        });
+        self.by_name.insert(name.to_owned(), i);
+        i
+    }
+
+    /// Add or update a node. Returns whether pods that did not fit before
+    /// might fit now (a new node, or more room, labels, fewer taints...).
+    pub fn set_node(&mut self, node: &Node) -> Result<bool, InvalidPod> {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let i = self.slot(&name);
+        let info = &mut self.slots[i];
+        let was_present = info.present;
+        let before = (
+            info.labels.clone(),
+            info.allocatable,
+            info.taints.clone(),
+            info.unschedulable,
+        );
+        if let Err(e) = info.set_node(node) {
+            // Keep the pods; stop offering the node.
+            info.present = false;
+            self.present.retain(|&j| j != i);
+            return Err(e);
+        }
+        if !was_present {
+            self.present.push(i);
+            return Ok(true);
+        }
+        Ok(before
+            != (
+                info.labels.clone(),
+                info.allocatable,
+                info.taints.clone(),
+                info.unschedulable,
+            ))
+    }
+
+    /// The node is gone; its slot stays while pods still name it.
+    pub fn remove_node(&mut self, name: &str) {
+        if let Some(&i) = self.by_name.get(name) {
+            self.slots[i].present = false;
+            self.present.retain(|&j| j != i);
+        }
+    }
+
+    /// Present nodes in their stable order.
+    pub fn nodes(&self) -> impl ExactSizeIterator<Item = &NodeInfo> + Clone {
+        self.present.iter().map(|&i| &self.slots[i])
+    }
+
+    /// The `i`th present node.
+    pub fn node_at(&self, i: usize) -> &NodeInfo {
+        &self.slots[self.present[i]]
+    }
+
+    /// Number of present nodes.
+    pub fn node_count(&self) -> usize {
+        self.present.len()
+    }
+
+    /// A node by name, present or not.
+    pub fn node(&self, name: &str) -> Option<&NodeInfo> {
+        self.by_name.get(name).map(|&i| &self.slots[i])
+    }
+
+    /// Whether some placed pod has required anti-affinity (so every
+    /// incoming pod must be checked against it).
+    pub fn any_required_anti_affinity(&self) -> bool {
+        self.nodes().any(|n| n.pods_with_required_anti_affinity > 0)
+    }
+
+    /// Record an observed pod on `node`. Confirms an assumption.
+    pub fn set_bound(&mut self, pod: Arc<PodInfo>, node: &str) {
+        self.place(pod, node, false);
+    }
+
+    /// Count `pod` on `node` before the binding is confirmed.
+    pub fn assume(&mut self, pod: Arc<PodInfo>, node: &str) {
+        self.place(pod, node, true);
+    }
+
+    fn place(&mut self, pod: Arc<PodInfo>, node: &str, assumed: bool) {
+        let key = pod.key();
+        self.remove_pod(&key);
+        let i = self.slot(node);
+        self.slots[i].add_pod(pod);
+        self.placed.insert(key, PlacedPod { node: i, assumed });
+    }
+
+    /// Undo an assumption whose binding failed (no-op if it was observed).
+    pub fn forget(&mut self, key: &str) {
+        if self.placed.get(key).is_some_and(|p| p.assumed) {
+            self.remove_pod(key);
+        }
+    }
+
+    /// Whether `key` is assumed (or observed) on some node.
+    pub fn is_placed(&self, key: &str) -> bool {
+        self.placed.contains_key(key)
+    }
+
+    /// Keys of every placed pod.
+    pub fn pod_keys(&self) -> impl Iterator<Item = &String> {
+        self.placed.keys()
+    }
+
+    /// The pod is gone (deleted or finished).
+    pub fn remove_pod(&mut self, key: &str) -> bool {
+        let Some(p) = self.placed.remove(key) else {
+            return false;
+        };
+        let (ns, name) = key.split_once('/').unwrap_or(("", key));
+        self.slots[p.node].remove_pod(ns, name);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(name: &str, ready: &str) -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "status": {"allocatable": {"cpu": "2", "memory": "4Gi", "pods": "10"},
+                       "conditions": [{"type": "Ready", "status": ready}]}
+        }))
+        .expect("node")
+    }
+
+    fn pod(name: &str, cpu: &str) -> Arc<PodInfo> {
+        PodInfo::new(
+            &serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": cpu}}}]}
+            }))
+            .expect("pod"),
+        )
+        .expect("valid")
+    }
+
+    #[test]
+    fn assumed_pods_count_until_forgotten_and_confirmation_does_not_double_count() {
+        let mut c = Cache::default();
+        assert!(c.set_node(&node("n1", "True")).expect("node"));
+        c.assume(pod("a", "500m"), "n1");
+        assert_eq!(c.node("n1").expect("n1").requested.milli_cpu, 500);
+        // The watch confirms it: still counted once.
+        c.set_bound(pod("a", "500m"), "n1");
+        assert_eq!(c.node("n1").expect("n1").requested.milli_cpu, 500);
+        // A confirmed pod is not forgotten by a late bind failure.
+        c.forget("ns/a");
+        assert_eq!(c.node("n1").expect("n1").requested.milli_cpu, 500);
+        c.assume(pod("b", "1"), "n1");
+        c.forget("ns/b");
+        let n = c.node("n1").expect("n1");
+        assert_eq!((n.requested.milli_cpu, n.requested.pods), (500, 1));
+        assert!(c.remove_pod("ns/a"));
+        assert_eq!(c.node("n1").expect("n1").requested, Resources::default());
+    }
+
+    #[test]
+    fn pods_of_an_unseen_node_wait_for_it() {
+        let mut c = Cache::default();
+        c.set_bound(pod("a", "1"), "later");
+        assert_eq!(c.node_count(), 0);
+        c.set_node(&node("later", "True")).expect("node");
+        assert_eq!(c.node_count(), 1);
+        assert_eq!(c.node_at(0).requested.milli_cpu, 1000);
+        c.remove_node("later");
+        assert_eq!(c.node_count(), 0);
+    }
+
+    #[test]
+    fn a_node_that_is_not_ready_carries_the_not_ready_taint() {
+        let mut c = Cache::default();
+        c.set_node(&node("n", "False")).expect("node");
+        let n = c.node("n").expect("n");
+        assert_eq!(n.taints.len(), 1);
+        assert_eq!(n.taints[0].key, "node.kubernetes.io/not-ready");
+        assert_eq!(n.allocatable.pods, 10);
+        // Becoming ready is a change worth retrying pods for.
+        assert!(c.set_node(&node("n", "True")).expect("node"));
+        assert!(c.node("n").expect("n").taints.is_empty());
+        assert!(!c.set_node(&node("n", "True")).expect("node"));
+    }
+}

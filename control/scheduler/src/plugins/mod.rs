@@ -1,0 +1,365 @@
+//! Filter and score plugins, and the cycle that runs them for one pod.
+//!
+//! The plugins and their order are upstream's default profile, minus the
+//! volume plugins (Kestrel has no volumes yet). Each filter says why a node
+//! does not fit in upstream's words, so the FailedScheduling message reads
+//! exactly as kube-scheduler's.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use rand::Rng as _;
+
+use crate::cache::{Cache, NodeInfo};
+use crate::pod_info::PodInfo;
+
+mod basic;
+mod inter_pod;
+mod spread;
+#[cfg(test)]
+mod tests;
+
+pub use basic::{
+    BalancedAllocation, LeastAllocated, NodeAffinity, NodePorts, NodeResourcesFit,
+    NodeUnschedulable, TaintToleration,
+};
+pub use inter_pod::InterPodAffinity;
+pub use spread::PodTopologySpread;
+
+/// Why one node does not fit, in upstream's words.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// A fixed message.
+    Static(&'static str),
+    /// A message with details (the taint).
+    Owned(String),
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Static(s) => f.write_str(s),
+            Self::Owned(s) => f.write_str(s),
+        }
+    }
+}
+
+/// What pre-filters computed for this cycle.
+#[derive(Debug, Default)]
+pub struct CycleState {
+    inter_pod: Option<inter_pod::State>,
+    spread: Option<spread::State>,
+}
+
+/// Decides whether one node can take the pod.
+pub trait Filter: Send + Sync + fmt::Debug {
+    /// Work done once per cycle over the whole cluster.
+    fn pre_filter(&self, _pod: &PodInfo, _cache: &Cache, _state: &mut CycleState) {}
+    /// `Err` with the reasons the node does not fit.
+    fn filter(&self, pod: &PodInfo, node: &NodeInfo, state: &CycleState)
+    -> Result<(), Vec<Reason>>;
+}
+
+/// Ranks the nodes that passed the filters.
+pub trait Score: Send + Sync + fmt::Debug {
+    /// How much this plugin counts against the others.
+    fn weight(&self) -> i64;
+    /// Write a score in 0..=100 per node into `out`. Returns false when
+    /// it has nothing to say for this pod (`out` is then ignored).
+    fn score(&self, pod: &PodInfo, nodes: &[&NodeInfo], cache: &Cache, out: &mut [i64]) -> bool;
+}
+
+/// A pod fits no node: how many nodes there were and why each failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FitError {
+    /// Nodes considered.
+    pub num_nodes: usize,
+    /// Reason → number of nodes that gave it.
+    pub reasons: HashMap<Reason, usize>,
+}
+
+impl fmt::Display for FitError {
+    /// Upstream's message: "0/3 nodes are available: 1 node(s) didn't
+    /// match Pod's node affinity/selector, 2 Insufficient cpu." The parts
+    /// are sorted as strings, count included, as upstream sorts them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.num_nodes == 0 {
+            return f.write_str("no nodes available to schedule pods");
+        }
+        let mut parts: Vec<String> = self
+            .reasons
+            .iter()
+            .map(|(r, n)| format!("{n} {r}"))
+            .collect();
+        parts.sort();
+        write!(
+            f,
+            "0/{} nodes are available: {}.",
+            self.num_nodes,
+            parts.join(", ")
+        )
+    }
+}
+
+/// The plugins one scheduler runs, and how many nodes it looks at.
+#[derive(Debug)]
+pub struct Profile {
+    filters: Vec<Box<dyn Filter>>,
+    scores: Vec<Box<dyn Score>>,
+    /// Percentage of nodes to find feasible before scoring; `None` is
+    /// upstream's adaptive default.
+    pub percentage_of_nodes_to_score: Option<u32>,
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Self {
+            filters: vec![
+                Box::new(NodeUnschedulable),
+                Box::new(TaintToleration),
+                Box::new(NodeAffinity),
+                Box::new(NodePorts),
+                Box::new(NodeResourcesFit),
+                Box::new(PodTopologySpread),
+                Box::new(InterPodAffinity),
+            ],
+            scores: vec![
+                Box::new(TaintToleration),
+                Box::new(NodeAffinity),
+                Box::new(LeastAllocated),
+                Box::new(BalancedAllocation),
+                Box::new(InterPodAffinity),
+                Box::new(PodTopologySpread),
+            ],
+            percentage_of_nodes_to_score: None,
+        }
+    }
+}
+
+/// Upstream never looks at fewer feasible nodes than this.
+const MIN_FEASIBLE_NODES_TO_FIND: usize = 100;
+
+impl Profile {
+    /// How many feasible nodes to find among `all` before scoring: all of
+    /// them below 100 nodes, else a percentage that shrinks as the cluster
+    /// grows (50% minus 1% per 125 nodes, at least 5%), never under 100.
+    pub fn feasible_nodes_to_find(&self, all: usize) -> usize {
+        if all < MIN_FEASIBLE_NODES_TO_FIND {
+            return all;
+        }
+        let pct = match self.percentage_of_nodes_to_score {
+            Some(p) if p > 0 => (p as usize).min(100),
+            _ => 50usize.saturating_sub(all / 125).max(5),
+        };
+        (all * pct / 100).max(MIN_FEASIBLE_NODES_TO_FIND)
+    }
+
+    /// Choose a node for `pod`: filter (from the rotating start, until
+    /// enough feasible nodes are found), score, take the best; ties are
+    /// broken at random.
+    pub fn schedule(&self, pod: &PodInfo, cache: &mut Cache) -> Result<String, FitError> {
+        let n = cache.node_count();
+        let mut reasons: HashMap<Reason, usize> = HashMap::new();
+        if n == 0 {
+            return Err(FitError {
+                num_nodes: 0,
+                reasons,
+            });
+        }
+        let mut state = CycleState::default();
+        for f in &self.filters {
+            f.pre_filter(pod, cache, &mut state);
+        }
+        let want = self.feasible_nodes_to_find(n);
+        let start = cache.next_start % n;
+        let mut feasible: Vec<usize> = Vec::with_capacity(want.min(n));
+        let mut processed = 0;
+        for i in 0..n {
+            processed = i + 1;
+            let idx = (start + i) % n;
+            let node = cache.node_at(idx);
+            let mut fit = true;
+            for f in &self.filters {
+                if let Err(rs) = f.filter(pod, node, &state) {
+                    for r in rs {
+                        *reasons.entry(r).or_default() += 1;
+                    }
+                    fit = false;
+                    break;
+                }
+            }
+            if fit {
+                feasible.push(idx);
+                if feasible.len() >= want {
+                    break;
+                }
+            }
+        }
+        cache.next_start = (start + processed) % n;
+        if feasible.is_empty() {
+            return Err(FitError {
+                num_nodes: n,
+                reasons,
+            });
+        }
+        if feasible.len() == 1 {
+            return Ok(cache.node_at(feasible[0]).name.clone());
+        }
+        let nodes: Vec<&NodeInfo> = feasible.iter().map(|&i| cache.node_at(i)).collect();
+        let mut total = vec![0i64; nodes.len()];
+        let mut out = vec![0i64; nodes.len()];
+        for s in &self.scores {
+            out.iter_mut().for_each(|o| *o = 0);
+            if s.score(pod, &nodes, cache, &mut out) {
+                for (t, o) in total.iter_mut().zip(&out) {
+                    *t += s.weight() * o;
+                }
+            }
+        }
+        Ok(nodes[select_best(&total)].name.clone())
+    }
+}
+
+/// Index of the highest score; ties broken uniformly at random (reservoir
+/// sampling over the tied ones).
+fn select_best(scores: &[i64]) -> usize {
+    let mut rng = rand::rng();
+    let mut best = 0;
+    let mut ties = 0u32;
+    for (i, &s) in scores.iter().enumerate() {
+        if i == 0 || s > scores[best] {
+            best = i;
+            ties = 1;
+        } else if s == scores[best] {
+            ties += 1;
+            if rng.random_range(0..ties) == 0 {
+                best = i;
+            }
+        }
+    }
+    best
+}
+
+/// Whether `labels` satisfy a metav1 LabelSelector (an empty selector
+/// matches everything).
+pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    if let Some(ml) = &sel.match_labels
+        && !ml.iter().all(|(k, v)| labels.get(k) == Some(v))
+    {
+        return false;
+    }
+    sel.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        let got = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => got.is_some_and(|v| values.contains(v)),
+            "NotIn" => got.is_none_or(|v| !values.contains(v)),
+            "Exists" => got.is_some(),
+            "DoesNotExist" => got.is_none(),
+            _ => false,
+        }
+    })
+}
+
+fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&String>) -> bool {
+    let values = r.values.as_deref().unwrap_or_default();
+    match r.operator.as_str() {
+        "In" => value.is_some_and(|v| values.contains(v)),
+        "NotIn" => value.is_none_or(|v| !values.contains(v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        op @ ("Gt" | "Lt") => {
+            let (Some(v), [bound]) = (value, values) else {
+                return false;
+            };
+            match (v.parse::<i64>(), bound.parse::<i64>()) {
+                (Ok(v), Ok(b)) if op == "Gt" => v > b,
+                (Ok(v), Ok(b)) => v < b,
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// Whether a node selector term selects `node`. A term with no
+/// requirements selects nothing, as upstream.
+pub fn term_matches(t: &NodeSelectorTerm, node: &NodeInfo) -> bool {
+    let exprs = t.match_expressions.as_deref().unwrap_or_default();
+    let fields = t.match_fields.as_deref().unwrap_or_default();
+    if exprs.is_empty() && fields.is_empty() {
+        return false;
+    }
+    exprs
+        .iter()
+        .all(|r| requirement_matches(r, node.labels.get(&r.key)))
+        && fields
+            .iter()
+            .all(|r| r.key == "metadata.name" && requirement_matches(r, Some(&node.name)))
+}
+
+/// nodeSelector and required node affinity together.
+pub fn node_affinity_matches(pod: &PodInfo, node: &NodeInfo) -> bool {
+    if !pod
+        .node_selector
+        .iter()
+        .all(|(k, v)| node.labels.get(k) == Some(v))
+    {
+        return false;
+    }
+    match &pod.required_node_affinity {
+        None => true,
+        Some(sel) => sel
+            .node_selector_terms
+            .iter()
+            .any(|t| term_matches(t, node)),
+    }
+}
+
+/// Whether one toleration tolerates `taint`.
+pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
+    if let Some(e) = t.effect.as_deref()
+        && !e.is_empty()
+        && e != taint.effect
+    {
+        return false;
+    }
+    let key = t.key.as_deref().unwrap_or("");
+    let op = t.operator.as_deref().unwrap_or("Equal");
+    if key.is_empty() {
+        // An empty key with Exists tolerates everything.
+        return op == "Exists";
+    }
+    if key != taint.key {
+        return false;
+    }
+    match op {
+        "Exists" => true,
+        "Equal" | "" => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+        _ => false,
+    }
+}
+
+/// The first NoSchedule/NoExecute taint of `node` the pod does not tolerate.
+pub fn untolerated_taint<'a>(pod: &PodInfo, node: &'a NodeInfo) -> Option<&'a Taint> {
+    node.taints.iter().find(|taint| {
+        (taint.effect == "NoSchedule" || taint.effect == "NoExecute")
+            && !pod.tolerations.iter().any(|t| tolerates(t, taint))
+    })
+}
+
+/// Upstream's default score normalisation: scale so the highest is 100
+/// (or, reversed, so the highest is 0).
+fn normalize(out: &mut [i64], reverse: bool) {
+    let max = out.iter().copied().max().unwrap_or(0);
+    for o in out.iter_mut() {
+        *o = match (max, reverse) {
+            (0, true) => 100,
+            (0, false) => 0,
+            (m, false) => *o * 100 / m,
+            (m, true) => 100 - *o * 100 / m,
+        };
+    }
+}

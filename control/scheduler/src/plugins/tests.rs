@@ -1,0 +1,561 @@
+//! Unit tests for the plugins: pure logic over k8s-openapi objects, run
+//! through the same [`Profile::schedule`] the scheduler uses.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use serde_json::{Value, json};
+
+use super::*;
+
+fn node(name: &str, cpu: &str, labels: Value) -> Value {
+    let mut l = labels;
+    l["kubernetes.io/hostname"] = json!(name);
+    json!({
+        "metadata": {"name": name, "labels": l},
+        "spec": {},
+        "status": {
+            "allocatable": {"cpu": cpu, "memory": "8Gi", "pods": "10"},
+            "conditions": [{"type": "Ready", "status": "True"}]
+        }
+    })
+}
+
+fn cache_of(nodes: Vec<Value>) -> Cache {
+    let mut c = Cache::default();
+    for n in nodes {
+        let n: Node = serde_json::from_value(n).expect("node");
+        c.set_node(&n).expect("valid node");
+    }
+    c
+}
+
+fn pod(name: &str, spec: Value) -> Arc<PodInfo> {
+    pod_labeled(name, json!({}), spec)
+}
+
+fn pod_labeled(name: &str, labels: Value, spec: Value) -> Arc<PodInfo> {
+    let mut spec = spec;
+    if spec.get("containers").is_none() {
+        spec["containers"] = json!([{"name": "c"}]);
+    }
+    let p: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default", "labels": labels},
+        "spec": spec
+    }))
+    .expect("pod");
+    PodInfo::new(&p).expect("valid pod")
+}
+
+fn cpu(req: &str) -> Value {
+    json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": req}}}]})
+}
+
+fn schedule(c: &mut Cache, p: &Arc<PodInfo>) -> Result<String, String> {
+    Profile::default().schedule(p, c).map_err(|e| e.to_string())
+}
+
+/// Schedule and assume, as the loop does.
+fn place(c: &mut Cache, p: Arc<PodInfo>) -> String {
+    let n = schedule(c, &p).unwrap_or_else(|e| panic!("{} unschedulable: {e}", p.name));
+    c.assume(p, &n);
+    n
+}
+
+#[test]
+fn insufficient_cpu_counts_assumed_pods_and_reads_like_upstream() {
+    let mut c = cache_of(vec![node("a", "1", json!({})), node("b", "1", json!({}))]);
+    place(&mut c, pod("p1", cpu("600m")));
+    place(&mut c, pod("p2", cpu("600m")));
+    // Least-allocated spread them; neither node has 600m left.
+    assert_eq!(
+        schedule(&mut c, &pod("p3", cpu("600m"))),
+        Err("0/2 nodes are available: 2 Insufficient cpu.".into())
+    );
+    assert!(schedule(&mut c, &pod("p4", cpu("400m"))).is_ok());
+}
+
+#[test]
+fn reasons_are_counted_per_node_and_sorted_as_strings() {
+    let mut c = cache_of(vec![
+        node("a", "1", json!({"disk": "ssd"})),
+        node("b", "1", json!({"disk": "ssd"})),
+        node("c", "4", json!({"disk": "hdd"})),
+    ]);
+    let p = pod(
+        "p",
+        json!({"nodeSelector": {"disk": "ssd"},
+               "containers": [{"name": "c", "resources": {"requests": {"cpu": "2", "memory": "9Gi"}}}]}),
+    );
+    assert_eq!(
+        schedule(&mut c, &p),
+        Err(
+            "0/3 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, \
+             2 Insufficient cpu, 2 Insufficient memory."
+                .into()
+        )
+    );
+    let e = FitError {
+        num_nodes: 12,
+        reasons: [
+            (Reason::Static("Insufficient cpu"), 10),
+            (Reason::Static("Too many pods"), 2),
+        ]
+        .into(),
+    };
+    // "10 ..." sorts before "2 ...", as upstream's string sort does.
+    assert_eq!(
+        e.to_string(),
+        "0/12 nodes are available: 10 Insufficient cpu, 2 Too many pods."
+    );
+    assert_eq!(
+        FitError {
+            num_nodes: 0,
+            reasons: HashMap::new()
+        }
+        .to_string(),
+        "no nodes available to schedule pods"
+    );
+}
+
+#[test]
+fn pod_count_is_a_resource() {
+    let mut c = cache_of(vec![node("a", "100", json!({}))]);
+    for i in 0..10 {
+        place(&mut c, pod(&format!("p{i}"), json!({})));
+    }
+    assert_eq!(
+        schedule(&mut c, &pod("p10", json!({}))),
+        Err("0/1 nodes are available: 1 Too many pods.".into())
+    );
+}
+
+#[test]
+fn taints_need_tolerations() {
+    let mut tainted = node("t", "1", json!({}));
+    tainted["spec"]["taints"] =
+        json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]);
+    let mut c = cache_of(vec![tainted]);
+    assert_eq!(
+        schedule(&mut c, &pod("plain", json!({}))),
+        Err("0/1 nodes are available: 1 node(s) had untolerated taint {dedicated: gpu}.".into())
+    );
+    for tol in [
+        json!({"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}),
+        json!({"key": "dedicated", "operator": "Exists"}),
+        json!({"operator": "Exists"}),
+    ] {
+        let p = pod("tol", json!({"tolerations": [tol.clone()]}));
+        assert_eq!(schedule(&mut c, &p), Ok("t".into()), "{tol}");
+    }
+    for tol in [
+        json!({"key": "dedicated", "value": "cpu", "effect": "NoSchedule"}),
+        json!({"key": "dedicated", "operator": "Exists", "effect": "NoExecute"}),
+        json!({"key": "other", "operator": "Exists"}),
+    ] {
+        let p = pod("wrong", json!({"tolerations": [tol.clone()]}));
+        assert!(schedule(&mut c, &p).is_err(), "{tol}");
+    }
+}
+
+#[test]
+fn no_execute_filters_and_prefer_no_schedule_only_scores() {
+    let mut noexec = node("x", "1", json!({}));
+    noexec["spec"]["taints"] = json!([{"key": "k", "effect": "NoExecute"}]);
+    let mut prefer = node("p", "1", json!({}));
+    prefer["spec"]["taints"] = json!([{"key": "k", "effect": "PreferNoSchedule"}]);
+    let plain = node("n", "1", json!({}));
+    let mut c = cache_of(vec![noexec, prefer.clone()]);
+    assert_eq!(schedule(&mut c, &pod("a", json!({}))), Ok("p".into()));
+    let mut c = cache_of(vec![prefer, plain]);
+    for i in 0..10 {
+        assert_eq!(
+            schedule(&mut c, &pod(&format!("b{i}"), json!({}))),
+            Ok("n".into())
+        );
+    }
+}
+
+#[test]
+fn not_ready_and_cordoned_nodes_are_skipped() {
+    let mut not_ready = node("nr", "1", json!({}));
+    not_ready["status"]["conditions"][0]["status"] = json!("False");
+    let mut cordoned = node("cd", "1", json!({}));
+    cordoned["spec"]["unschedulable"] = json!(true);
+    let mut c = cache_of(vec![not_ready, cordoned]);
+    assert_eq!(
+        schedule(&mut c, &pod("p", json!({}))),
+        Err("0/2 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/not-ready: }, \
+             1 node(s) were unschedulable."
+            .into())
+    );
+    let p = pod(
+        "tolerant",
+        json!({"tolerations": [{"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}]}),
+    );
+    assert_eq!(schedule(&mut c, &p), Ok("cd".into()));
+}
+
+#[test]
+fn required_node_affinity_operators() {
+    let mut c = cache_of(vec![
+        node("small", "1", json!({"gen": "3", "zone": "a"})),
+        node("big", "1", json!({"gen": "5", "zone": "b"})),
+    ]);
+    let with = |exprs: Value, fields: Value| {
+        pod(
+            "p",
+            json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+                {"nodeSelectorTerms": [{"matchExpressions": exprs, "matchFields": fields}]}}}}),
+        )
+    };
+    let cases = [
+        (
+            json!([{"key": "gen", "operator": "Gt", "values": ["4"]}]),
+            json!([]),
+            Some("big"),
+        ),
+        (
+            json!([{"key": "gen", "operator": "Lt", "values": ["4"]}]),
+            json!([]),
+            Some("small"),
+        ),
+        (
+            json!([{"key": "zone", "operator": "NotIn", "values": ["a"]}]),
+            json!([]),
+            Some("big"),
+        ),
+        (
+            json!([{"key": "zone", "operator": "In", "values": ["a"]}]),
+            json!([]),
+            Some("small"),
+        ),
+        (
+            json!([{"key": "gpu", "operator": "Exists"}]),
+            json!([]),
+            None,
+        ),
+        (
+            json!([]),
+            json!([{"key": "metadata.name", "operator": "In", "values": ["small"]}]),
+            Some("small"),
+        ),
+        // A term with no requirements selects nothing.
+        (json!([]), json!([]), None),
+    ];
+    for (exprs, fields, want) in cases {
+        let got = schedule(&mut c, &with(exprs.clone(), fields)).ok();
+        assert_eq!(got.as_deref(), want, "{exprs}");
+    }
+}
+
+#[test]
+fn preferred_node_affinity_wins_the_score() {
+    let mut c = cache_of(vec![
+        node("a", "1", json!({"zone": "a"})),
+        node("b", "1", json!({"zone": "b"})),
+        node("c", "1", json!({"zone": "c"})),
+    ]);
+    let p = pod(
+        "p",
+        json!({"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 80, "preference": {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]}}
+        ]}}}),
+    );
+    for _ in 0..5 {
+        assert_eq!(schedule(&mut c, &p), Ok("b".into()));
+    }
+}
+
+#[test]
+fn host_ports_are_taken_once_per_node() {
+    let mut c = cache_of(vec![node("a", "4", json!({})), node("b", "4", json!({}))]);
+    let web = |n: &str| {
+        pod(
+            n,
+            json!({"containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": 8080}]}]}),
+        )
+    };
+    let first = place(&mut c, web("w1"));
+    let second = place(&mut c, web("w2"));
+    assert_ne!(first, second);
+    assert_eq!(
+        schedule(&mut c, &web("w3")),
+        Err("0/2 nodes are available: 2 node(s) didn't have free ports for the requested pod ports.".into())
+    );
+}
+
+#[test]
+fn least_allocated_spreads_by_requests() {
+    let mut c = cache_of(vec![node("a", "4", json!({})), node("b", "4", json!({}))]);
+    place(&mut c, pod("big", cpu("3")));
+    let busy = c.node("a").expect("a").requested.milli_cpu > 0;
+    let empty = if busy { "b" } else { "a" };
+    for i in 0..3 {
+        assert_eq!(
+            schedule(&mut c, &pod(&format!("s{i}"), cpu("100m"))),
+            Ok(empty.into())
+        );
+    }
+}
+
+fn anti(key: &str) -> Value {
+    json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": key}
+    ]}}})
+}
+
+#[test]
+fn required_anti_affinity_over_hostname_and_zone() {
+    let zones = |n: &str, z: &str| node(n, "4", json!({"topology.kubernetes.io/zone": z}));
+    let mut c = cache_of(vec![zones("a1", "a"), zones("a2", "a"), zones("b1", "b")]);
+    let db = |n: &str, key: &str| pod_labeled(n, json!({"app": "db"}), anti(key));
+    let mut used: Vec<String> = (0..3)
+        .map(|i| place(&mut c, db(&format!("db{i}"), "kubernetes.io/hostname")))
+        .collect();
+    used.sort();
+    assert_eq!(used, ["a1", "a2", "b1"]);
+    assert_eq!(
+        schedule(&mut c, &db("db3", "kubernetes.io/hostname")),
+        Err("0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules.".into())
+    );
+    // A pod that is not a db but is repelled by the dbs' own anti-affinity
+    // would be fine; a db-labelled pod without its own rule is not.
+    let plain_db = pod_labeled("sneaky", json!({"app": "db"}), json!({}));
+    assert_eq!(
+        schedule(&mut c, &plain_db),
+        Err(
+            "0/3 nodes are available: 3 node(s) didn't satisfy existing pods anti-affinity rules."
+                .into()
+        )
+    );
+    assert!(schedule(&mut c, &pod("web", json!({}))).is_ok());
+
+    let mut c = cache_of(vec![zones("a1", "a"), zones("a2", "a"), zones("b1", "b")]);
+    let z = "topology.kubernetes.io/zone";
+    let first = place(&mut c, db("z0", z));
+    let second = place(&mut c, db("z1", z));
+    assert!(
+        (first == "b1") != (second == "b1"),
+        "one per zone: {first} {second}"
+    );
+    assert!(schedule(&mut c, &db("z2", z)).is_err());
+}
+
+#[test]
+fn required_affinity_follows_the_group_and_the_first_may_go_anywhere() {
+    let zones = |n: &str, z: &str| node(n, "4", json!({"topology.kubernetes.io/zone": z}));
+    let mut c = cache_of(vec![zones("a1", "a"), zones("b1", "b"), zones("b2", "b")]);
+    let follower = |n: &str| {
+        pod_labeled(
+            n,
+            json!({"app": "cache"}),
+            json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": {"app": "cache"}}, "topologyKey": "topology.kubernetes.io/zone"}
+            ]}}}),
+        )
+    };
+    let first = place(&mut c, follower("c0"));
+    let zone = |n: &str| c.node(n).expect("node").labels["topology.kubernetes.io/zone"].clone();
+    let z0 = zone(&first);
+    for i in 1..4 {
+        let n = place(&mut c, follower(&format!("c{i}")));
+        assert_eq!(
+            c.node(&n).expect("node").labels["topology.kubernetes.io/zone"],
+            z0
+        );
+    }
+    // A pod that wants the group but is not of it needs the group to exist.
+    let outsider = pod(
+        "o",
+        json!({"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "nothing"}}, "topologyKey": "kubernetes.io/hostname"}
+        ]}}}),
+    );
+    assert_eq!(
+        schedule(&mut c, &outsider),
+        Err("0/3 nodes are available: 3 node(s) didn't match pod affinity rules.".into())
+    );
+}
+
+#[test]
+fn preferred_pod_anti_affinity_scores_away() {
+    let mut c = cache_of(vec![node("a", "4", json!({})), node("b", "4", json!({}))]);
+    // "b" is busy, so resources alone favour "a"...
+    c.assume(pod("big", cpu("3")), "b");
+    c.assume(pod_labeled("x0", json!({"app": "x"}), json!({})), "a");
+    assert_eq!(schedule(&mut c, &pod("plain", json!({}))), Ok("a".into()));
+    // ...but a soft anti-affinity to x0 outweighs that.
+    let soft = pod_labeled(
+        "x1",
+        json!({"app": "x"}),
+        json!({"affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 100, "podAffinityTerm": {"labelSelector": {"matchLabels": {"app": "x"}}, "topologyKey": "kubernetes.io/hostname"}}
+        ]}}}),
+    );
+    assert_eq!(schedule(&mut c, &soft), Ok("b".into()));
+}
+
+fn spread(max_skew: i32, key: &str, when: &str) -> Value {
+    json!({"topologySpreadConstraints": [{
+        "maxSkew": max_skew, "topologyKey": key, "whenUnsatisfiable": when,
+        "labelSelector": {"matchLabels": {"app": "web"}}
+    }]})
+}
+
+#[test]
+fn hard_topology_spread_keeps_the_skew() {
+    let zones = |n: &str, z: &str| node(n, "100", json!({"topology.kubernetes.io/zone": z}));
+    let mut c = cache_of(vec![
+        zones("a1", "a"),
+        zones("a2", "a"),
+        zones("a3", "a"),
+        zones("b1", "b"),
+        node("nozone", "100", json!({})),
+    ]);
+    let web = |i: usize| {
+        pod_labeled(
+            &format!("w{i}"),
+            json!({"app": "web"}),
+            spread(1, "topology.kubernetes.io/zone", "DoNotSchedule"),
+        )
+    };
+    let mut per_zone = HashMap::<String, i32>::new();
+    for i in 0..8 {
+        let n = place(&mut c, web(i));
+        let z = c.node(&n).expect("node").labels["topology.kubernetes.io/zone"].clone();
+        *per_zone.entry(z).or_default() += 1;
+        let (a, b) = (
+            per_zone.get("a").copied().unwrap_or(0),
+            per_zone.get("b").copied().unwrap_or(0),
+        );
+        assert!((a - b).abs() <= 1, "skew after {i}: a={a} b={b}");
+    }
+    assert_eq!(per_zone["a"], 4);
+    // The node without the key is never a candidate.
+    assert!(c.node("nozone").expect("nozone").pods.is_empty());
+}
+
+#[test]
+fn hard_spread_failure_message_and_missing_label() {
+    let mut c = cache_of(vec![
+        node("a", "100", json!({"zone": "a"})),
+        node("z", "100", json!({})),
+    ]);
+    let web = |i: usize| {
+        pod_labeled(
+            &format!("w{i}"),
+            json!({"app": "web"}),
+            spread(1, "zone", "DoNotSchedule"),
+        )
+    };
+    // One domain only: it can always take more (skew vs itself is 1).
+    place(&mut c, web(0));
+    place(&mut c, web(1));
+    let mut c = cache_of(vec![
+        node("a", "100", json!({"zone": "a"})),
+        node("b", "1", json!({"zone": "b"})),
+        node("z", "100", json!({})),
+    ]);
+    place(&mut c, web(0));
+    place(&mut c, web(1));
+    // Zone b is full by cpu, so zone a can take no more than one above b.
+    let big = |i: usize| {
+        let mut s = spread(1, "zone", "DoNotSchedule");
+        s["containers"] = json!([{"name": "c", "resources": {"requests": {"cpu": "2"}}}]);
+        pod_labeled(&format!("big{i}"), json!({"app": "web"}), s)
+    };
+    let counts = |c: &Cache, n: &str| c.node(n).expect("node").pods.len();
+    assert_eq!((counts(&c, "a"), counts(&c, "b")), (1, 1));
+    place(&mut c, big(0));
+    assert_eq!(
+        schedule(&mut c, &big(1)),
+        Err("0/3 nodes are available: 1 Insufficient cpu, \
+             1 node(s) didn't match pod topology spread constraints, \
+             1 node(s) didn't match pod topology spread constraints (missing required label)."
+            .into())
+    );
+}
+
+#[test]
+fn soft_spread_prefers_the_emptier_domain() {
+    let mut c = cache_of(vec![
+        node("a", "100", json!({"zone": "a"})),
+        node("b", "100", json!({"zone": "b"})),
+    ]);
+    for i in 0..3 {
+        c.assume(
+            pod_labeled(&format!("old{i}"), json!({"app": "web"}), json!({})),
+            "a",
+        );
+    }
+    let p = pod_labeled(
+        "new",
+        json!({"app": "web"}),
+        spread(1, "zone", "ScheduleAnyway"),
+    );
+    for _ in 0..5 {
+        assert_eq!(schedule(&mut c, &p), Ok("b".into()));
+    }
+}
+
+#[test]
+fn sampling_follows_upstreams_adaptive_percentage() {
+    let p = Profile::default();
+    assert_eq!(p.feasible_nodes_to_find(50), 50);
+    assert_eq!(p.feasible_nodes_to_find(100), 100);
+    assert_eq!(p.feasible_nodes_to_find(1000), 420);
+    assert_eq!(p.feasible_nodes_to_find(5000), 500);
+    assert_eq!(p.feasible_nodes_to_find(20_000), 1000);
+    let fixed = Profile {
+        percentage_of_nodes_to_score: Some(100),
+        ..Profile::default()
+    };
+    assert_eq!(fixed.feasible_nodes_to_find(5000), 5000);
+}
+
+#[test]
+fn sampling_rotates_the_start_so_all_nodes_get_used() {
+    let nodes: Vec<Value> = (0..1000)
+        .map(|i| node(&format!("n{i:04}"), "32", json!({})))
+        .collect();
+    let mut c = cache_of(nodes);
+    for i in 0..2000 {
+        place(&mut c, pod(&format!("p{i}"), cpu("100m")));
+    }
+    let used = c.nodes().filter(|n| !n.pods.is_empty()).count();
+    assert!(used > 900, "only {used} of 1000 nodes used");
+}
+
+#[test]
+fn label_selector_operators() {
+    let labels: std::collections::BTreeMap<String, String> = [
+        ("app".to_owned(), "web".to_owned()),
+        ("tier".to_owned(), "1".to_owned()),
+    ]
+    .into();
+    let sel = |v: Value| -> LabelSelector { serde_json::from_value(v).expect("selector") };
+    assert!(selector_matches(&sel(json!({})), &labels));
+    assert!(selector_matches(
+        &sel(json!({"matchLabels": {"app": "web"}})),
+        &labels
+    ));
+    assert!(!selector_matches(
+        &sel(json!({"matchLabels": {"app": "db"}})),
+        &labels
+    ));
+    assert!(selector_matches(
+        &sel(
+            json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["1", "2"]}]})
+        ),
+        &labels
+    ));
+    assert!(selector_matches(
+        &sel(json!({"matchExpressions": [{"key": "gone", "operator": "NotIn", "values": ["x"]}]})),
+        &labels
+    ));
+    assert!(!selector_matches(
+        &sel(json!({"matchExpressions": [{"key": "app", "operator": "DoesNotExist"}]})),
+        &labels
+    ));
+}

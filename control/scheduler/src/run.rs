@@ -1,0 +1,513 @@
+//! The running scheduler: watchers feeding the cache and queue, the
+//! scheduling loop, concurrent binding, and leader election.
+
+use std::collections::HashSet;
+use std::hash::{Hash as _, Hasher as _};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt as _, StreamExt as _};
+use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kestrel_client::events::EventType;
+use kestrel_client::leader::LeaderElector;
+use kube::api::{Api, PostParams};
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::watcher::{self, Event};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::cache::Cache;
+use crate::plugins::Profile;
+use crate::pod_info::PodInfo;
+use crate::queue::Queue;
+use crate::report::Reporter;
+use crate::{Config, Result};
+
+/// Counters a caller can read while the scheduler runs.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Pods bound by this replica.
+    pub bound: AtomicU64,
+    /// Scheduling attempts that found no node.
+    pub unschedulable: AtomicU64,
+    /// Bindings the API server refused or that failed in transit.
+    pub bind_errors: AtomicU64,
+    /// Whether this replica is scheduling (holds the Lease, or runs
+    /// without leader election) and its caches are synced.
+    pub leading: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    cache: Cache,
+    queue: Queue,
+}
+
+struct Shared {
+    client: kube::Client,
+    config: Config,
+    profile: Profile,
+    state: Mutex<State>,
+    /// Woken when a pod becomes active.
+    wake: Notify,
+    reporter: Reporter,
+    stats: Arc<Stats>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves counts that are still
+        // consistent enough to keep scheduling; do not cascade it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A scheduler, ready to [`run`](Scheduler::run).
+pub struct Scheduler {
+    client: kube::Client,
+    config: Config,
+    stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Scheduler {
+    /// A scheduler that talks to the API server through `client`.
+    pub fn new(client: kube::Client, config: Config) -> Self {
+        Self {
+            client,
+            config,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Watch, and schedule (when leading) until `shutdown` resolves. With
+    /// leader election the Lease is released on shutdown. Returns
+    /// [`crate::Error::LostLease`] if the Lease is lost; the caller should
+    /// then start afresh or exit, as upstream exits.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let shutdown = shutdown.boxed().shared();
+        let (reporter, report_worker) =
+            Reporter::new(self.client.clone(), &self.config.scheduler_name);
+        let mut profile = Profile::default();
+        profile.percentage_of_nodes_to_score = self.config.percentage_of_nodes_to_score;
+        let shared = Arc::new(Shared {
+            client: self.client,
+            profile,
+            state: Mutex::default(),
+            wake: Notify::new(),
+            reporter,
+            stats: self.stats,
+            config: self.config,
+        });
+        // Dropping the set aborts these when run returns.
+        let mut tasks = JoinSet::new();
+        let (synced_tx, mut synced_rx) = tokio::sync::watch::channel(0usize);
+        let synced_tx = Arc::new(synced_tx);
+        tasks.spawn(watch::<Node>(shared.clone(), synced_tx.clone()));
+        tasks.spawn(watch::<Pod>(shared.clone(), synced_tx));
+        tasks.spawn(report_worker);
+        tasks.spawn(flush_loop(shared.clone()));
+
+        let synced = async {
+            // Both watchers have listed; a closed channel cannot happen
+            // while `tasks` holds them, but never spin if it does.
+            let _ = synced_rx.wait_for(|&n| n >= 2).await;
+        };
+        tokio::select! {
+            () = synced => {}
+            () = shutdown.clone() => return Ok(()),
+        }
+        tracing::info!(
+            nodes = shared.lock().cache.node_count(),
+            "scheduler caches synced"
+        );
+        // Set once the Lease is held; unlike `leading` it stays set while
+        // the elector releases the Lease after the work ends.
+        let acquired = Arc::new(AtomicBool::new(false));
+        let work = {
+            let shared = shared.clone();
+            let shutdown = shutdown.clone();
+            let acquired = acquired.clone();
+            async move {
+                acquired.store(true, Ordering::SeqCst);
+                shared.stats.leading.store(true, Ordering::SeqCst);
+                tokio::select! {
+                    () = schedule_loop(shared.clone()) => {}
+                    () = shutdown => {}
+                }
+                shared.stats.leading.store(false, Ordering::SeqCst);
+            }
+        };
+        let Some(le) = &shared.config.leader_election else {
+            work.await;
+            return Ok(());
+        };
+        let mut elector =
+            LeaderElector::new(shared.client.clone(), &le.namespace, &le.name, &le.identity);
+        elector.lease_duration = le.lease_duration;
+        elector.renew_deadline = le.renew_deadline;
+        elector.retry = le.retry;
+        let lead = elector.lead(work);
+        tokio::pin!(lead);
+        tokio::select! {
+            r = &mut lead => {
+                shared.stats.leading.store(false, Ordering::SeqCst);
+                return r.map_err(Into::into);
+            }
+            () = shutdown => {}
+        }
+        if acquired.load(Ordering::SeqCst) {
+            // The work saw the same shutdown and returns; let the elector
+            // release the Lease so a standby need not wait for it.
+            let _ = tokio::time::timeout(Duration::from_secs(5), lead).await;
+        }
+        Ok(())
+    }
+}
+
+/// What identifies a pending pod's scheduling inputs: its spec and labels.
+/// A change there retries an unschedulable pod; a status change does not.
+fn fingerprint(pod: &Pod) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(&(&pod.spec, &pod.metadata.labels))
+        .unwrap_or_default()
+        .hash(&mut h);
+    h.finish()
+}
+
+fn key_of(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or(""),
+        pod.metadata.name.as_deref().unwrap_or("")
+    )
+}
+
+fn on_pod(shared: &Shared, pod: &Pod) {
+    let key = key_of(pod);
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Succeeded" | "Failed")) {
+        on_pod_gone(shared, &key);
+        return;
+    }
+    let spec = pod.spec.as_ref();
+    if let Some(node) = spec
+        .and_then(|s| s.node_name.as_deref())
+        .filter(|n| !n.is_empty())
+    {
+        let info = match PodInfo::new(pod) {
+            Ok(i) => i,
+            Err(e) => {
+                // Someone else placed it; count what can be counted.
+                tracing::warn!(pod = %key, error = %e, "bound pod with invalid requests");
+                Arc::new(PodInfo {
+                    namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+                    name: pod.metadata.name.clone().unwrap_or_default(),
+                    labels: pod.metadata.labels.clone().unwrap_or_default(),
+                    requests: crate::pod_info::Resources {
+                        pods: 1,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                })
+            }
+        };
+        let mut st = shared.lock();
+        st.queue.remove(&key);
+        st.cache.set_bound(info, node);
+        return;
+    }
+    let ours = spec
+        .and_then(|s| s.scheduler_name.as_deref())
+        .unwrap_or(crate::DEFAULT_SCHEDULER_NAME)
+        == shared.config.scheduler_name;
+    if !ours {
+        return;
+    }
+    if pod.metadata.deletion_timestamp.is_some() {
+        shared.lock().queue.remove(&key);
+        return;
+    }
+    match PodInfo::new(pod) {
+        Ok(info) => {
+            let fp = fingerprint(pod);
+            let mut st = shared.lock();
+            // Assumed by us and being bound: not pending any more.
+            if st.cache.is_placed(&key) {
+                return;
+            }
+            if st.queue.upsert(info, fp) {
+                drop(st);
+                shared.wake.notify_one();
+            }
+        }
+        Err(e) => {
+            shared.lock().queue.remove(&key);
+            let info = PodInfo {
+                namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+                name: pod.metadata.name.clone().unwrap_or_default(),
+                uid: pod.metadata.uid.clone().unwrap_or_default(),
+                scheduled_condition: PodInfo::scheduled_condition_of(pod),
+                ..Default::default()
+            };
+            tracing::warn!(pod = %key, error = %e, "cannot schedule an invalid pod");
+            shared
+                .reporter
+                .not_scheduled(&info, "SchedulerError", format!("invalid pod: {e}"));
+        }
+    }
+}
+
+fn on_pod_gone(shared: &Shared, key: &str) {
+    let mut st = shared.lock();
+    st.queue.remove(key);
+    // Its resources are free: pods waiting for room may fit now.
+    if st.cache.remove_pod(key) && st.queue.move_all() {
+        drop(st);
+        shared.wake.notify_one();
+    }
+}
+
+fn on_node(shared: &Shared, node: &Node) {
+    let mut st = shared.lock();
+    match st.cache.set_node(node) {
+        Ok(true) => {
+            if st.queue.move_all() {
+                drop(st);
+                shared.wake.notify_one();
+            }
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(node = ?node.metadata.name, error = %e, "ignoring a node with invalid allocatable");
+        }
+    }
+}
+
+/// An object kind the scheduler watches, and what its events do.
+trait Watched:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    fn key(&self) -> String;
+    fn applied(shared: &Shared, obj: &Self);
+    fn gone(shared: &Shared, key: &str);
+    /// Keys the scheduler holds, to find what a relist no longer has.
+    fn known(st: &State) -> Vec<String>;
+}
+
+impl Watched for Node {
+    fn key(&self) -> String {
+        self.metadata.name.clone().unwrap_or_default()
+    }
+    fn applied(shared: &Shared, n: &Self) {
+        on_node(shared, n);
+    }
+    fn gone(shared: &Shared, key: &str) {
+        shared.lock().cache.remove_node(key);
+    }
+    fn known(st: &State) -> Vec<String> {
+        st.cache.nodes().map(|n| n.name.clone()).collect()
+    }
+}
+
+impl Watched for Pod {
+    fn key(&self) -> String {
+        key_of(self)
+    }
+    fn applied(shared: &Shared, p: &Self) {
+        on_pod(shared, p);
+    }
+    fn gone(shared: &Shared, key: &str) {
+        on_pod_gone(shared, key);
+    }
+    fn known(st: &State) -> Vec<String> {
+        st.cache
+            .pod_keys()
+            .chain(st.queue.keys())
+            .cloned()
+            .collect()
+    }
+}
+
+/// Feed one kind's watch events to the cache and queue. A relist (after
+/// the first list, or after the watch expired) removes what it no longer
+/// returns, since deletions in between were never seen as events.
+async fn watch<K: Watched>(shared: Arc<Shared>, synced: Arc<tokio::sync::watch::Sender<usize>>) {
+    let api: Api<K> = Api::all(shared.client.clone());
+    let mut stream = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut seen: Option<HashSet<String>> = None;
+    let mut synced_once = false;
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(Event::Init) => seen = Some(HashSet::new()),
+            Ok(Event::InitApply(o)) => {
+                if let Some(s) = &mut seen {
+                    s.insert(o.key());
+                }
+                K::applied(&shared, &o);
+            }
+            Ok(Event::Apply(o)) => K::applied(&shared, &o),
+            Ok(Event::Delete(o)) => K::gone(&shared, &o.key()),
+            Ok(Event::InitDone) => {
+                let seen = seen.take().unwrap_or_default();
+                let known = K::known(&shared.lock());
+                for k in known.iter().filter(|k| !seen.contains(*k)) {
+                    K::gone(&shared, k);
+                }
+                if !synced_once {
+                    synced_once = true;
+                    synced.send_modify(|n| *n += 1);
+                }
+            }
+            Err(e) => tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying"),
+        }
+    }
+}
+
+async fn flush_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if shared.lock().queue.flush(Instant::now()) {
+            shared.wake.notify_one();
+        }
+    }
+}
+
+async fn pop(shared: &Shared) -> Arc<PodInfo> {
+    loop {
+        if let Some(p) = shared.lock().queue.pop() {
+            return p;
+        }
+        shared.wake.notified().await;
+    }
+}
+
+async fn schedule_loop(shared: Arc<Shared>) {
+    let permits = Arc::new(Semaphore::new(shared.config.bind_concurrency.max(1)));
+    // Dropping the set (when leadership or the process ends) aborts the
+    // bindings in flight.
+    let mut binds = JoinSet::new();
+    loop {
+        while binds.try_join_next().is_some() {}
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let pod = pop(&shared).await;
+        let key = pod.key();
+        let chosen = {
+            let mut st = shared.lock();
+            let st = &mut *st;
+            // Deleted, or bound by someone else, since it was popped.
+            if !st.queue.contains(&key) {
+                continue;
+            }
+            match shared.profile.schedule(&pod, &mut st.cache) {
+                Ok(node) => {
+                    st.cache.assume(pod.clone(), &node);
+                    st.queue.done(&key);
+                    Ok(node)
+                }
+                Err(fit) => {
+                    st.queue.unschedulable(&key);
+                    Err(fit)
+                }
+            }
+        };
+        match chosen {
+            Ok(node) => {
+                binds.spawn(bind(shared.clone(), pod, node, permit));
+            }
+            Err(fit) => {
+                shared.stats.unschedulable.fetch_add(1, Ordering::Relaxed);
+                let message = fit.to_string();
+                tracing::debug!(pod = %key, %message, "unschedulable");
+                shared
+                    .reporter
+                    .not_scheduled(&pod, "Unschedulable", message);
+            }
+        }
+    }
+}
+
+async fn bind(shared: Arc<Shared>, pod: Arc<PodInfo>, node: String, _permit: OwnedSemaphorePermit) {
+    let api: Api<Pod> = Api::namespaced(shared.client.clone(), &pod.namespace);
+    let binding = Binding {
+        metadata: ObjectMeta {
+            name: Some(pod.name.clone()),
+            namespace: Some(pod.namespace.clone()),
+            uid: Some(pod.uid.clone()).filter(|u| !u.is_empty()),
+            ..Default::default()
+        },
+        target: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(node.clone()),
+            ..Default::default()
+        },
+    };
+    let res = api
+        .create_subresource::<_, serde_json::Value>(
+            "binding",
+            &pod.name,
+            &PostParams::default(),
+            &binding,
+        )
+        .await;
+    let key = pod.key();
+    match res {
+        Ok(_) => {
+            shared.stats.bound.fetch_add(1, Ordering::Relaxed);
+            shared.reporter.event(
+                &pod,
+                EventType::Normal,
+                "Scheduled",
+                format!(
+                    "Successfully assigned {}/{} to {}",
+                    pod.namespace, pod.name, node
+                ),
+            );
+        }
+        // Deleted, or bound meanwhile (by us on an earlier try, or by
+        // someone else): the watch tells us where it is.
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+            tracing::debug!(pod = %key, code = s.code, "binding not needed: {}", s.message);
+            shared.lock().cache.forget(&key);
+        }
+        Err(e) => {
+            shared.stats.bind_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(pod = %key, %node, error = %e, "binding failed; will retry");
+            {
+                let mut st = shared.lock();
+                st.cache.forget(&key);
+                st.queue.error(pod.clone(), 0);
+            }
+            shared
+                .reporter
+                .not_scheduled(&pod, "SchedulerError", format!("Binding rejected: {e}"));
+        }
+    }
+}

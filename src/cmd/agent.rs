@@ -1,0 +1,53 @@
+//! `kestrel agent`: the node agent.
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use anyhow::Context as _;
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The API server URL, e.g. https://10.41.0.1:6443.
+    #[arg(long)]
+    server: String,
+    /// The node join token (the server's <data-dir>/node-token).
+    #[arg(long, env = "KESTREL_NODE_TOKEN", hide_env_values = true)]
+    token: String,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Where the agent keeps credentials, containerd's state and pod data.
+    #[arg(long, default_value = "/var/lib/kestrel/agent")]
+    data_dir: PathBuf,
+    /// Image archives (*.tar) to import into containerd at start.
+    #[arg(long)]
+    images_dir: Option<PathBuf>,
+    /// The node's IP (default: the source address of the route to --server).
+    #[arg(long)]
+    node_ip: Option<Ipv4Addr>,
+    /// Port of the node API (logs, exec).
+    #[arg(long, default_value_t = 10250)]
+    kubelet_port: u16,
+}
+
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let node_name = match args.node_name {
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("reading the host name")?
+            .trim()
+            .to_lowercase(),
+    };
+    let exe = std::env::current_exe().context("finding the kestrel executable")?;
+    let config = kestrel_agent::Config {
+        server: args.server,
+        token: args.token,
+        node_name,
+        data_dir: args.data_dir,
+        images_dir: args.images_dir,
+        node_ip: args.node_ip,
+        cni_plugin: exe,
+        kubelet_port: args.kubelet_port,
+    };
+    kestrel_agent::run(config, super::server::shutdown_signal()).await
+}
