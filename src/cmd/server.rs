@@ -95,11 +95,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let kubeconfig = server.admin_kubeconfig().to_owned();
     let scheduler = tokio::spawn(async move { super::scheduler::in_server(&kubeconfig).await });
     // The controllers are the server's clients like any other, through
-    // its admin kubeconfig.
+    // its admin kubeconfig. They campaign on the Lease as a standalone
+    // controller manager does, so several servers (on etcd) or a separate
+    // `kestrel controller-manager` never act at once.
     let client = kestrel_client::client_from(server.admin_kubeconfig())
         .await
         .context("client for the controllers")?;
-    let controllers = kestrel_controllers::Manager::new(client, args.controllers.options(false))
+    let controllers = kestrel_controllers::Manager::new(client, args.controllers.options(true))
         .context("invalid controller options")?;
     tokio::spawn(async move {
         if let Err(e) = controllers.run(std::future::pending()).await {
