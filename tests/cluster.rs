@@ -372,7 +372,9 @@ spec:
     let url = format!("http://{server_ip}:8080/");
     let reply = c.wait(Duration::from_secs(20), "an answer across nodes", || {
         let (ok, out, _) = c.kubectl_raw(
-            &["exec", "client-b", "--", "timeout", "5", "wget", "-qO-", &url],
+            &[
+                "exec", "client-b", "--", "timeout", "5", "wget", "-qO-", &url,
+            ],
             None,
         );
         ok.then_some(out)
