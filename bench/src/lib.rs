@@ -5,4 +5,5 @@
 
 pub mod cni;
 pub mod report;
+pub mod scheduler;
 pub mod store;

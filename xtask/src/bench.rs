@@ -22,6 +22,9 @@ enum Suite {
     Store,
     /// The CNI plugin: ADD and DEL latency against a no-op baseline (needs root).
     Cni,
+    /// The scheduler: pods/s at 1,000 and 5,000 simulated nodes against a
+    /// trivial binder, with `kestrel scheduler`'s RSS.
+    Scheduler,
     /// The API server: creates, LIST, watch fan-out, RSS. Prints its report;
     /// it does not yet write docs/benchmarks.md itself.
     Apiserver,
@@ -53,6 +56,29 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
                 vec![
                     "--plugin".into(),
                     plugin.into(),
+                    "--write".into(),
+                    docs.into(),
+                ],
+            )
+        }
+        Suite::Scheduler => {
+            cargo(
+                root,
+                &[
+                    "build",
+                    "--release",
+                    "--package",
+                    "kestrel",
+                    "--bin",
+                    "kestrel",
+                ],
+                &[],
+            )?;
+            (
+                &["--package", "kestrel-bench", "--bin", "scheduler-bench"],
+                vec![
+                    "--kestrel".into(),
+                    root.join("target/release/kestrel").into(),
                     "--write".into(),
                     docs.into(),
                 ],
