@@ -6,4 +6,5 @@
 pub mod cni;
 pub mod pods;
 pub mod report;
+pub mod scheduler;
 pub mod store;

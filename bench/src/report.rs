@@ -92,6 +92,17 @@ pub fn write_section(path: &std::path::Path, heading: &str, section: &str) -> Re
     std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Print a benchmark's section and, if `path` is given, write it there
+/// under `heading`.
+pub fn publish(section: &str, heading: &str, path: Option<&std::path::Path>) -> Result<()> {
+    println!("{section}");
+    if let Some(path) = path {
+        write_section(path, heading, section)
+            .with_context(|| format!("updating {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// "<cpus> × <CPU model>" of this machine.
 pub fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

@@ -24,6 +24,9 @@ enum Suite {
     Cni,
     /// Pod startup on a real two-node cluster, and agent RSS (needs root).
     Pods,
+    /// The scheduler: pods/s at 1,000 and 5,000 simulated nodes against a
+    /// trivial binder, with `kestrel scheduler`'s RSS.
+    Scheduler,
     /// The API server: creates, LIST, watch fan-out, RSS. Prints its report;
     /// it does not yet write docs/benchmarks.md itself.
     Apiserver,
@@ -60,8 +63,10 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
                 ],
             )
         }
-        Suite::Pods => {
-            crate::images::run(root, &crate::images::ImagesArgs::default())?;
+        Suite::Pods | Suite::Scheduler => {
+            if matches!(args.suite, Suite::Pods) {
+                crate::images::run(root, &crate::images::ImagesArgs::default())?;
+            }
             cargo(
                 root,
                 &[
@@ -74,17 +79,19 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
                 ],
                 &[],
             )?;
-            (
-                &["--package", "kestrel-bench", "--bin", "pods-bench"],
-                vec![
-                    "--kestrel".into(),
-                    root.join("target/release/kestrel").into(),
-                    "--images".into(),
-                    root.join("target/images").into(),
-                    "--write".into(),
-                    docs.into(),
-                ],
-            )
+            let mut extra: Vec<OsString> = vec![
+                "--kestrel".into(),
+                root.join("target/release/kestrel").into(),
+                "--write".into(),
+                docs.into(),
+            ];
+            let bin: &[&str] = if matches!(args.suite, Suite::Pods) {
+                extra.extend(["--images".into(), root.join("target/images").into()]);
+                &["--package", "kestrel-bench", "--bin", "pods-bench"]
+            } else {
+                &["--package", "kestrel-bench", "--bin", "scheduler-bench"]
+            };
+            (bin, extra)
         }
         Suite::Apiserver => (
             &["--package", "kestrel-apiserver", "--example", "bench"],

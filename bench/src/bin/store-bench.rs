@@ -42,11 +42,5 @@ async fn main() -> anyhow::Result<()> {
     let report = store::run(opts)
         .await
         .context("running the store benchmark")?;
-    let section = report.to_markdown();
-    println!("{section}");
-    if let Some(path) = args.write {
-        kestrel_bench::report::write_section(&path, "## Store", &section)
-            .with_context(|| format!("updating {}", path.display()))?;
-    }
-    Ok(())
+    kestrel_bench::report::publish(&report.to_markdown(), "## Store", args.write.as_deref())
 }
