@@ -7,12 +7,25 @@
 #![no_std]
 #![deny(unsafe_code)]
 
+pub mod lb;
 pub mod packet;
 
 /// Names of maps that user space opens by name.
 pub mod map_names {
     /// Per-CPU array of [`crate::PacketCount`], indexed by [`crate::ProtoSlot`].
     pub const PROTO_COUNTERS: &str = "PROTO_COUNTERS";
+    /// Hash of [`crate::lb::ServiceKey`] → [`crate::lb::ServiceValue`].
+    pub const SERVICES: &str = "SERVICES";
+    /// Hash of `u32` backend id → [`crate::lb::Backend`].
+    pub const BACKENDS: &str = "BACKENDS";
+    /// Hash of `u16` reverse-NAT id → [`crate::lb::RevNat`].
+    pub const REV_NAT: &str = "REV_NAT";
+    /// LRU hash of [`crate::lb::SockRevKey`] → [`crate::lb::SockRevValue`].
+    pub const SOCK_REV_NAT: &str = "SOCK_REV_NAT";
+    /// LRU hash of [`crate::lb::AffinityKey`] → [`crate::lb::AffinityValue`].
+    pub const AFFINITY: &str = "AFFINITY";
+    /// Per-CPU hash of `u32` backend id → `u64` new connections sent to it.
+    pub const BACKEND_CONNS: &str = "BACKEND_CONNS";
 }
 
 /// Names of programs that user space loads by name.
@@ -80,4 +93,16 @@ mod user {
     // SAFETY: `PacketCount` is `#[repr(C)]`, made of two `u64`s with no
     // padding, and every bit pattern is a valid value.
     unsafe impl aya::Pod for super::PacketCount {}
+
+    // SAFETY (all below): `#[repr(C)]` structs of integers and integer
+    // arrays whose sizes are asserted in `lb::tests` to have no implicit
+    // padding; every bit pattern is a valid value.
+    unsafe impl aya::Pod for crate::lb::ServiceKey {}
+    unsafe impl aya::Pod for crate::lb::ServiceValue {}
+    unsafe impl aya::Pod for crate::lb::Backend {}
+    unsafe impl aya::Pod for crate::lb::RevNat {}
+    unsafe impl aya::Pod for crate::lb::SockRevKey {}
+    unsafe impl aya::Pod for crate::lb::SockRevValue {}
+    unsafe impl aya::Pod for crate::lb::AffinityKey {}
+    unsafe impl aya::Pod for crate::lb::AffinityValue {}
 }
