@@ -60,6 +60,9 @@ enum BpfCommand {
         /// Stop after this many reports (0 = until interrupted).
         #[arg(long, default_value_t = 0)]
         reports: u64,
+        /// A bpffs directory to pin the object's maps in.
+        #[arg(long, default_value = "/sys/fs/bpf")]
+        bpffs: std::path::PathBuf,
         /// Log every packet from the kernel through aya-log (costly).
         #[arg(long)]
         debug: bool,
@@ -119,6 +122,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 direction,
                 interval,
                 reports,
+                bpffs,
                 debug,
             }) => {
                 cmd::bpf::count(
@@ -126,6 +130,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     direction,
                     Duration::from_secs(interval.max(1)),
                     reports,
+                    &bpffs,
                     debug,
                 )
                 .await

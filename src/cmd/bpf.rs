@@ -14,6 +14,7 @@ pub async fn count(
     direction: Direction,
     interval: Duration,
     reports: u64,
+    bpffs: &std::path::Path,
     debug: bool,
 ) -> anyhow::Result<()> {
     let uplinks = host::read_default_route_interfaces().context("reading /proc/net/route")?;
@@ -27,7 +28,12 @@ pub async fn count(
     } else {
         EbpfLogLevel::Info
     };
-    let mut counter = ProtoCounter::load(level).context("loading the counter")?;
+    let mut counter = ProtoCounter::load(level, bpffs).with_context(|| {
+        format!(
+            "loading the counter (its maps are pinned in {}, which must be a bpffs mount)",
+            bpffs.display()
+        )
+    })?;
     let _pump = spawn_log_pump(counter.ebpf_mut()).context("starting the eBPF log pump")?;
     let attach = match direction {
         Direction::Ingress => aya::programs::TcAttachType::Ingress,

@@ -318,3 +318,39 @@ mod tests {
         assert_eq!(unescape_mountinfo(r"/trailing\04"), r"/trailing\04");
     }
 }
+
+/// A private bpffs instance mounted on a temporary directory, for tests
+/// that pin maps (every map Kestrel defines is pinned by name). Dropping it
+/// unmounts the instance, which frees every pin in it.
+#[derive(Debug)]
+pub struct BpfFs {
+    dir: MountedTempDir,
+}
+
+impl BpfFs {
+    /// Mounts a fresh bpffs.
+    #[track_caller]
+    pub fn new() -> Self {
+        let dir = MountedTempDir::new();
+        nix::mount::mount(
+            Some("bpffs"),
+            dir.path(),
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap_or_else(|e| panic!("mounting bpffs on {}: {e}", dir.path().display()));
+        Self { dir }
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Default for BpfFs {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod maps;
 mod proto_counter;
 
 /// The kernel reads this to decide whether the object may call GPL-only helpers.

@@ -1,6 +1,8 @@
 //! The per-protocol packet counter: the first program through the pipeline,
 //! and a handy probe for "is traffic reaching this interface at all".
 
+use std::path::Path;
+
 use aya::{
     Ebpf, EbpfLoader,
     maps::PerCpuArray,
@@ -39,10 +41,13 @@ pub struct ProtoCounter {
 
 impl ProtoCounter {
     /// Loads the object and verifies the classifier, without attaching it.
-    pub fn load(log_level: EbpfLogLevel) -> Result<Self> {
+    /// The object's maps are pinned by name, so `pin_dir` must be on a
+    /// bpffs; maps already pinned there are reused.
+    pub fn load(log_level: EbpfLogLevel, pin_dir: &Path) -> Result<Self> {
         let level = log_level.as_global();
         let mut ebpf = EbpfLoader::new()
             .override_global("AYA_LOG_LEVEL", &level, true)
+            .default_map_pin_directory(pin_dir)
             .load(ebpf_object()?)
             .map_err(Error::Load)?;
         let name = program_names::PROTO_COUNTER;

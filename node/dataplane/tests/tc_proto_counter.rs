@@ -12,7 +12,7 @@ use std::{
 use aya::programs::TcAttachType;
 use kestrel_dataplane::{EbpfLogLevel, ProtoCounter, spawn_log_pump};
 use kestrel_ebpf_common::{PacketCount, ProtoSlot};
-use kestrel_testkit::{Netns, privileged_test_can_run, run, unique_name};
+use kestrel_testkit::{BpfFs, Netns, privileged_test_can_run, run, unique_name};
 
 const UDP_DATAGRAMS: u64 = 10;
 const UDP_PAYLOAD: usize = 32;
@@ -72,7 +72,9 @@ async fn counts_packets_per_protocol_on_a_veth() {
     ns_a.exec(&["ip", "link", "set", &veth_a, "up"]);
     ns_b.exec(&["ip", "link", "set", &veth_b, "up"]);
 
-    let mut counter = ProtoCounter::load(EbpfLogLevel::Debug).expect("loading the classifier");
+    let bpffs = BpfFs::new();
+    let mut counter =
+        ProtoCounter::load(EbpfLogLevel::Debug, bpffs.path()).expect("loading the classifier");
     let pump = spawn_log_pump(counter.ebpf_mut()).expect("starting the log pump");
     ns_a.enter(|| counter.attach(&veth_a, TcAttachType::Ingress))
         .expect("attaching");
