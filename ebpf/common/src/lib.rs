@@ -94,15 +94,28 @@ mod user {
     // padding, and every bit pattern is a valid value.
     unsafe impl aya::Pod for super::PacketCount {}
 
-    // SAFETY (all below): `#[repr(C)]` structs of integers and integer
-    // arrays whose sizes are asserted in `lb::tests` to have no implicit
-    // padding; every bit pattern is a valid value.
+    // SAFETY: `#[repr(C)]` integers with no implicit padding (sizes asserted
+    // in `lb::tests`); every bit pattern is valid.
     unsafe impl aya::Pod for crate::lb::ServiceKey {}
+    // SAFETY: `#[repr(C)]` integers with no implicit padding (sizes asserted
+    // in `lb::tests`); every bit pattern is valid.
     unsafe impl aya::Pod for crate::lb::ServiceValue {}
+    // SAFETY: `#[repr(C)]` integers with no implicit padding (sizes asserted
+    // in `lb::tests`); every bit pattern is valid.
     unsafe impl aya::Pod for crate::lb::Backend {}
+    // SAFETY: `#[repr(C)]` integers with no implicit padding (sizes asserted
+    // in `lb::tests`); every bit pattern is valid.
     unsafe impl aya::Pod for crate::lb::RevNat {}
+    // SAFETY: `#[repr(C)]` integers with no implicit padding (sizes asserted
+    // in `lb::tests`); every bit pattern is valid.
     unsafe impl aya::Pod for crate::lb::SockRevKey {}
+    // SAFETY: `#[repr(C)]` integers with no implicit padding (sizes asserted
+    // in `lb::tests`); every bit pattern is valid.
     unsafe impl aya::Pod for crate::lb::SockRevValue {}
+    // SAFETY: `#[repr(C)]` integers with no implicit padding (sizes asserted
+    // in `lb::tests`); every bit pattern is valid.
     unsafe impl aya::Pod for crate::lb::AffinityKey {}
+    // SAFETY: `#[repr(C)]` integers with no implicit padding (sizes asserted
+    // in `lb::tests`); every bit pattern is valid.
     unsafe impl aya::Pod for crate::lb::AffinityValue {}
 }

@@ -11,10 +11,12 @@
 mod ebpf_log;
 mod error;
 pub mod host;
+mod loader;
 mod object;
 pub mod proto_counter;
 
 pub use ebpf_log::{EbpfLogLevel, spawn_log_pump};
 pub use error::{Error, Result};
+pub use loader::{Dataplane, LoadOptions, MapSizes};
 pub use object::{ebpf_object, object_is_built};
 pub use proto_counter::{ProtoCounter, ProtoCounts};
