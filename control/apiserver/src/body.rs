@@ -1,5 +1,7 @@
-//! Request bodies: content types, JSON and YAML decoding with limits, and the
-//! checks upstream's decoder does before an object reaches a handler.
+//! Request bodies: content types, JSON, YAML and Kubernetes protobuf
+//! decoding with limits, and the checks upstream's decoder does before an
+//! object reaches a handler. Every body becomes JSON here; responses are
+//! always JSON, which clients that send protobuf accept.
 
 use hyper::header;
 use kestrel_api::ApiError;
@@ -20,8 +22,10 @@ pub enum PatchType {
     Apply,
 }
 
-/// Media types accepted for create and update bodies.
-const BODY_TYPES: &str = "application/json, application/yaml";
+/// Media types accepted for create and update bodies; protobuf only for
+/// built-in kinds.
+const JSON_TYPES: &str = "application/json, application/yaml";
+const BODY_TYPES: &str = "application/json, application/yaml, application/vnd.kubernetes.protobuf";
 const PATCH_TYPES: &str = "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml";
 
 fn media_type(ctx: &Ctx) -> String {
@@ -34,7 +38,9 @@ fn media_type(ctx: &Ctx) -> String {
         .to_ascii_lowercase()
 }
 
-/// Decode a create/update body as JSON or YAML, per Content-Type.
+/// Decode a create/update body as JSON, YAML or protobuf, per Content-Type.
+/// Protobuf for a kind [`crate::proto`] does not know is 415, a body that
+/// does not decode is 400.
 pub fn decode_object(ctx: &Ctx) -> Result<Value, ApiError> {
     let mt = media_type(ctx);
     let v = match mt.as_str() {
@@ -44,7 +50,7 @@ pub fn decode_object(ctx: &Ctx) -> Result<Value, ApiError> {
         "application/vnd.kubernetes.protobuf" => {
             crate::proto::decode(&ctx.body).map_err(|e| match e {
                 crate::proto::ProtoError::Unsupported(_) => {
-                    ApiError::UnsupportedMediaType(BODY_TYPES.to_owned())
+                    ApiError::UnsupportedMediaType(JSON_TYPES.to_owned())
                 }
                 e => ApiError::BadRequest(e.to_string()),
             })?

@@ -638,3 +638,134 @@ async fn kubectl_explain_uses_openapi_v3() {
     let o = k.run_with(&["get", "cm", "strict"], None, &[]).await;
     assert!(!o.ok);
 }
+
+/// kubectl's typed generators send protobuf bodies for built-in kinds; the
+/// objects they create read back with the fields the flags set.
+#[tokio::test]
+async fn kubectl_generators_send_protobuf() {
+    let (_dir, _s, k) = setup().await;
+    let get = async |what: &str| -> serde_json::Value {
+        let out = k.ok(&["get", what, "-o", "json"]).await;
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{what}: {e}: {out}"))
+    };
+
+    // -v=8 logs the request's headers: the body is protobuf (the response,
+    // JSON, is accepted).
+    let o = k
+        .run_with(
+            &[
+                "create",
+                "deployment",
+                "web",
+                "--image=docker.io/kestrel/echo:0.1.0",
+                "--replicas=2",
+                "-v=8",
+            ],
+            None,
+            &[],
+        )
+        .await;
+    assert!(o.ok, "{}\n{}", o.stdout, o.stderr);
+    assert!(
+        o.stderr
+            .lines()
+            .any(|l| l.trim() == "Content-Type: application/vnd.kubernetes.protobuf"),
+        "{}",
+        o.stderr
+    );
+    let d = get("deployment/web").await;
+    assert_eq!(d["spec"]["replicas"], 2, "{d}");
+    assert_eq!(d["spec"]["selector"]["matchLabels"]["app"], "web", "{d}");
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["image"], "docker.io/kestrel/echo:0.1.0", "{d}");
+    assert_eq!(c["name"], "echo", "{d}");
+    assert!(d["metadata"]["creationTimestamp"].is_string(), "{d}");
+    assert!(
+        d["spec"].get("minReadySeconds").is_none_or(|v| v == 0),
+        "{d}"
+    );
+
+    k.ok(&[
+        "run",
+        "p",
+        "--image=docker.io/library/busybox:1.35",
+        "--port=8080",
+        "--",
+        "sleep",
+        "10",
+    ])
+    .await;
+    let p = get("pod/p").await;
+    let c = &p["spec"]["containers"][0];
+    assert_eq!(c["image"], "docker.io/library/busybox:1.35", "{p}");
+    assert_eq!(c["args"], serde_json::json!(["sleep", "10"]), "{p}");
+    assert_eq!(c["ports"][0]["containerPort"], 8080, "{p}");
+    assert!(c["ports"][0].get("hostPort").is_none(), "{p}");
+    assert_eq!(p["metadata"]["labels"]["run"], "p", "{p}");
+
+    k.ok(&[
+        "create",
+        "job",
+        "j",
+        "--image=docker.io/library/busybox:1.35",
+    ])
+    .await;
+    let j = get("job/j").await;
+    let t = &j["spec"]["template"]["spec"];
+    assert_eq!(
+        t["containers"][0]["image"], "docker.io/library/busybox:1.35",
+        "{j}"
+    );
+    assert_eq!(t["restartPolicy"], "Never", "{j}");
+
+    k.ok(&["create", "service", "clusterip", "s", "--tcp=80:8080"])
+        .await;
+    let s = get("service/s").await;
+    assert_eq!(s["spec"]["type"], "ClusterIP", "{s}");
+    assert_eq!(s["spec"]["ports"][0]["port"], 80, "{s}");
+    assert_eq!(s["spec"]["ports"][0]["targetPort"], 8080, "{s}");
+    assert!(s["spec"]["clusterIP"].is_string(), "{s}");
+
+    k.ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port",
+        "80",
+        "--target-port",
+        "8080",
+        "--name",
+        "web2",
+    ])
+    .await;
+    let w = get("service/web2").await;
+    assert_eq!(w["spec"]["ports"][0]["port"], 80, "{w}");
+    assert_eq!(w["spec"]["ports"][0]["targetPort"], 8080, "{w}");
+    assert_eq!(w["spec"]["selector"]["app"], "web", "{w}");
+
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "pw",
+        "--from-literal=password=s3cret",
+    ])
+    .await;
+    let pw = get("secret/pw").await;
+    assert_eq!(pw["data"]["password"], "czNjcmV0", "{pw}");
+
+    k.ok(&["create", "serviceaccount", "robot"]).await;
+    k.ok(&["create", "role", "reader", "--verb=get", "--resource=pods"])
+        .await;
+    k.ok(&[
+        "create",
+        "rolebinding",
+        "robot-reads",
+        "--role=reader",
+        "--serviceaccount=default:robot",
+    ])
+    .await;
+    let rb = get("rolebinding/robot-reads").await;
+    assert_eq!(rb["subjects"][0]["name"], "robot", "{rb}");
+    assert_eq!(rb["roleRef"]["name"], "reader", "{rb}");
+}
