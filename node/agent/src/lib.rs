@@ -14,7 +14,7 @@ pub mod routes;
 pub mod runtime;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 
@@ -164,9 +164,4 @@ pub async fn run(
     // restarted agent adopts them.
     runtime.stop().await?;
     result
-}
-
-/// The data dir layout, for tools that clean up after an agent.
-pub fn containerd_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("containerd")
 }

@@ -312,9 +312,8 @@ pub async fn register(client: &kube::Client, facts: &NodeFacts) -> anyhow::Resul
         .await
         .context("reading the Node")?
     {
-        Some(n) => {
+        Some(_) => {
             let patch = serde_json::json!({"metadata": {"labels": labels}});
-            let _ = n;
             nodes
                 .patch(&facts.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
