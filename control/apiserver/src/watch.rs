@@ -11,7 +11,7 @@ use hyper::{Response, StatusCode, header};
 use kestrel_api::ApiError;
 use kestrel_store::Revision;
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 use crate::cache::{Change, ChangeKind};
 use crate::handlers::{ListOpts, Target};
@@ -193,55 +193,29 @@ pub async fn serve(
         },
     };
 
-    let (tx, out) = mpsc::channel::<Bytes>(256);
-    let interval = state.config.bookmark_interval;
-    tokio::spawn(async move {
-        let mut rx = rx;
-        for b in first {
-            if tx.send(b).await.is_err() {
-                return;
-            }
-        }
-        let mut last = start;
-        let deadline = tokio::time::sleep(timeout);
-        tokio::pin!(deadline);
-        let mut ticker = tokio::time::interval(interval);
-        ticker.tick().await;
-        loop {
-            tokio::select! {
-                () = &mut deadline => return,
-                () = tx.closed() => return,
-                _ = ticker.tick(), if bookmarks => {
-                    if tx.send(enc.bookmark(last, false)).await.is_err() {
-                        return;
-                    }
-                }
-                r = rx.recv() => match r {
-                    Ok(c) => {
-                        if c.revision <= last {
-                            continue;
-                        }
-                        last = c.revision;
-                        if !keys.matches(&c.key) {
-                            continue;
-                        }
-                        if let Some(b) = event_for(&enc, &opts, &c)
-                            && tx.send(b).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                    // Too slow to keep up: end the watch; the client
-                    // re-watches from its last resourceVersion.
-                    Err(broadcast::error::RecvError::Lagged(_)) | Err(broadcast::error::RecvError::Closed) => return,
-                },
-            }
-        }
-    });
-    let stream = futures::stream::unfold(out, |mut out| async move {
-        out.recv()
+    // The response body reads the cache's broadcast directly: one task
+    // (hyper's connection) per watcher and no queue in between, which is
+    // what keeps the fan-out cheap with a thousand watchers.
+    let mut ticker = tokio::time::interval_at(
+        tokio::time::Instant::now() + state.config.bookmark_interval,
+        state.config.bookmark_interval,
+    );
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let live = Live {
+        first: first.into(),
+        rx,
+        last: start,
+        deadline: Box::pin(tokio::time::sleep(timeout)),
+        ticker,
+        bookmarks,
+        enc,
+        keys,
+        opts,
+    };
+    let stream = futures::stream::unfold(live, |mut live| async move {
+        live.next()
             .await
-            .map(|b| (Ok::<_, std::convert::Infallible>(b), out))
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), live))
     });
     let mut r = Response::new(Body::from_stream(stream));
     r.headers_mut().insert(
@@ -249,6 +223,55 @@ pub async fn serve(
         header::HeaderValue::from_static("application/json"),
     );
     Ok(r)
+}
+
+/// A watch's state once its response has started.
+struct Live {
+    /// Events decided before the live stream takes over.
+    first: std::collections::VecDeque<Bytes>,
+    rx: broadcast::Receiver<Arc<Change>>,
+    /// The newest revision sent or skipped.
+    last: Revision,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    ticker: tokio::time::Interval,
+    bookmarks: bool,
+    enc: Encoder,
+    keys: KeyFilter,
+    opts: ListOpts,
+}
+
+impl Live {
+    /// The next chunk of the response, or `None` to end the watch.
+    async fn next(&mut self) -> Option<Bytes> {
+        if let Some(b) = self.first.pop_front() {
+            return Some(b);
+        }
+        loop {
+            tokio::select! {
+                () = &mut self.deadline => return None,
+                _ = self.ticker.tick(), if self.bookmarks => {
+                    return Some(self.enc.bookmark(self.last, false));
+                }
+                r = self.rx.recv() => match r {
+                    Ok(c) => {
+                        if c.revision <= self.last {
+                            continue;
+                        }
+                        self.last = c.revision;
+                        if !self.keys.matches(&c.key) {
+                            continue;
+                        }
+                        if let Some(b) = event_for(&self.enc, &self.opts, &c) {
+                            return Some(b);
+                        }
+                    }
+                    // Too slow to keep up: end the watch; the client
+                    // re-watches from its last resourceVersion.
+                    Err(broadcast::error::RecvError::Lagged(_) | broadcast::error::RecvError::Closed) => return None,
+                },
+            }
+        }
+    }
 }
 
 struct KeyFilter {
