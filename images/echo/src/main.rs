@@ -12,7 +12,11 @@
 //!
 //! SIGTERM or SIGINT ends it at once, so pods stop without waiting out
 //! their grace period.
+//!
+//! `kestrel-echo probe ...` is the client half instead (see [`probe`]).
 #![forbid(unsafe_code)]
+
+mod probe;
 
 use std::{
     io::{self, BufRead as _, BufReader, Read as _, Write as _},
@@ -58,7 +62,12 @@ fn port(var: &str, default: u16) -> Result<u16, String> {
 }
 
 fn main() -> ExitCode {
-    match run() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.split_first() {
+        Some((command, rest)) if command == "probe" => probe::main(rest),
+        _ => run(),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("kestrel-echo: {error}");
