@@ -52,6 +52,54 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// An I/O or `bpf(2)` call on a path (a cgroup, a pin) failed.
+    #[error("{what} {}", path.display())]
+    PathIo {
+        /// What we were doing.
+        what: &'static str,
+        /// The path concerned.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Cgroup hooks are never attached to the root of a cgroup hierarchy:
+    /// they would rewrite the sockets of every process on the machine.
+    #[error(
+        "refusing to attach socket load balancing to {}: it is the root of the cgroup2 \
+         hierarchy; use the node's own cgroup",
+        .0.display()
+    )]
+    RootCgroup(std::path::PathBuf),
+    /// The directory is not on a cgroup2 file system.
+    #[error("{} is not a cgroup v2 directory", .0.display())]
+    NotCgroup2(std::path::PathBuf),
+    /// A pin path that should hold one of our links holds something else.
+    #[error("unexpected pin {}: {why}", path.display())]
+    UnexpectedPin {
+        /// The pin path.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// An attachment could not be turned into a pinnable bpf link.
+    #[error("the attachment of program {name:?} is not a bpf link (kernel older than 5.7?)")]
+    Link {
+        /// Program name.
+        name: &'static str,
+        /// The cause.
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    /// Pinning a link failed.
+    #[error("pinning a link at {}", path.display())]
+    PinLink {
+        /// The pin path.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: aya::pin::PinError,
+    },
 }
 
 /// The dataplane's result type.

@@ -14,9 +14,14 @@ pub mod host;
 mod loader;
 mod object;
 pub mod proto_counter;
+mod sock;
 
 pub use ebpf_log::{EbpfLogLevel, spawn_log_pump};
 pub use error::{Error, Result};
 pub use loader::{Dataplane, LoadOptions, MapSizes};
 pub use object::{ebpf_object, object_is_built};
 pub use proto_counter::{ProtoCounter, ProtoCounts};
+pub use sock::{
+    LINKS_DIR, SOCK_LB_PROGRAMS, SockLbHook, SockLbLink, SockLbStatus, detach_sock_lb,
+    sock_lb_status,
+};
