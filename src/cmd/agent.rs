@@ -28,6 +28,14 @@ pub struct AgentArgs {
     /// Port of the node API (logs, exec).
     #[arg(long, default_value_t = 10250)]
     kubelet_port: u16,
+    /// The bpffs directory where the dataplane pins its maps and links
+    /// (default: <data-dir>/bpf, which must be a bpffs mount).
+    #[arg(long)]
+    bpf_dir: Option<PathBuf>,
+    /// Balance east-west service traffic at connect() time (the cgroup
+    /// socket hooks); `false` leaves it to the per-packet programs.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    socket_lb: bool,
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -43,11 +51,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         server: args.server,
         token: args.token,
         node_name,
-        data_dir: args.data_dir,
+        data_dir: args.data_dir.clone(),
         images_dir: args.images_dir,
         node_ip: args.node_ip,
         cni_plugin: exe,
         kubelet_port: args.kubelet_port,
+        dataplane: kestrel_agent::dataplane::Options {
+            pin_dir: args.bpf_dir.unwrap_or_else(|| args.data_dir.join("bpf")),
+            socket_lb: args.socket_lb,
+        },
     };
     kestrel_agent::run(config, super::server::shutdown_signal()).await
 }

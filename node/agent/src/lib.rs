@@ -6,6 +6,7 @@
 //! (logs, exec) to the API server on port 10250.
 #![forbid(unsafe_code)]
 
+pub mod dataplane;
 pub mod join;
 pub mod node;
 pub mod nodeapi;
@@ -38,6 +39,8 @@ pub struct Config {
     pub cni_plugin: PathBuf,
     /// Port of the node API.
     pub kubelet_port: u16,
+    /// The eBPF dataplane.
+    pub dataplane: dataplane::Options,
 }
 
 /// The address this host uses to reach `server` (no packet is sent).
@@ -121,6 +124,8 @@ pub async fn run(
             tracing::error!(error = %e, "the node API stopped");
         }
     });
+
+    let _dataplane = dataplane::start(&config.dataplane)?;
 
     let agent_socket = dir.join("agent.sock");
     let (_interfaces, net_server) = runtime::serve_pod_network(&agent_socket)?;

@@ -405,7 +405,7 @@ fn is_hierarchy_root(dir: (u64, u64), mount_roots: impl IntoIterator<Item = (u64
 /// The mount points of cgroup2 file systems that show their hierarchy's
 /// root (mountinfo's "root" field is `/`), from `/proc/self/mountinfo`
 /// text. A bind mount of a child cgroup is not a root and is left out.
-fn cgroup2_hierarchy_roots(mountinfo: &str) -> Vec<PathBuf> {
+pub(crate) fn cgroup2_hierarchy_roots(mountinfo: &str) -> Vec<PathBuf> {
     mountinfo
         .lines()
         .filter_map(|line| {
