@@ -5,6 +5,7 @@
 
 mod maps;
 mod proto_counter;
+mod tc;
 
 /// The kernel reads this to decide whether the object may call GPL-only helpers.
 #[unsafe(link_section = "license")]
