@@ -535,7 +535,8 @@ impl Dataplane {
         Ok(Attach::Created)
     }
 
-    /// Detaches the program from `ifname` (if attached) and removes the pin.
+    /// Detaches the program from `ifname` (if attached) by removing its
+    /// pin; the kernel frees the link, and so detaches, shortly after.
     pub fn detach(&mut self, ifname: &str, role: Role) -> Result<bool> {
         let pin = self.link_pin(role, ifindex(ifname)?);
         remove_link_pin(&pin)

@@ -149,10 +149,16 @@ fn attaching_twice_adopts_and_the_default_route_interface_is_refused() {
         ns.enter(|| dp.detach(&veth, Role::PodVeth))
             .expect("detach")
     );
-    let (_, progs) = ns
-        .enter(|| {
-            aya::programs::SchedClassifier::query_tcx(&veth, aya::programs::TcAttachType::Ingress)
-        })
-        .expect("querying TCX");
-    assert!(progs.is_empty());
+    // The kernel frees a link whose last reference went asynchronously.
+    tc_topo::eventually(Duration::from_secs(5), "the link to go", || {
+        let (_, progs) = ns
+            .enter(|| {
+                aya::programs::SchedClassifier::query_tcx(
+                    &veth,
+                    aya::programs::TcAttachType::Ingress,
+                )
+            })
+            .expect("querying TCX");
+        progs.is_empty().then_some(())
+    });
 }
