@@ -7,8 +7,12 @@
 #![no_std]
 #![deny(unsafe_code)]
 
+pub mod ct;
+pub mod drop;
+pub mod hdr;
 pub mod lb;
 pub mod packet;
+pub mod route;
 
 /// Names of maps that user space opens by name.
 pub mod map_names {
@@ -26,12 +30,24 @@ pub mod map_names {
     pub const AFFINITY: &str = "AFFINITY";
     /// Per-CPU hash of `u32` backend id → `u64` new connections sent to it.
     pub const BACKEND_CONNS: &str = "BACKEND_CONNS";
+    /// LRU hash of [`crate::ct::CtKey`] → [`crate::ct::CtEntry`].
+    pub const CONNTRACK: &str = "CONNTRACK";
+    /// Hash of `u32` pod address → [`crate::route::LocalEndpoint`].
+    pub const ENDPOINTS: &str = "ENDPOINTS";
+    /// One-entry array of [`crate::route::NodeConfig`].
+    pub const NODE_CONFIG: &str = "NODE_CONFIG";
+    /// Per-CPU array of `u64`, indexed by [`crate::drop::DropReason`].
+    pub const DROPS: &str = "DROPS";
 }
 
 /// Names of programs that user space loads by name.
 pub mod program_names {
     /// The TC classifier that counts packets per protocol.
     pub const PROTO_COUNTER: &str = "proto_counter";
+    /// TC ingress of a pod's host-side veth: what the pod sends.
+    pub const TC_FROM_POD: &str = "tc_from_pod";
+    /// TC ingress of the node's uplink.
+    pub const TC_FROM_UPLINK: &str = "tc_from_uplink";
 }
 
 /// Index into the protocol counter array.
@@ -118,4 +134,17 @@ mod user {
     // SAFETY: `#[repr(C)]` integers with no implicit padding (sizes asserted
     // in `lb::tests`); every bit pattern is valid.
     unsafe impl aya::Pod for crate::lb::AffinityValue {}
+
+    // SAFETY: `#[repr(C)]` integers with no implicit padding (sizes asserted
+    // in `ct::tests`); every bit pattern is valid.
+    unsafe impl aya::Pod for crate::ct::CtKey {}
+    // SAFETY: `#[repr(C)]` integers with no implicit padding (sizes asserted
+    // in `ct::tests`); every bit pattern is valid.
+    unsafe impl aya::Pod for crate::ct::CtEntry {}
+    // SAFETY: `#[repr(C)]` integers and byte arrays with no implicit padding
+    // (sizes asserted in `route::tests`); every bit pattern is valid.
+    unsafe impl aya::Pod for crate::route::LocalEndpoint {}
+    // SAFETY: `#[repr(C)]` integers with no implicit padding (sizes asserted
+    // in `route::tests`); every bit pattern is valid.
+    unsafe impl aya::Pod for crate::route::NodeConfig {}
 }

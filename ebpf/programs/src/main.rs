@@ -6,6 +6,7 @@
 mod maps;
 mod proto_counter;
 mod sock_lb;
+mod tc;
 
 /// The kernel reads this to decide whether the object may call GPL-only helpers.
 #[unsafe(link_section = "license")]

@@ -43,6 +43,39 @@ pub enum Error {
     /// The aya-log ring buffer could not be opened.
     #[error("opening the eBPF log ring buffer")]
     Log(#[source] aya_log::Error),
+    /// Attaching there could touch the host's own uplink.
+    #[error("refusing to attach to {iface}: it carries the default route")]
+    AttachRefused {
+        /// The interface.
+        iface: String,
+    },
+    /// No interface of that name in the calling thread's namespace.
+    #[error("interface {name:?}")]
+    Interface {
+        /// The interface name.
+        name: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A pinned link could not be opened or is not a TCX link.
+    #[error("the link pinned at {}", path.display())]
+    Link {
+        /// The pin.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    /// A link could not be pinned.
+    #[error("pinning a link at {}", path.display())]
+    LinkPin {
+        /// The pin.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: aya::pin::PinError,
+    },
     /// An I/O error on a kernel file descriptor.
     #[error("{what}")]
     Io {
@@ -84,21 +117,12 @@ pub enum Error {
     },
     /// An attachment could not be turned into a pinnable bpf link.
     #[error("the attachment of program {name:?} is not a bpf link (kernel older than 5.7?)")]
-    Link {
+    NotALink {
         /// Program name.
         name: &'static str,
         /// The cause.
         #[source]
         source: aya::programs::links::LinkError,
-    },
-    /// Pinning a link failed.
-    #[error("pinning a link at {}", path.display())]
-    PinLink {
-        /// The pin path.
-        path: std::path::PathBuf,
-        /// The cause.
-        #[source]
-        source: aya::pin::PinError,
     },
 }
 

@@ -93,7 +93,8 @@ impl Dataplane {
             .map_max_entries(map_names::BACKEND_CONNS, s.backends)
             .map_max_entries(map_names::REV_NAT, s.rev_nat)
             .map_max_entries(map_names::SOCK_REV_NAT, s.sock_rev_nat)
-            .map_max_entries(map_names::AFFINITY, s.affinity);
+            .map_max_entries(map_names::AFFINITY, s.affinity)
+            .map_max_entries(map_names::CONNTRACK, s.conntrack);
         let ebpf = loader.load(ebpf_object()?).map_err(Error::Load)?;
         Ok(Self {
             ebpf,

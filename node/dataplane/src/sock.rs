@@ -489,10 +489,10 @@ fn attach_and_pin(
     // Only a bpf link can be pinned; kernels before 5.7 attach without one.
     let link: FdLink = link
         .try_into()
-        .map_err(|source| Error::Link { name, source })?;
+        .map_err(|source| Error::NotALink { name, source })?;
     // The pin holds the attachment from here on; the descriptor closes
     // when the returned value is dropped.
-    link.pin(pin).map_err(|source| Error::PinLink {
+    link.pin(pin).map_err(|source| Error::LinkPin {
         path: pin.to_owned(),
         source,
     })?;
