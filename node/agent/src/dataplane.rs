@@ -4,11 +4,19 @@
 //! to the node's own cgroup, and the service maps kept in sync with the
 //! API server.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context as _;
+use kestrel_cni::proto::PodNetworkEvent;
+use kestrel_dataplane::tc::{NodeNetwork, PodEndpoint, monotonic_now, parse_mac};
 use kestrel_dataplane::{Dataplane, LoadOptions};
+
+/// How often idle conntrack entries, and links and endpoints of pods that
+/// are gone, are swept.
+const GC_INTERVAL: Duration = Duration::from_secs(30);
 
 /// How the agent runs the dataplane.
 #[derive(Debug, Clone)]
@@ -56,4 +64,97 @@ fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
         dir.display()
     );
     Ok(())
+}
+
+fn lock(dp: &Shared) -> std::sync::MutexGuard<'_, Dataplane> {
+    dp.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Once the node's addresses are known: the network configuration the
+/// per-packet programs need, and `tc_from_uplink` on the interface that
+/// holds `node_ip` (the node's own link into the fabric).
+pub fn attach_node(dp: &Shared, node_ip: Ipv4Addr, pod_cidr: &str) -> anyhow::Result<()> {
+    let pod_cidr: ipnet::Ipv4Net = pod_cidr
+        .parse()
+        .with_context(|| format!("podCIDR {pod_cidr:?}"))?;
+    let uplink = interface_with(node_ip)?;
+    let mut dp = lock(dp);
+    dp.set_node_network(&NodeNetwork::new(node_ip, pod_cidr))
+        .context("writing the node network configuration")?;
+    let how = dp
+        .attach_uplink(&uplink)
+        .with_context(|| format!("attaching to the uplink {uplink}"))?;
+    tracing::info!(%uplink, ?how, "per-packet programs attached to the uplink");
+    Ok(())
+}
+
+/// The name of the interface carrying `ip`.
+fn interface_with(ip: Ipv4Addr) -> anyhow::Result<String> {
+    nix::ifaddrs::getifaddrs()
+        .context("listing interfaces")?
+        .find(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|s| s.ip())) == Some(ip))
+        .map(|a| a.interface_name)
+        .with_context(|| format!("no interface holds the node address {ip}"))
+}
+
+/// A pod's interface is wired (CNI ADD): attach `tc_from_pod` to its node
+/// end and record the pod as a local endpoint, before the plugin returns.
+pub fn pod_added(dp: &Shared, e: &PodNetworkEvent) -> anyhow::Result<()> {
+    let ip: Ipv4Addr = e.ip.parse().with_context(|| format!("pod IP {:?}", e.ip))?;
+    let mac = |m: &str| parse_mac(m).with_context(|| format!("MAC {m:?}"));
+    let endpoint = PodEndpoint {
+        ip,
+        ifindex: e.host_ifindex,
+        pod_mac: mac(&e.pod_mac)?,
+        host_mac: mac(&e.host_mac)?,
+    };
+    let mut dp = lock(dp);
+    dp.attach_pod_veth(&e.host_ifname)
+        .with_context(|| format!("attaching to {}", e.host_ifname))?;
+    dp.add_local_endpoint(&endpoint)
+        .with_context(|| format!("recording the endpoint {ip}"))?;
+    Ok(())
+}
+
+/// A pod's interface is gone (CNI DEL).
+pub fn pod_deleted(dp: &Shared, e: &PodNetworkEvent) -> anyhow::Result<()> {
+    let mut dp = lock(dp);
+    if let Ok(ip) = e.ip.parse::<Ipv4Addr>() {
+        dp.remove_local_endpoint(ip)
+            .with_context(|| format!("removing the endpoint {ip}"))?;
+    }
+    dp.prune_links().context("pruning links")?;
+    Ok(())
+}
+
+/// Sweeps, until the task is dropped: idle conntrack entries, links of
+/// interfaces that are gone, and endpoints whose veth is gone (a pod
+/// deleted while the agent was down).
+pub async fn gc(dp: Shared) {
+    let mut tick = tokio::time::interval(GC_INTERVAL);
+    loop {
+        tick.tick().await;
+        let mut dp = lock(&dp);
+        let swept = monotonic_now()
+            .and_then(|now| dp.conntrack_gc(now))
+            .map_err(anyhow::Error::from)
+            .and_then(|ct| {
+                let links = dp.prune_links()?;
+                let mut endpoints = 0;
+                for ep in dp.local_endpoints()? {
+                    if nix::net::if_::if_indextoname(ep.ifindex).is_err()
+                        && dp.remove_local_endpoint(ep.ip)?
+                    {
+                        endpoints += 1;
+                    }
+                }
+                Ok((ct, links, endpoints))
+            });
+        match swept {
+            Ok((ct, links, endpoints)) => {
+                tracing::debug!(?ct, links, endpoints, "dataplane garbage collected");
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "dataplane garbage collection"),
+        }
+    }
 }

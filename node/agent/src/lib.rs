@@ -125,10 +125,10 @@ pub async fn run(
         }
     });
 
-    let _dataplane = dataplane::start(&config.dataplane)?;
+    let dp = dataplane::start(&config.dataplane)?;
 
     let agent_socket = dir.join("agent.sock");
-    let (_interfaces, net_server) = runtime::serve_pod_network(&agent_socket)?;
+    let (_interfaces, net_server) = runtime::serve_pod_network(&agent_socket, dp.clone())?;
     let routes = tokio::spawn(routes::sync(client.clone(), config.node_name.clone()));
     let pod_cidr = node::wait_pod_cidr(&client, &config.node_name).await?;
     runtime::install_cni(
@@ -138,6 +138,8 @@ pub async fn run(
         dir,
         &agent_socket,
     )?;
+    dataplane::attach_node(&dp, node_ip, &pod_cidr)?;
+    let dp_gc = tokio::spawn(dataplane::gc(dp.clone()));
     tracing::info!(%pod_cidr, "pod network configured");
     let _ = net_ready.send(true);
 
@@ -163,6 +165,7 @@ pub async fn run(
     };
     heartbeat.abort();
     routes.abort();
+    dp_gc.abort();
     node_api.abort();
     net_server.abort();
     // containerd stops; the containers keep running in their shims, and a

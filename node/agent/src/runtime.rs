@@ -171,9 +171,10 @@ pub struct PodInterface {
 /// Pod interfaces by sandbox (container) id; the dataplane attaches to them.
 pub type PodInterfaces = Arc<Mutex<HashMap<String, PodInterface>>>;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Clone)]
 struct NetworkService {
     interfaces: PodInterfaces,
+    dataplane: crate::dataplane::Shared,
 }
 
 #[tonic::async_trait]
@@ -184,6 +185,10 @@ impl PodNetwork for NetworkService {
     ) -> Result<tonic::Response<Ack>, tonic::Status> {
         let e = req.into_inner();
         tracing::debug!(pod = %e.pod_name, ip = %e.ip, ifname = %e.host_ifname, "pod network added");
+        // The plugin's ADD fails (and is retried) if the dataplane cannot
+        // take the pod: a pod without its programs would be half wired.
+        crate::dataplane::pod_added(&self.dataplane, &e)
+            .map_err(|err| tonic::Status::internal(format!("{err:#}")))?;
         self.interfaces
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -204,6 +209,9 @@ impl PodNetwork for NetworkService {
         req: tonic::Request<PodNetworkEvent>,
     ) -> Result<tonic::Response<Ack>, tonic::Status> {
         let e = req.into_inner();
+        if let Err(err) = crate::dataplane::pod_deleted(&self.dataplane, &e) {
+            tracing::warn!(error = %format!("{err:#}"), pod = %e.pod_name, "pod network removal");
+        }
         self.interfaces
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -215,11 +223,15 @@ impl PodNetwork for NetworkService {
 /// Serve the PodNetwork service on `socket` until the task is dropped.
 pub fn serve_pod_network(
     socket: &Path,
+    dataplane: crate::dataplane::Shared,
 ) -> anyhow::Result<(PodInterfaces, tokio::task::JoinHandle<()>)> {
     let _ = std::fs::remove_file(socket);
     let listener = tokio::net::UnixListener::bind(socket)
         .with_context(|| format!("listening on {}", socket.display()))?;
-    let svc = NetworkService::default();
+    let svc = NetworkService {
+        interfaces: PodInterfaces::default(),
+        dataplane,
+    };
     let interfaces = svc.interfaces.clone();
     let task = tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);

@@ -133,6 +133,8 @@ async fn add(
         if let Some(socket) = &conf.agent_socket {
             let mut event = event(invocation, host, link.host_ifindex, ip.to_string());
             event.netns = netns.to_string_lossy().into_owned();
+            event.host_mac.clone_from(&link.host_mac);
+            event.pod_mac.clone_from(&link.pod_mac);
             notify(socket, event, true).await?;
         }
         Ok(link)
@@ -193,6 +195,8 @@ fn event(
         host_ifname: host.to_owned(),
         host_ifindex,
         ip,
+        host_mac: String::new(),
+        pod_mac: String::new(),
     }
 }
 
