@@ -14,6 +14,7 @@ pub mod host;
 mod loader;
 mod object;
 pub mod proto_counter;
+pub mod sync;
 
 pub use ebpf_log::{EbpfLogLevel, spawn_log_pump};
 pub use error::{Error, Result};
