@@ -67,6 +67,13 @@ enum BpfCommand {
         #[arg(long)]
         debug: bool,
     },
+    /// List the service frontends in a node's pinned maps, with their backends and the
+    /// connections each backend received. Reads only; works while the agent runs.
+    Services {
+        /// The node's bpffs directory, where the agent pinned its maps.
+        #[arg(long, default_value = "/sys/fs/bpf")]
+        bpffs: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -135,6 +142,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 )
                 .await
             }
+            Command::Bpf(BpfCommand::Services { bpffs }) => cmd::bpf::services(&bpffs),
         }
     })
 }

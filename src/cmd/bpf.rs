@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use kestrel_dataplane::sync::{PinnedMaps, read_services};
 use kestrel_dataplane::{EbpfLogLevel, ProtoCounter, host, spawn_log_pump};
 use kestrel_ebpf_common::ProtoSlot;
 
@@ -65,4 +66,13 @@ pub async fn count(
             return Ok(());
         }
     }
+}
+
+/// Prints every service frontend in the maps pinned in `bpffs`.
+pub fn services(bpffs: &std::path::Path) -> anyhow::Result<()> {
+    let maps = PinnedMaps::open(bpffs)
+        .with_context(|| format!("opening the service maps pinned in {}", bpffs.display()))?;
+    let view = read_services(&maps).context("reading the service maps")?;
+    print!("{view}");
+    Ok(())
 }

@@ -40,6 +40,34 @@ pub enum Error {
         #[source]
         source: aya::maps::MapError,
     },
+    /// A service map is not pinned where it should be.
+    #[error(
+        "no pinned {name} map in {dir}: the dataplane object was not loaded with this bpffs \
+         directory"
+    )]
+    NotPinned {
+        /// The pin directory.
+        dir: std::path::PathBuf,
+        /// The missing map.
+        name: &'static str,
+    },
+    /// A pinned map could not be opened.
+    #[error("opening the pinned map {path}")]
+    OpenPinned {
+        /// Its path.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// Every id of a kind is in use.
+    #[error("out of {what} ids: all {max} are in use")]
+    IdsExhausted {
+        /// Which ids: "backend", "reverse-NAT".
+        what: &'static str,
+        /// How many there are.
+        max: u32,
+    },
     /// The aya-log ring buffer could not be opened.
     #[error("opening the eBPF log ring buffer")]
     Log(#[source] aya_log::Error),

@@ -15,6 +15,7 @@ mod loader;
 mod object;
 pub mod proto_counter;
 mod sock;
+pub mod sync;
 pub mod tc;
 
 pub use ebpf_log::{EbpfLogLevel, spawn_log_pump};
