@@ -13,6 +13,7 @@ use kestrel_testkit::{images_dir, kubectl_path, privileged_test_can_run};
 use serde_json::Value;
 
 mod pods;
+mod services;
 
 /// A cluster made by `kestrel up`; `kestrel down` runs on drop, even when
 /// the test fails.
@@ -236,7 +237,17 @@ fn two_node_cluster_end_to_end() {
     pods::liveness_failure_restarts(&c);
     pods::oom_is_reported(&c);
     pods::deleting_a_pod_removes_sandbox_veth_and_ip(&c);
+    services::setup(&c);
+    services::cluster_ip_spreads_tcp_evenly(&c);
+    services::cluster_ip_answers_udp(&c);
+    services::node_port_from_the_fabric(&c);
+    services::external_traffic_policy_local_keeps_the_client_ip(&c);
+    services::session_affinity_sticks(&c);
+    services::no_backend_refuses_then_recovers(&c);
+    services::start_long_lived_connection(&c);
     pods::agent_restart_adopts_running_containers(&c);
+    services::long_lived_connection_survived(&c);
+    services::no_iptables_or_nftables_rules(&c);
 }
 
 /// Addresses of the ready endpoints in a Service's EndpointSlices.

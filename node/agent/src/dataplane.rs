@@ -158,3 +158,34 @@ pub async fn gc(dp: Shared) {
         }
     }
 }
+
+/// Starts the service map sync and waits for its first full sync, so the
+/// node reports its network ready only once services work on it.
+pub async fn sync_services(
+    client: kube::Client,
+    node_name: &str,
+    node_ip: Ipv4Addr,
+    pin_dir: &Path,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use kestrel_dataplane::sync::{NodeIdentity, ServiceSync};
+    let sync = ServiceSync::new(
+        client,
+        NodeIdentity {
+            name: node_name.to_owned(),
+            ips: vec![node_ip],
+        },
+        pin_dir,
+    );
+    let mut status = sync.status();
+    let task = tokio::spawn(async move {
+        if let Err(e) = sync.run(std::future::pending()).await {
+            tracing::error!(error = %e, "the service map sync stopped");
+        }
+    });
+    status
+        .wait_synced()
+        .await
+        .map_err(|_| anyhow::anyhow!("the service map sync ended before its first sync"))?;
+    tracing::info!("service maps in sync");
+    Ok(task)
+}

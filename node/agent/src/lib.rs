@@ -140,6 +140,13 @@ pub async fn run(
     )?;
     dataplane::attach_node(&dp, node_ip, &pod_cidr)?;
     let dp_gc = tokio::spawn(dataplane::gc(dp.clone()));
+    let dp_sync = dataplane::sync_services(
+        client.clone(),
+        &config.node_name,
+        node_ip,
+        &config.dataplane.pin_dir,
+    )
+    .await?;
     tracing::info!(%pod_cidr, "pod network configured");
     let _ = net_ready.send(true);
 
@@ -166,6 +173,7 @@ pub async fn run(
     heartbeat.abort();
     routes.abort();
     dp_gc.abort();
+    dp_sync.abort();
     node_api.abort();
     net_server.abort();
     // containerd stops; the containers keep running in their shims, and a

@@ -204,10 +204,12 @@ async fn the_loop_follows_services_and_endpoint_slices() {
         report.writes,
         report.deletes,
     );
-    assert_eq!(
-        (report.writes, report.deletes),
-        (3, 1),
-        "one backend and its slot in each scope"
+    // Only the difference is written: the new backend and its slot in
+    // each scope (a master may be rewritten too), against the dozen
+    // entries a full rewrite of this service would take.
+    assert!(
+        (3..=4).contains(&report.writes) && report.deletes == 1,
+        "one backend and its slot in each scope, not the whole service: {report:?}"
     );
 
     // A restart: stop the loop, start another over the same pins. It adopts
