@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -54,6 +55,9 @@ fn comparable(v: &Value) -> Value {
     v
 }
 
+/// Status writes in flight at once (each for a different pod).
+const WRITES_IN_FLIGHT: usize = 16;
+
 /// Write statuses, at most one in flight per pod, latest wins.
 pub async fn writer(client: kube::Client, mut rx: mpsc::UnboundedReceiver<Update>) {
     let mut written: HashMap<String, Value> = HashMap::new();
@@ -71,20 +75,35 @@ pub async fn writer(client: kube::Client, mut rx: mpsc::UnboundedReceiver<Update
         while let Ok(u) = rx.try_recv() {
             pending.insert(u.uid.clone(), u);
         }
-        let batch: Vec<Update> = pending.drain().map(|(_, u)| u).collect();
-        for u in batch {
-            let key = comparable(&u.status);
-            if written.get(&u.uid) == Some(&key) {
-                continue;
-            }
-            let api: Api<Pod> = Api::namespaced(client.clone(), &u.namespace);
-            let patch = json!({"metadata": {"uid": u.uid}, "status": u.status});
-            match api
-                .patch_status(&u.name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => {
-                    written.insert(u.uid.clone(), key);
+        // Each pod appears once in a batch, so the writes can run side by
+        // side without reordering any pod's statuses: a burst of pods
+        // starting at once must not queue behind one another's round trips.
+        let batch: Vec<Update> = pending
+            .drain()
+            .map(|(_, u)| u)
+            .filter(|u| written.get(&u.uid) != Some(&comparable(&u.status)))
+            .collect();
+        let results: Vec<(Update, Result<(), kube::Error>)> = futures::stream::iter(batch)
+            .map(|u| {
+                let client = client.clone();
+                async move {
+                    let api: Api<Pod> = Api::namespaced(client, &u.namespace);
+                    let patch = json!({"metadata": {"uid": u.uid}, "status": u.status});
+                    let r = api
+                        .patch_status(&u.name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .map(drop);
+                    (u, r)
+                }
+            })
+            .buffer_unordered(WRITES_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut failed = false;
+        for (u, r) in results {
+            match r {
+                Ok(()) => {
+                    written.insert(u.uid.clone(), comparable(&u.status));
                 }
                 Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
                     // Gone, or replaced by a pod with another uid.
@@ -93,9 +112,12 @@ pub async fn writer(client: kube::Client, mut rx: mpsc::UnboundedReceiver<Update
                 Err(e) => {
                     tracing::warn!(pod = %u.name, error = %e, "writing pod status; retrying");
                     pending.entry(u.uid.clone()).or_insert(u);
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    failed = true;
                 }
             }
+        }
+        if failed {
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         if written.len() > 10_000 {
             written.clear();
