@@ -391,7 +391,10 @@ fn last_ping(c: &Cluster) -> Option<u64> {
 }
 
 pub fn long_lived_connection_survived(c: &Cluster) {
-    let at_restart = last_ping(c).expect("the streamer echoed before the restart");
+    // The restarted agent serves logs again once its node API is back.
+    let at_restart = c.wait(Duration::from_secs(30), "the streamer's logs", || {
+        last_ping(c)
+    });
     c.wait(
         Duration::from_secs(30),
         "the streamer echoing after the restart",
