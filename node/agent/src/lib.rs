@@ -11,6 +11,7 @@ pub mod join;
 pub mod metrics;
 pub mod node;
 pub mod nodeapi;
+pub mod observe;
 pub mod pods;
 pub mod routes;
 pub mod runtime;
