@@ -74,12 +74,39 @@ enum BpfCommand {
         #[arg(long, default_value = "/sys/fs/bpf")]
         bpffs: std::path::PathBuf,
     },
+    /// List the flows in a node's conntrack map: each original tuple, its
+    /// translation, flags, backend, TCP state and idle time. Reads only.
+    Conntrack {
+        /// The node's bpffs directory, where the agent pinned its maps.
+        #[arg(long, default_value = "/sys/fs/bpf")]
+        bpffs: std::path::PathBuf,
+    },
+    /// Show how a node routes pods: its configuration, the local pods the
+    /// programs deliver to, and the kernel routes into other nodes' pod ranges.
+    Routes {
+        /// The node's bpffs directory, where the agent pinned its maps.
+        #[arg(long, default_value = "/sys/fs/bpf")]
+        bpffs: std::path::PathBuf,
+        /// Read routes and interfaces in this network namespace (a name
+        /// under /run/netns or a path), e.g. a `kestrel up` node's.
+        #[arg(long)]
+        netns: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Direction {
     Ingress,
     Egress,
+}
+
+/// The `--log` filter, with the programs' debug records let through when
+/// the agent is asked for them.
+fn log_filter(cli: &Cli) -> String {
+    match &cli.command {
+        Command::Agent(a) if a.bpf_debug => format!("{},ebpf=debug", cli.log),
+        _ => cli.log.clone(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -109,7 +136,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log)
+            tracing_subscriber::EnvFilter::try_new(log_filter(&cli))
                 .with_context(|| format!("invalid --log filter {:?}", cli.log))?,
         )
         .with_writer(std::io::stderr)
@@ -143,6 +170,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
             }
             Command::Bpf(BpfCommand::Services { bpffs }) => cmd::bpf::services(&bpffs),
+            Command::Bpf(BpfCommand::Conntrack { bpffs }) => cmd::bpf::conntrack(&bpffs),
+            Command::Bpf(BpfCommand::Routes { bpffs, netns }) => {
+                cmd::bpf::routes(&bpffs, netns.as_deref())
+            }
         }
     })
 }

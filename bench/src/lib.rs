@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod apiserver;
 pub mod cni;
 pub mod pods;
 pub mod report;

@@ -32,6 +32,9 @@ pub struct Options {
     pub pods: usize,
     /// Pods in the one-at-a-time baseline.
     pub baseline_pods: usize,
+    /// Creations per second in the paced run (upstream's density tests
+    /// create pods at a bounded rate); 0 skips it.
+    pub paced_rate: f64,
 }
 
 /// The results.
@@ -44,10 +47,64 @@ pub struct Report {
     baseline_ms: Summary,
     p50_ms: Summary,
     p99_ms: Summary,
+    paced_p50_ms: Summary,
+    paced_p99_ms: Summary,
     rss_mib: Summary,
+    cpu: Vec<BurstCpu>,
+    cores: usize,
+    load: String,
+}
+
+/// Where the CPU went during one burst, from the cluster's cgroups.
+#[derive(Debug, Clone, Copy, Default)]
+struct BurstCpu {
+    /// Wall time from the first create to the last Ready, ms.
+    wall_ms: f64,
+    /// CPU used by everything the cluster runs (control plane, agents,
+    /// containerd, shims, runc, the pods), ms.
+    cluster_ms: f64,
+    /// Of which the control plane (`kestrel server`), ms.
+    server_ms: f64,
+    /// Of which the agents, ms.
+    agents_ms: f64,
+    /// Time some cluster task waited for a CPU (cgroup `cpu.pressure`), ms.
+    stalled_ms: f64,
 }
 
 const NS: &str = "bench";
+const CGROUP2: &str = "/sys/fs/cgroup/unified";
+/// `/proc/<pid>/stat` times are in clock ticks of 1/100 s on Linux.
+const TICK_MS: f64 = 10.0;
+
+#[derive(Debug, Clone, Copy)]
+struct CpuCounters {
+    at: Instant,
+    cluster_us: u64,
+    server_us: u64,
+    agents_ticks: u64,
+    stalled_us: u64,
+}
+
+impl CpuCounters {
+    fn since(&self, before: &Self) -> BurstCpu {
+        let ms = |a: u64, b: u64| a.saturating_sub(b) as f64 / 1000.0;
+        BurstCpu {
+            wall_ms: self.at.duration_since(before.at).as_secs_f64() * 1000.0,
+            cluster_ms: ms(self.cluster_us, before.cluster_us),
+            server_ms: ms(self.server_us, before.server_us),
+            agents_ms: self.agents_ticks.saturating_sub(before.agents_ticks) as f64 * TICK_MS,
+            stalled_ms: ms(self.stalled_us, before.stalled_us),
+        }
+    }
+}
+
+/// One `key value` line of a cgroup stat file.
+fn cgroup_stat(path: &Path, key: &str) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+}
 const IMAGE: &str = "docker.io/kestrel/echo:0.1.0";
 
 /// `kestrel up` in a temp dir; `kestrel down` on drop.
@@ -80,12 +137,11 @@ impl Cluster {
         Ok(c)
     }
 
-    /// Resident memory of each node's agent, in MiB.
-    fn agent_rss_mib(&self) -> Vec<f64> {
+    /// PIDs of the cluster's agents.
+    fn agent_pids(&self) -> Vec<String> {
         let dir = self.dir.path().to_string_lossy().into_owned();
         let mut out = Vec::new();
         for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let pid = e.file_name();
             let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
                 continue;
             };
@@ -93,21 +149,81 @@ impl Cluster {
                 .split(|b| *b == 0)
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
-            if args.get(1).is_none_or(|a| a != "agent") || !args.iter().any(|a| a.starts_with(&dir))
+            if args.get(1).is_some_and(|a| a == "agent") && args.iter().any(|a| a.starts_with(&dir))
             {
-                continue;
-            }
-            let status = std::fs::read_to_string(format!("/proc/{}/status", pid.to_string_lossy()))
-                .unwrap_or_default();
-            if let Some(kb) = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            {
-                out.push(kb / 1024.0);
+                out.push(e.file_name().to_string_lossy().into_owned());
             }
         }
         out
+    }
+
+    /// The cluster's cgroup (v2) directory, found from an agent's
+    /// membership: `kestrel up` puts everything under one subtree.
+    fn cgroup_root(&self) -> Option<PathBuf> {
+        let pid = self.agent_pids().into_iter().next()?;
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+        let top = path.trim_start_matches('/').split('/').next()?;
+        Some(Path::new(CGROUP2).join(top))
+    }
+
+    /// A snapshot of the CPU counters that [`BurstCpu`] is the difference of.
+    fn cpu_counters(&self) -> CpuCounters {
+        let root = self.cgroup_root();
+        let usage = |sub: &str| {
+            root.as_ref()
+                .and_then(|r| cgroup_stat(&r.join(sub).join("cpu.stat"), "usage_usec"))
+                .unwrap_or(0)
+        };
+        let stalled = root
+            .as_ref()
+            .and_then(|r| std::fs::read_to_string(r.join("cpu.pressure")).ok())
+            .and_then(|t| {
+                t.lines()
+                    .find(|l| l.starts_with("some "))?
+                    .split_whitespace()
+                    .find_map(|f| f.strip_prefix("total="))?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0);
+        let agents_ticks = self
+            .agent_pids()
+            .iter()
+            .filter_map(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                // Fields after the parenthesised command: utime and stime
+                // are the 12th and 13th.
+                let rest = stat.rsplit_once(')')?.1;
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+            })
+            .sum();
+        CpuCounters {
+            at: Instant::now(),
+            cluster_us: usage(""),
+            server_us: usage("server"),
+            agents_ticks,
+            stalled_us: stalled,
+        }
+    }
+
+    /// Resident memory of each node's agent, in MiB.
+    fn agent_rss_mib(&self) -> Vec<f64> {
+        self.agent_pids()
+            .iter()
+            .filter_map(|pid| {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+                let kb = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<f64>()
+                    .ok()?;
+                Some(kb / 1024.0)
+            })
+            .collect()
     }
 }
 
@@ -138,9 +254,10 @@ fn is_ready(p: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// Create `names` (at most 32 requests in flight) and return each pod's
+/// Create `names` (at most 32 requests in flight; with `gap`, the i-th
+/// create no earlier than i × gap after the first) and return each pod's
 /// create-to-Ready latency as seen through a watch started beforehand.
-async fn startup(api: &Api<Pod>, names: &[String]) -> Result<Vec<Duration>> {
+async fn startup(api: &Api<Pod>, names: &[String], gap: Duration) -> Result<Vec<Duration>> {
     let rv = api
         .list(&ListParams::default().limit(1))
         .await?
@@ -152,10 +269,13 @@ async fn startup(api: &Api<Pod>, names: &[String]) -> Result<Vec<Duration>> {
         .await?
         .boxed();
     let mut created: HashMap<String, Instant> = HashMap::new();
-    let creates = futures::stream::iter(names.iter().cloned())
-        .map(|n| {
+    let start = tokio::time::Instant::now();
+    let creates = futures::stream::iter(names.iter().cloned().enumerate())
+        .map(|(i, n)| {
             let api = api.clone();
+            let not_before = start + gap * u32::try_from(i).unwrap_or(u32::MAX);
             async move {
+                tokio::time::sleep_until(not_before).await;
                 let at = Instant::now();
                 api.create(&PostParams::default(), &pod(&n))
                     .await
@@ -230,24 +350,42 @@ pub async fn run_bench(options: Options) -> Result<Report> {
 
     let mut baseline = Vec::new();
     for i in 0..options.baseline_pods {
-        let l = startup(&api, &[format!("single-{i}")]).await?;
+        let l = startup(&api, &[format!("single-{i}")], Duration::ZERO).await?;
         baseline.extend(l);
         clear(&api).await?;
     }
     let (mut p50s, mut p99s, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut paced50, mut paced99, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
     for rep in 0..options.reps {
         let names: Vec<String> = (0..options.pods)
             .map(|i| format!("burst-{rep}-{i}"))
             .collect();
-        let lat = startup(&api, &names).await?;
+        let before = cluster.cpu_counters();
+        let lat = startup(&api, &names, Duration::ZERO).await?;
+        let used = cluster.cpu_counters().since(&before);
         p50s.push(percentile(&lat, 50.0));
         p99s.push(percentile(&lat, 99.0));
         rss.push(cluster.agent_rss_mib().into_iter().fold(0.0, f64::max));
         eprintln!(
-            "rep {rep}: p50 {:.0} ms, p99 {:.0} ms",
+            "rep {rep}: burst p50 {:.0} ms, p99 {:.0} ms; {used:?}",
             p50s[rep], p99s[rep]
         );
+        cpu.push(used);
         clear(&api).await?;
+        if options.paced_rate > 0.0 {
+            let names: Vec<String> = (0..options.pods)
+                .map(|i| format!("paced-{rep}-{i}"))
+                .collect();
+            let gap = Duration::from_secs_f64(1.0 / options.paced_rate);
+            let lat = startup(&api, &names, gap).await?;
+            paced50.push(percentile(&lat, 50.0));
+            paced99.push(percentile(&lat, 99.0));
+            eprintln!(
+                "rep {rep}: paced p50 {:.0} ms, p99 {:.0} ms",
+                paced50[rep], paced99[rep]
+            );
+            clear(&api).await?;
+        }
     }
     baseline.sort();
     Ok(Report {
@@ -258,7 +396,15 @@ pub async fn run_bench(options: Options) -> Result<Report> {
         baseline_ms: Summary::of(baseline.iter().map(|d| d.as_secs_f64() * 1000.0).collect()),
         p50_ms: Summary::of(p50s),
         p99_ms: Summary::of(p99s),
+        paced_p50_ms: Summary::of(paced50),
+        paced_p99_ms: Summary::of(paced99),
         rss_mib: Summary::of(rss),
+        cpu,
+        cores: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        load: std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default(),
     })
 }
 
@@ -268,16 +414,20 @@ impl Report {
         let mut out = String::from("## Pod startup\n\n");
         let _ = writeln!(
             out,
-            "Run on {}, kernel {}, {}. A real two-node cluster from `kestrel up` (release build): \
-             {} kestrel-echo pods created at once (32 requests in flight), scheduled onto both nodes, \
-             started through CRI on each node's containerd with the image local; latency from the \
-             create call to Ready seen through a watch. {} repetitions; each figure is the median over \
-             repetitions with [min–max]. The baseline is one pod at a time on the idle cluster \
-             ({} pods, median [min–max]). Agent RSS is the larger of the two agents with the pods \
-             running. Reproduce with `cargo xtask bench pods`.\n",
+            "Run on {}, kernel {}, {}; host load average at the end {}. A real two-node cluster \
+             from `kestrel up` (release build): {} kestrel-echo pods created at once (32 requests \
+             in flight), scheduled onto both nodes, started through CRI on each node's containerd \
+             with the image local; latency from the create call to Ready seen through a watch. \
+             The paced run creates the same number at a fixed rate, as upstream's density tests \
+             do. {} repetitions; each figure is the median over repetitions with [min–max]. The \
+             baseline is one pod at a time on the idle cluster ({} pods, median [min–max]). CPU \
+             comes from the cluster's cgroup (`cpu.stat`, `cpu.pressure`) and the agents' \
+             `/proc/PID/stat`. Agent RSS is the larger of the two agents with the pods running. \
+             Reproduce with `cargo xtask bench pods`.\n",
             self.machine,
             self.kernel,
             self.date,
+            self.load,
             self.options.pods,
             self.options.reps,
             self.options.baseline_pods
@@ -307,6 +457,68 @@ impl Report {
             "| burst p99, ms | {} | {} |",
             self.p99_ms.cell(0),
             ratio(self.p99_ms.median)
+        );
+        if self.options.paced_rate > 0.0 {
+            let _ = writeln!(
+                out,
+                "| paced ({:.0} pods/s) p50, ms | {} | {} |",
+                self.options.paced_rate,
+                self.paced_p50_ms.cell(0),
+                ratio(self.paced_p50_ms.median)
+            );
+            let _ = writeln!(
+                out,
+                "| paced ({:.0} pods/s) p99, ms | {} | {} |",
+                self.options.paced_rate,
+                self.paced_p99_ms.cell(0),
+                ratio(self.paced_p99_ms.median)
+            );
+        }
+        let per_pod = |f: fn(&BurstCpu) -> f64| {
+            Summary::of(
+                self.cpu
+                    .iter()
+                    .map(|c| f(c) / self.options.pods.max(1) as f64)
+                    .collect(),
+            )
+        };
+        let _ = writeln!(
+            out,
+            "| cluster CPU per pod in the burst, ms | {} | |",
+            per_pod(|c| c.cluster_ms).cell(0)
+        );
+        let _ = writeln!(
+            out,
+            "| of which the control plane, ms | {} | |",
+            per_pod(|c| c.server_ms).cell(0)
+        );
+        let _ = writeln!(
+            out,
+            "| of which the agents, ms | {} | |",
+            per_pod(|c| c.agents_ms).cell(0)
+        );
+        let floor = Summary::of(
+            self.cpu
+                .iter()
+                .map(|c| c.cluster_ms / self.cores as f64)
+                .collect(),
+        );
+        let _ = writeln!(
+            out,
+            "| burst CPU ÷ {} cores (the floor for the last pod), ms | {} | |",
+            self.cores,
+            floor.cell(0)
+        );
+        let stalled = Summary::of(
+            self.cpu
+                .iter()
+                .map(|c| 100.0 * c.stalled_ms / c.wall_ms.max(1.0))
+                .collect(),
+        );
+        let _ = writeln!(
+            out,
+            "| time some cluster task waited for a CPU in the burst, % | {} | |",
+            stalled.cell(0)
         );
         let _ = writeln!(
             out,

@@ -36,6 +36,14 @@ pub struct AgentArgs {
     /// socket hooks); `false` leaves it to the per-packet programs.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     socket_lb: bool,
+    /// Have the eBPF programs log per-packet decisions (new flows, chosen
+    /// backends) through aya-log; shown under the `ebpf` log target. Costly.
+    #[arg(long)]
+    pub bpf_debug: bool,
+    /// Where to serve /metrics (Prometheus text) and /healthz over plain
+    /// HTTP, as kube-proxy does; an empty value turns it off.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    metrics_bind_address: String,
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -59,6 +67,21 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         dataplane: kestrel_agent::dataplane::Options {
             pin_dir: args.bpf_dir.unwrap_or_else(|| args.data_dir.join("bpf")),
             socket_lb: args.socket_lb,
+            log_level: if args.bpf_debug {
+                kestrel_dataplane::EbpfLogLevel::Debug
+            } else {
+                kestrel_dataplane::EbpfLogLevel::Info
+            },
+        },
+        metrics_addr: if args.metrics_bind_address.is_empty() {
+            None
+        } else {
+            Some(args.metrics_bind_address.parse().with_context(|| {
+                format!(
+                    "--metrics-bind-address {:?}: expected IP:PORT",
+                    args.metrics_bind_address
+                )
+            })?)
         },
     };
     kestrel_agent::run(config, super::server::shutdown_signal()).await

@@ -76,3 +76,43 @@ pub fn services(bpffs: &std::path::Path) -> anyhow::Result<()> {
     print!("{view}");
     Ok(())
 }
+
+/// Prints every flow in the conntrack map pinned in `bpffs`.
+pub fn conntrack(bpffs: &std::path::Path) -> anyhow::Result<()> {
+    let flows = kestrel_dataplane::inspect::conntrack(bpffs)
+        .with_context(|| format!("reading the conntrack map pinned in {}", bpffs.display()))?;
+    let now = kestrel_dataplane::tc::monotonic_now()?;
+    println!("{} flows", flows.len());
+    for f in &flows {
+        println!("{}", f.display(now));
+    }
+    Ok(())
+}
+
+/// Prints the routing view of the node whose maps are pinned in `bpffs`,
+/// reading routes inside `netns` when given. The namespace switch happens
+/// on a thread of its own, so the rest of the process stays where it is.
+pub fn routes(bpffs: &std::path::Path, netns: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let ns = netns.map(|n| {
+        if n.is_absolute() {
+            n.to_owned()
+        } else {
+            std::path::Path::new("/run/netns").join(n)
+        }
+    });
+    let bpffs = bpffs.to_owned();
+    let view = std::thread::spawn(move || -> anyhow::Result<_> {
+        if let Some(ns) = &ns {
+            let f = std::fs::File::open(ns)
+                .with_context(|| format!("opening the network namespace {}", ns.display()))?;
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("entering the network namespace {}", ns.display()))?;
+        }
+        kestrel_dataplane::inspect::routes(&bpffs)
+            .with_context(|| format!("reading the maps pinned in {}", bpffs.display()))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the route reader panicked"))??;
+    print!("{view}");
+    Ok(())
+}

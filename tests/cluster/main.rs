@@ -241,6 +241,7 @@ fn two_node_cluster_end_to_end() {
     services::cluster_ip_spreads_tcp_evenly(&c);
     services::cluster_ip_answers_udp(&c);
     services::node_port_from_the_fabric(&c);
+    services::introspection_shows_the_dataplane(&c);
     services::external_traffic_policy_local_keeps_the_client_ip(&c);
     services::session_affinity_sticks(&c);
     services::no_backend_refuses_then_recovers(&c);

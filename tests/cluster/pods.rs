@@ -39,9 +39,16 @@ spec:
     let nodes: std::collections::BTreeSet<&str> =
         pods.iter().map(|p| str_at(p, "/spec/nodeName")).collect();
     assert_eq!(nodes.len(), 2, "replicas spread over both nodes: {nodes:?}");
-    let d = c.kubectl(&["get", "deployment", "web", "-o", "json"]);
-    let d: Value = serde_json::from_str(&d).expect("deployment");
-    assert_eq!(d["status"]["readyReplicas"], 4, "{}", d["status"]);
+    // The Deployment's status follows its pods a moment later.
+    c.wait(
+        Duration::from_secs(30),
+        "the Deployment reporting 4 ready",
+        || {
+            let d = c.kubectl(&["get", "deployment", "web", "-o", "json"]);
+            let d: Value = serde_json::from_str(&d).ok()?;
+            (d["status"]["readyReplicas"] == 4).then_some(())
+        },
+    );
     c.wait(Duration::from_secs(30), "4 ready endpoints", || {
         (ready_endpoints(c, "web").len() == 4).then_some(())
     });

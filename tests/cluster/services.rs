@@ -2,7 +2,9 @@
 //! balanced over backends on both nodes (TCP and UDP), NodePort from the
 //! fabric, `externalTrafficPolicy: Local`, session affinity, a service with
 //! no backend refusing connections, a TCP connection that outlives an agent
-//! restart, and no iptables or nftables rule anywhere.
+//! restart, no iptables or nftables rule anywhere, and the introspection
+//! a user debugs with: `kestrel bpf services|conntrack|routes` and the
+//! agent's `/metrics`.
 //!
 //! Clients inside pods are `kestrel-echo probe`, which prints one line per
 //! (backend, client address seen, peer address seen) with a count.
@@ -407,6 +409,137 @@ pub fn long_lived_connection_survived(c: &Cluster) {
     );
     let p = c.pod("streamer").expect("streamer");
     assert_eq!(str_at(&p, "/status/phase"), "Running");
+}
+
+/// Runs `kestrel bpf ARGS --bpffs <node's bpffs>`; its stdout.
+fn kestrel_bpf(c: &Cluster, node: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_kestrel"))
+        .arg("bpf")
+        .args(args)
+        .arg("--bpffs")
+        .arg(c.node_dir(node).join("bpf"))
+        .output()
+        .expect("run kestrel bpf");
+    assert!(
+        out.status.success(),
+        "kestrel bpf {args:?} on {node}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// GET `path` from 127.0.0.1:10249 inside `node`'s namespace, where its
+/// agent serves `/metrics`; the body.
+fn agent_http(c: &Cluster, node: &str, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let ns = std::path::Path::new("/run/netns").join(netns_of(c, node));
+    let path = path.to_owned();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&ns).expect("open netns");
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let mut s = TcpStream::connect("127.0.0.1:10249").expect("connect to /metrics");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("response");
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default()
+    })
+    .join()
+    .expect("metrics thread")
+}
+
+/// The value of the sample `name{labels}` (or the sum over all samples of
+/// `name` when `labels` is empty) in a Prometheus text body.
+fn metric(body: &str, name: &str, labels: &str) -> u64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| {
+            series.split('{').next() == Some(name) && (labels.is_empty() || series.contains(labels))
+        })
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum()
+}
+
+/// What a user debugging the dataplane sees: the service table, a tracked
+/// NodePort flow, the routes, and the counters on `/metrics`, all agreeing
+/// with the traffic the scenarios above sent.
+pub fn introspection_shows_the_dataplane(c: &Cluster) {
+    let vip = cluster_ip(c);
+    let backends = backends(c);
+    let services = kestrel_bpf(c, "node-1", &["services"]);
+    assert!(services.contains(&format!("{vip}:9000/TCP")), "{services}");
+    for (_, ip) in backends.values() {
+        assert!(
+            services.contains(&format!("{ip}:9000")),
+            "{ip} in {services}"
+        );
+    }
+
+    // A NodePort connection held open is tracked, translated to a backend.
+    let port = node_port(c, "TCP");
+    let held = TcpStream::connect_timeout(
+        &format!("{}:{port}", node_ip(1)).parse().expect("addr"),
+        Duration::from_secs(3),
+    )
+    .expect("NodePort connection");
+    let local = held.local_addr().expect("local addr");
+    let flows = c.wait(Duration::from_secs(10), "the flow in conntrack", || {
+        let out = kestrel_bpf(c, "node-1", &["conntrack"]);
+        out.lines()
+            .find(|l| l.contains(&format!("{local} -> {}:{port}", node_ip(1))))
+            .map(str::to_owned)
+    });
+    assert!(flows.contains("dnat"), "{flows}");
+    assert!(
+        flows.contains(" => ")
+            && backends
+                .values()
+                .any(|(_, ip)| flows.contains(&format!("{ip}:9000"))),
+        "translated to a backend: {flows}"
+    );
+    drop(held);
+
+    // Routes: node-1's own backends by redirect, node-2's range by FIB.
+    let routes = kestrel_bpf(c, "node-1", &["routes", "--netns", &netns_of(c, "node-1")]);
+    for (node, ip) in backends.values() {
+        if node == "node-1" {
+            assert!(routes.contains(ip.as_str()), "local pod {ip} in {routes}");
+        }
+    }
+    let node2 = c.kubectl(&["get", "node", "node-2", "-o", "jsonpath={.spec.podCIDR}"]);
+    assert!(
+        routes.contains(&format!("{} dev", node2.trim())),
+        "node-2's pod range {node2} in {routes}"
+    );
+
+    // Counters: the 3,000 ClusterIP connections were balanced at connect()
+    // on node-1, each counted against its backend.
+    let body = agent_http(c, "node-1", "/metrics");
+    let conns = metric(&body, "kestrel_service_backend_connections_total", "");
+    assert!(conns >= 3000, "backend connections {conns}:\n{body}");
+    assert!(
+        body.contains("kestrel_dataplane_drops_total{reason=\"no_backend\"}"),
+        "{body}"
+    );
+    assert!(metric(&body, "kestrel_local_endpoints", "") >= 1, "{body}");
+    assert!(
+        metric(
+            &body,
+            "kestrel_service_backends",
+            &format!("frontend=\"{vip}:9000/TCP\"")
+        ) == 3,
+        "{body}"
+    );
+    assert_eq!(agent_http(c, "node-2", "/healthz"), "ok\n");
 }
 
 /// No Kestrel rule in iptables or nftables on any node: the forwarding path

@@ -1,6 +1,5 @@
-//! `cargo xtask bench <suite> [args]`: runs a benchmark from `bench/` (or
-//! the API server's example) in release mode; the store and CNI suites write
-//! their section of docs/benchmarks.md.
+//! `cargo xtask bench <suite> [args]`: runs a benchmark from `bench/` in
+//! release mode; each writes its section of docs/benchmarks.md.
 
 use std::{ffi::OsString, path::Path, process::Command};
 
@@ -27,8 +26,7 @@ enum Suite {
     /// The scheduler: pods/s at 1,000 and 5,000 simulated nodes against a
     /// trivial binder, with `kestrel scheduler`'s RSS.
     Scheduler,
-    /// The API server: creates, LIST, watch fan-out, RSS. Prints its report;
-    /// it does not yet write docs/benchmarks.md itself.
+    /// The API server: creates, LIST, watch fan-out, RSS.
     Apiserver,
 }
 
@@ -94,8 +92,8 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
             (bin, extra)
         }
         Suite::Apiserver => (
-            &["--package", "kestrel-apiserver", "--example", "bench"],
-            Vec::new(),
+            &["--package", "kestrel-bench", "--bin", "apiserver-bench"],
+            vec!["--write".into(), docs.into()],
         ),
     };
     extra.extend(args.args.iter().map(OsString::from));

@@ -20,6 +20,9 @@ struct Args {
     /// Pods per burst.
     #[arg(long, default_value_t = 100)]
     pods: usize,
+    /// Creations per second in the paced run; 0 skips it.
+    #[arg(long, default_value_t = 5.0)]
+    paced_rate: f64,
     /// A short run for a smoke test.
     #[arg(long)]
     quick: bool,
@@ -42,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
         reps,
         pods,
         baseline_pods,
+        paced_rate: args.paced_rate,
     })
     .await?;
     let section = report.to_markdown();

@@ -26,6 +26,9 @@ fn obj_mut<'a>(v: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
     }
 }
 
+/// The label upstream sets on every namespace to its name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
 fn default(m: &mut Map<String, Value>, k: &str, v: Value) {
     m.entry(k.to_owned()).or_insert(v);
 }
@@ -267,6 +270,17 @@ pub fn set_defaults(def: &ResourceDef, obj: &mut Value) {
             }
         }
         ("", "Namespace") => {
+            // Upstream labels every namespace with its own name (on create
+            // and update), so a namespaceSelector can pick one by name.
+            if let Some(name) = str_at(obj, "/metadata/name").map(str::to_owned) {
+                let meta = obj_mut(obj, "metadata");
+                if !meta.get("labels").is_some_and(Value::is_object) {
+                    meta.insert("labels".into(), json!({}));
+                }
+                if let Some(Value::Object(labels)) = meta.get_mut("labels") {
+                    labels.insert(NAMESPACE_NAME_LABEL.into(), json!(name));
+                }
+            }
             default(obj_mut(obj, "spec"), "finalizers", json!(["kubernetes"]));
             default(obj_mut(obj, "status"), "phase", json!("Active"));
         }
@@ -779,6 +793,22 @@ pub fn reclaim_service(state: &AppState, obj: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespaces_carry_their_name_as_a_label() {
+        let def = kestrel_api::registry::lookup("", "v1", "namespaces").expect("namespaces");
+        let mut ns = json!({"metadata": {"name": "x", "labels": {"team": "a"}}});
+        set_defaults(def, &mut ns);
+        assert_eq!(ns["metadata"]["labels"][NAMESPACE_NAME_LABEL], "x");
+        assert_eq!(ns["metadata"]["labels"]["team"], "a");
+        // A user cannot point the label elsewhere.
+        let mut ns = json!({"metadata": {"name": "y", "labels": {NAMESPACE_NAME_LABEL: "x"}}});
+        set_defaults(def, &mut ns);
+        assert_eq!(ns["metadata"]["labels"][NAMESPACE_NAME_LABEL], "y");
+        let mut ns = json!({"metadata": {"name": "z"}});
+        set_defaults(def, &mut ns);
+        assert_eq!(ns["metadata"]["labels"][NAMESPACE_NAME_LABEL], "z");
+    }
 
     #[test]
     fn qos_classes() {

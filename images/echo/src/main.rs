@@ -13,7 +13,8 @@
 //! SIGTERM or SIGINT ends it at once, so pods stop without waiting out
 //! their grace period.
 //!
-//! `kestrel-echo probe ...` is the client half instead (see [`probe`]).
+//! `kestrel-echo probe ...` and `kestrel-echo reach ...` are the client
+//! half instead (see [`probe`]).
 #![forbid(unsafe_code)]
 
 mod probe;
@@ -65,6 +66,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.split_first() {
         Some((command, rest)) if command == "probe" => probe::main(rest),
+        Some((command, rest)) if command == "reach" => probe::reach(rest),
         _ => run(),
     };
     match result {

@@ -10,6 +10,11 @@
 //! ```
 //!
 //! Ports are left out of the grouping (each connection has its own).
+//!
+//! `kestrel-echo reach tcp|udp TIMEOUT_MS HOST:PORT...` asks once, in
+//! parallel, whether each target answers, for network policy matrices:
+//! one line per target, in argument order, `HOST:PORT ok` or
+//! `HOST:PORT fail=<why>`.
 
 use std::{
     collections::BTreeMap,
@@ -54,20 +59,80 @@ pub fn main(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// Upper bound on the targets of one `reach`.
+const MAX_TARGETS: usize = 256;
+
+/// Runs `reach` with the arguments after it.
+pub fn reach(args: &[String]) -> Result<(), String> {
+    const USAGE: &str = "usage: kestrel-echo reach tcp|udp TIMEOUT_MS HOST:PORT...";
+    let [proto, timeout, targets @ ..] = args else {
+        return Err(USAGE.into());
+    };
+    if targets.is_empty() || targets.len() > MAX_TARGETS {
+        return Err(format!("{USAGE} (1..={MAX_TARGETS} targets)"));
+    }
+    let timeout: u64 = timeout
+        .parse()
+        .ok()
+        .filter(|t| (1..=60_000).contains(t))
+        .ok_or_else(|| format!("TIMEOUT_MS must be 1..=60000, not {timeout:?}"))?;
+    let timeout = Duration::from_millis(timeout);
+    let once: fn(SocketAddr, Duration) -> io::Result<String> = match proto.as_str() {
+        "tcp" => tcp_once_within,
+        "udp" => udp_once_within,
+        other => return Err(format!("protocol must be tcp or udp, not {other:?}")),
+    };
+    let addrs = targets
+        .iter()
+        .map(|t| {
+            t.to_socket_addrs()
+                .map_err(|e| format!("{t}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("{t}: no address"))
+        })
+        .collect::<Result<Vec<SocketAddr>, String>>()?;
+    let results: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = addrs
+            .iter()
+            .map(|a| s.spawn(move || once(*a, timeout)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h.join() {
+                Ok(Ok(_)) => "ok".to_owned(),
+                Ok(Err(e)) => format!("fail={}", error_name(&e)),
+                Err(_) => "fail=panic".to_owned(),
+            })
+            .collect()
+    });
+    for (t, r) in targets.iter().zip(results) {
+        println!("{t} {r}");
+    }
+    Ok(())
+}
+
 fn tcp_once(target: SocketAddr) -> io::Result<String> {
-    let stream = TcpStream::connect_timeout(&target, TIMEOUT)?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
+    tcp_once_within(target, TIMEOUT)
+}
+
+fn udp_once(target: SocketAddr) -> io::Result<String> {
+    udp_once_within(target, TIMEOUT)
+}
+
+fn tcp_once_within(target: SocketAddr, timeout: Duration) -> io::Result<String> {
+    let stream = TcpStream::connect_timeout(&target, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
     let peer = stream.peer_addr()?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
     Ok(summarise(&line, peer))
 }
 
-fn udp_once(target: SocketAddr) -> io::Result<String> {
+fn udp_once_within(target: SocketAddr, timeout: Duration) -> io::Result<String> {
     // Unconnected on purpose: the reply's source must be the address we
     // sent to, or a DNS-style client would drop it.
     let socket = UdpSocket::bind("0.0.0.0:0")?;
-    socket.set_read_timeout(Some(TIMEOUT))?;
+    socket.set_read_timeout(Some(timeout))?;
     socket.send_to(b"probe", target)?;
     let mut buf = [0u8; 2048];
     let (n, from) = socket.recv_from(&mut buf)?;
@@ -127,6 +192,16 @@ mod tests {
         assert!(main(&args(&["tcp", "127.0.0.1:1", "0"])).is_err());
         assert!(main(&args(&["tcp", "127.0.0.1:1", "1000001"])).is_err());
         assert!(main(&args(&["tcp", "not an address", "1"])).is_err());
+    }
+
+    #[test]
+    fn reach_refuses_bad_arguments() {
+        let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert!(reach(&args(&["tcp", "100"])).is_err());
+        assert!(reach(&args(&["icmp", "100", "127.0.0.1:1"])).is_err());
+        assert!(reach(&args(&["tcp", "0", "127.0.0.1:1"])).is_err());
+        assert!(reach(&args(&["tcp", "x", "127.0.0.1:1"])).is_err());
+        assert!(reach(&args(&["udp", "100", "nowhere"])).is_err());
     }
 
     #[test]

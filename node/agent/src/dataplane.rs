@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use kestrel_cni::proto::PodNetworkEvent;
 use kestrel_dataplane::tc::{NodeNetwork, PodEndpoint, monotonic_now, parse_mac};
-use kestrel_dataplane::{Dataplane, LoadOptions};
+use kestrel_dataplane::{Dataplane, EbpfLogLevel, LoadOptions};
 
 /// How often idle conntrack entries, and links and endpoints of pods that
 /// are gone, are swept.
@@ -27,6 +27,9 @@ pub struct Options {
     /// Off, the per-packet programs carry it (the packet benchmark compares
     /// the two).
     pub socket_lb: bool,
+    /// The level of the programs' aya-log records (per-packet detail at
+    /// debug), forwarded to the agent's log under the `ebpf` target.
+    pub log_level: EbpfLogLevel,
 }
 
 /// The loaded dataplane, shared by the tasks that attach to it.
@@ -35,8 +38,14 @@ pub type Shared = Arc<Mutex<Dataplane>>;
 /// Loads the object and attaches what belongs to the node as a whole.
 pub fn start(options: &Options) -> anyhow::Result<Shared> {
     ensure_bpffs(&options.pin_dir)?;
-    let mut dp = Dataplane::load(&LoadOptions::new(&options.pin_dir))
-        .context("loading the eBPF dataplane")?;
+    let mut load = LoadOptions::new(&options.pin_dir);
+    load.log_level = options.log_level;
+    let mut dp = Dataplane::load(&load).context("loading the eBPF dataplane")?;
+    // The pump lives as long as the process: the programs log for as long
+    // as they are attached.
+    if let Err(e) = kestrel_dataplane::spawn_log_pump(dp.ebpf_mut()) {
+        tracing::warn!(error = %e, "the programs' log records will not be shown");
+    }
     let cgroup = kestrel_dataplane::host::own_cgroup_dir().context("finding the node's cgroup")?;
     if options.socket_lb {
         dp.attach_sock_lb(&cgroup).with_context(|| {

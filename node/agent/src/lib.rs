@@ -8,8 +8,10 @@
 
 pub mod dataplane;
 pub mod join;
+pub mod metrics;
 pub mod node;
 pub mod nodeapi;
+pub mod observe;
 pub mod pods;
 pub mod routes;
 pub mod runtime;
@@ -41,6 +43,8 @@ pub struct Config {
     pub kubelet_port: u16,
     /// The eBPF dataplane.
     pub dataplane: dataplane::Options,
+    /// Where `/metrics` is served (plain HTTP); `None` turns it off.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The address this host uses to reach `server` (no packet is sent).
@@ -126,6 +130,18 @@ pub async fn run(
     });
 
     let dp = dataplane::start(&config.dataplane)?;
+    let metrics = match config.metrics_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening for /metrics on {addr}"))?;
+            Some(tokio::spawn(metrics::serve(
+                listener,
+                config.dataplane.pin_dir.clone(),
+            )))
+        }
+        None => None,
+    };
 
     let agent_socket = dir.join("agent.sock");
     let (_interfaces, net_server) = runtime::serve_pod_network(&agent_socket, dp.clone())?;
@@ -176,6 +192,9 @@ pub async fn run(
     dp_sync.abort();
     node_api.abort();
     net_server.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     // containerd stops; the containers keep running in their shims, and a
     // restarted agent adopts them.
     runtime.stop().await?;

@@ -11,8 +11,11 @@
 mod ebpf_log;
 mod error;
 pub mod host;
+pub mod inspect;
 mod loader;
+pub mod metrics;
 mod object;
+mod pins;
 pub mod proto_counter;
 mod sock;
 pub mod sync;

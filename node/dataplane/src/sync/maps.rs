@@ -4,12 +4,13 @@
 //! [`FakeMaps`](super::fake::FakeMaps).
 
 use std::collections::HashMap as StdHashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuHashMap};
+use aya::maps::{HashMap, MapData, MapError, PerCpuHashMap};
 use kestrel_ebpf_common::lb::{Backend, RevNat, ServiceKey, ServiceValue};
 use kestrel_ebpf_common::map_names;
 
+use crate::pins::{map_err, open_pinned};
 use crate::{Error, Result};
 
 /// Reads and writes of the service load-balancing maps. Writes overwrite;
@@ -74,25 +75,6 @@ impl PinnedMaps {
                 .map_err(map_err("typing", map_names::BACKEND_CONNS))?,
         })
     }
-}
-
-fn open_pinned(dir: &Path, name: &'static str) -> Result<Map> {
-    let path = dir.join(name);
-    if !path.exists() {
-        return Err(Error::NotPinned {
-            dir: dir.to_owned(),
-            name,
-        });
-    }
-    let data = MapData::from_pin(&path).map_err(|source| Error::OpenPinned {
-        path: PathBuf::from(&path),
-        source,
-    })?;
-    Map::from_map_data(data).map_err(map_err("opening", name))
-}
-
-fn map_err(what: &'static str, name: &'static str) -> impl Fn(MapError) -> Error {
-    move |source| Error::Map { what, name, source }
 }
 
 /// Deleting a key that is not there is fine: see [`LbMaps`].
