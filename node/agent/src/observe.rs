@@ -67,7 +67,7 @@ pub struct FlowRecord {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Message {
     /// A verdict.
-    Flow(FlowRecord),
+    Flow(Box<FlowRecord>),
     /// Records that were not delivered, and where they were lost.
     Lost {
         /// The node.
@@ -222,7 +222,7 @@ mod tests {
             pod: Some(pod.into()),
             entity: None,
         };
-        Message::Flow(FlowRecord {
+        Message::Flow(Box::new(FlowRecord {
             time: "t".into(),
             node: "node-1".into(),
             verdict: verdict.into(),
@@ -231,7 +231,7 @@ mod tests {
             src: end(src),
             dst: end(dst),
             policy: None,
-        })
+        }))
     }
 
     #[test]
