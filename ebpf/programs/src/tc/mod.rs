@@ -16,6 +16,7 @@ mod fwd;
 mod lb;
 pub mod maps;
 mod pkt;
+pub mod policy_maps;
 mod reject;
 
 use aya_ebpf::{
