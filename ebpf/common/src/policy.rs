@@ -258,11 +258,20 @@ impl EventBucket {
     /// `false` when the bucket is empty.
     pub const fn take(&mut self, now_ns: u64) -> bool {
         const MILLI_PER_EVENT: u64 = 1_000;
-        let elapsed = now_ns.saturating_sub(self.last_ns);
-        // Milli-tokens earned: EVENTS_PER_SECOND per 1e9 ns, times 1000.
-        let earned = elapsed.saturating_mul(EVENTS_PER_SECOND) / 1_000_000;
         let cap = EVENT_BURST * MILLI_PER_EVENT;
-        let mut tokens = self.milli_tokens.saturating_add(earned);
+        // One second refills any bucket; capping the gap there keeps the
+        // arithmetic in 64 bits (the eBPF target has no 128-bit multiply).
+        let mut elapsed = now_ns.saturating_sub(self.last_ns);
+        if elapsed > 1_000_000_000 {
+            elapsed = 1_000_000_000;
+        }
+        // Milli-tokens earned: EVENTS_PER_SECOND per 1e9 ns, times 1000.
+        let earned = elapsed * EVENTS_PER_SECOND / 1_000_000;
+        let mut tokens = if self.milli_tokens > cap {
+            cap
+        } else {
+            self.milli_tokens
+        } + earned;
         if tokens > cap {
             tokens = cap;
         }

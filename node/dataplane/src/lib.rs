@@ -10,6 +10,7 @@
 
 mod ebpf_log;
 mod error;
+pub mod flows;
 pub mod host;
 pub mod inspect;
 mod loader;

@@ -4,7 +4,6 @@
 //! so a restarted agent adopts them and enforcement never lapses.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -14,15 +13,14 @@ use kestrel_ebpf_common::policy::{
 };
 
 #[map(name = "IPCACHE")]
-pub static IPCACHE: LpmTrie<u32, IpcacheEntry> = LpmTrie::pinned(sizes::IPCACHE, BPF_F_NO_PREALLOC);
+pub static IPCACHE: LpmTrie<u32, IpcacheEntry> = LpmTrie::pinned(sizes::IPCACHE, 0);
 
 #[map(name = "POLICY_ENDPOINTS")]
 pub static POLICY_ENDPOINTS: HashMap<u32, PolicyEndpoint> =
     HashMap::pinned(sizes::POLICY_ENDPOINTS, 0);
 
 #[map(name = "POLICY")]
-pub static POLICY: LpmTrie<PolicyKey, PolicyEntry> =
-    LpmTrie::pinned(sizes::POLICY, BPF_F_NO_PREALLOC);
+pub static POLICY: LpmTrie<PolicyKey, PolicyEntry> = LpmTrie::pinned(sizes::POLICY, 0);
 
 #[map(name = "POLICY_VERDICTS")]
 pub static POLICY_VERDICTS: PerCpuHashMap<PolicyVerdictKey, u64> =
