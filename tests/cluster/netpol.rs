@@ -440,9 +440,22 @@ pub fn truth_tables(c: &Cluster, m: &Model) {
             "  podSelector: {}\n  policyTypes: [Ingress, Egress]",
         ),
     );
+    let host_verdicts = || {
+        ["node-1", "node-2"]
+            .iter()
+            .map(|n| {
+                let body = services::agent_http(c, n, "/metrics");
+                services::metric(&body, "kestrel_policy_verdicts_total", "verdict=\"host\"")
+            })
+            .sum::<u64>()
+    };
+    let before = host_verdicts();
     let denied = m.expect(|f, t| f.ns != "x" && t.ns != "x");
     m.check(c, "deny all in x", 80, "tcp", &denied);
-    std::thread::sleep(Duration::from_secs(3));
+    // The probes (every second, two per pod) keep passing as HOST verdicts.
+    c.wait(SETTLE, "probes through the isolated pods", || {
+        (host_verdicts() >= before + 12).then_some(())
+    });
     for pod in PODS {
         let v: Value =
             serde_json::from_str(&c.kubectl(&["get", "pod", "-n", "x", pod, "-o", "json"]))
@@ -613,4 +626,82 @@ pub fn services_under_egress_policy(c: &Cluster) {
     clear_policies(c);
     c.kubectl(&["delete", "svc", "-n", "y", "dns-yb"]);
     c.kubectl(&["delete", "svc", "-n", "z", "web-zc"]);
+}
+
+/// A denied flow shows in `kestrel observe` (named: pods, namespaces,
+/// port, the isolating policy) and in the node's `/metrics`.
+pub fn verdicts_are_observable(c: &Cluster, m: &Model) {
+    apply_policies(
+        c,
+        &policy(
+            "x",
+            "deny-in",
+            "  podSelector: {}\n  policyTypes: [Ingress]",
+        ),
+    );
+    let want = m.expect(|_, t| t.ns != "x");
+    m.check(c, "deny ingress in x, observed", 81, "tcp", &want);
+    // The observer starts, then one more denied connection: from y/b to
+    // x/a:81, which it must report.
+    let mut observer = Command::new(env!("CARGO_BIN_EXE_kestrel"))
+        .args(["observe", "--data-dir"])
+        .arg(c.dir.path())
+        .args(["-n", "x", "--pod", "a", "--verdict", "denied", "--json", "--count", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start kestrel observe");
+    let xa = m.peers[m.index("x", "a")].ip.clone();
+    let deadline = Instant::now() + SETTLE;
+    let output = loop {
+        // Repeated: the observer may not have subscribed before the first.
+        let _ = c.kubectl_raw(
+            &[
+                "exec", "-n", "y", "b", "-c", "cont-81", "--", "/kestrel-echo", "reach", "tcp",
+                "500", &format!("{xa}:81"),
+            ],
+            None,
+        );
+        if let Some(status) = observer.try_wait().expect("observer status") {
+            let out = observer.wait_with_output().expect("observer output");
+            assert!(status.success(), "kestrel observe failed: {}", String::from_utf8_lossy(&out.stderr));
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        if Instant::now() > deadline {
+            let _ = observer.kill();
+            let out = observer.wait_with_output().expect("observer output");
+            panic!(
+                "kestrel observe reported nothing: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    let record: Value = serde_json::from_str(output.trim()).expect("one JSON record");
+    assert_eq!(record["kind"], "flow", "{record}");
+    assert_eq!(record["verdict"], "denied", "{record}");
+    assert_eq!(record["direction"], "ingress", "{record}");
+    assert_eq!(record["proto"], "tcp", "{record}");
+    assert_eq!(record["dst"]["namespace"], "x", "{record}");
+    assert_eq!(record["dst"]["pod"], "a", "{record}");
+    assert_eq!(record["dst"]["port"], 81, "{record}");
+    assert_eq!(record["src"]["namespace"], "y", "{record}");
+    assert_eq!(record["src"]["pod"], "b", "{record}");
+
+    // x/a runs on node-1: its counters name the isolating policy.
+    let body = services::agent_http(c, "node-1", "/metrics");
+    let denied = services::metric(
+        &body,
+        "kestrel_policy_verdicts_total",
+        "direction=\"ingress\",verdict=\"denied\",policy=\"x/deny-in\"",
+    );
+    assert!(denied >= 1, "denied verdicts counted by policy:\n{body}");
+    assert!(
+        services::metric(&body, "kestrel_flow_events_total", "outcome=\"sent\"") >= 1,
+        "{body}"
+    );
+    assert!(
+        services::metric(&body, "kestrel_dataplane_drops_total", "reason=\"policy_denied\"") >= 1,
+        "{body}"
+    );
+    clear_policies(c);
 }
