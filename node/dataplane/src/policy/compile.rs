@@ -9,7 +9,10 @@
 //! 1. **Identities.** Every pod with an address gets the identity of its
 //!    (namespace, pod labels, namespace labels, *cidr class*), where the
 //!    cidr class is the longest ipBlock prefix (over every `cidr` and
-//!    `except` of every policy) that contains the pod's address. Pods that
+//!    `except` of every policy) that contains the pod's address. (Pods that
+//!    number a named port differently, for a name some egress rule uses,
+//!    also differ: an egress entry for a named port is per identity, and
+//!    must mean one number.) Pods that
 //!    look alike share an identity, so entries scale with distinct label
 //!    sets rather than pods; the class makes ipBlocks exact for pod
 //!    addresses too. Each ipBlock prefix gets a CIDR identity of its own,
@@ -295,6 +298,12 @@ struct LabelsKey {
     ns_labels: BTreeMap<String, String>,
     /// The longest ipBlock prefix holding the pod's address.
     class: Option<Ipv4Net>,
+    /// The pod's numbers for the named ports that egress rules name, so
+    /// that an identity's named port has one number (pods alike but for
+    /// those numbers get identities of their own).
+    /// Only names the pod has count, so a policy naming a new port splits
+    /// only the identities of pods that have it.
+    named: Vec<(u8, String, u16)>,
 }
 
 // ---------------------------------------------------------------------------
@@ -679,6 +688,16 @@ impl PolicyCompiler {
                 }
             }
         }
+        // Named ports that egress rules resolve against destination pods.
+        let egress_names: BTreeSet<(u8, &str)> = parsed
+            .iter()
+            .flat_map(|p| p.egress.iter().flatten())
+            .flat_map(|r| r.ports.iter())
+            .filter_map(|port| match port {
+                PortSpec::Named(proto, name) => Some((*proto, name.as_str())),
+                _ => None,
+            })
+            .collect();
         let mut cidr_ids = Vec::with_capacity(blocks.len());
         for net in &blocks {
             by_len[usize::from(net.prefix_len())].insert(*net);
@@ -730,6 +749,12 @@ impl PolicyCompiler {
                     .get(namespace.as_str())
                     .map_or_else(BTreeMap::new, |l| (*l).clone()),
                 class: class_of(ip, &by_len),
+                named: egress_names
+                    .iter()
+                    .filter_map(|&(proto, name)| {
+                        Some((proto, name.to_owned(), named_port(pod, proto, name)?))
+                    })
+                    .collect(),
             };
             let hint = hints.get(&Ipv4Net::from(ip)).copied();
             let id = self.labels.id(&key, hint);

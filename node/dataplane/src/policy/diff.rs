@@ -3,20 +3,31 @@
 //!
 //! The order keeps every flow that is allowed both before and after an
 //! update allowed in every intermediate state the kernel may read:
-//! 1. POLICY entries that are new or changed (allows first);
-//! 2. IPCACHE prefixes that are new or changed (a pod changing identity
-//!    already has the new identity's allows);
-//! 3. POLICY_ENDPOINTS that are new or changed (a pod becoming isolated
-//!    already has its allows);
-//! 4. endpoints removed;
-//! 5. POLICY entries removed;
-//! 6. IPCACHE prefixes removed (last, so a removal never turns an address
-//!    into `world` while allows still name its identity).
+//! 1. POLICY entries that are new or changed: from here on the allows of
+//!    both the old and the new state are present;
+//! 2. endpoints that lose an isolation flag lose it now (with only the
+//!    flags the new state keeps): a loosened pod is open before any address
+//!    changes identity under it;
+//! 3. IPCACHE prefixes that are new or changed, then
+//! 4. IPCACHE prefixes removed: each address moves straight to its final
+//!    identity, whose allows are already present;
+//! 5. POLICY_ENDPOINTS new or changed (a pod becoming isolated finds its
+//!    allows and its peers' final identities in place);
+//! 6. endpoints removed;
+//! 7. POLICY entries removed, once no address resolves to an identity
+//!    they alone allowed and no endpoint depends on them.
+//!
+//! (Removing ipcache prefixes last instead would let step 7 deny an
+//! address that still resolves to an identity being retired, e.g. a
+//! deleted pod's address inside an ipBlock; the unit tests replay every
+//! intermediate state of randomized updates to check the order.)
 //!
 //! Writes touch only what differs; an entry whose write failed stays
 //! different in the mirror and is retried by the next [`PolicySyncer::sync`].
 
 use std::collections::BTreeMap;
+
+use kestrel_ebpf_common::policy::PolicyEndpoint;
 
 use super::compile::PolicyState;
 use super::maps::PolicyMaps;
@@ -99,35 +110,51 @@ impl<M: PolicyMaps> PolicySyncer<M> {
             mirror.entries.insert(key, id);
             stats.entry_writes += 1;
         }
-        // 2. Ipcache added or changed.
+        // 2. Isolation lifted first.
+        for (addr, want) in &desired.endpoints {
+            let Some(have) = mirror.endpoints.get(addr).copied() else {
+                continue;
+            };
+            let kept = have.flags & want.flags;
+            if kept != have.flags {
+                let loosened = PolicyEndpoint {
+                    flags: kept,
+                    ..*want
+                };
+                maps.put_endpoint(*addr, loosened)?;
+                mirror.endpoints.insert(*addr, loosened);
+                stats.endpoint_writes += 1;
+            }
+        }
+        // 3. Ipcache added or changed.
         for (net, id) in changed(&desired.ipcache, &mirror.ipcache) {
             maps.put_ipcache(net, id)?;
             mirror.ipcache.insert(net, id);
             stats.ipcache_writes += 1;
         }
-        // 3. Endpoints added or changed.
+        // 4. Ipcache removed.
+        for net in removed(&desired.ipcache, &mirror.ipcache) {
+            maps.delete_ipcache(net)?;
+            mirror.ipcache.remove(&net);
+            stats.ipcache_deletes += 1;
+        }
+        // 5. Endpoints added or changed.
         for (addr, ep) in changed(&desired.endpoints, &mirror.endpoints) {
             maps.put_endpoint(addr, ep)?;
             mirror.endpoints.insert(addr, ep);
             stats.endpoint_writes += 1;
         }
-        // 4. Endpoints removed.
+        // 6. Endpoints removed.
         for addr in removed(&desired.endpoints, &mirror.endpoints) {
             maps.delete_endpoint(addr)?;
             mirror.endpoints.remove(&addr);
             stats.endpoint_deletes += 1;
         }
-        // 5. Allow entries removed.
+        // 7. Allow entries removed.
         for key in removed(&desired.entries, &mirror.entries) {
             maps.delete_entry(key)?;
             mirror.entries.remove(&key);
             stats.entry_deletes += 1;
-        }
-        // 6. Ipcache removed.
-        for net in removed(&desired.ipcache, &mirror.ipcache) {
-            maps.delete_ipcache(net)?;
-            mirror.ipcache.remove(&net);
-            stats.ipcache_deletes += 1;
         }
         Ok(stats)
     }
