@@ -17,6 +17,7 @@ mod loader;
 pub mod metrics;
 mod object;
 mod pins;
+pub mod policy;
 pub mod proto_counter;
 mod sock;
 pub mod sync;
