@@ -646,7 +646,17 @@ pub fn verdicts_are_observable(c: &Cluster, m: &Model) {
     let mut observer = Command::new(env!("CARGO_BIN_EXE_kestrel"))
         .args(["observe", "--data-dir"])
         .arg(c.dir.path())
-        .args(["-n", "x", "--pod", "a", "--verdict", "denied", "--json", "--count", "1"])
+        .args([
+            "-n",
+            "x",
+            "--pod",
+            "a",
+            "--verdict",
+            "denied",
+            "--json",
+            "--count",
+            "1",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -657,14 +667,28 @@ pub fn verdicts_are_observable(c: &Cluster, m: &Model) {
         // Repeated: the observer may not have subscribed before the first.
         let _ = c.kubectl_raw(
             &[
-                "exec", "-n", "y", "b", "-c", "cont-81", "--", "/kestrel-echo", "reach", "tcp",
-                "500", &format!("{xa}:81"),
+                "exec",
+                "-n",
+                "y",
+                "b",
+                "-c",
+                "cont-81",
+                "--",
+                "/kestrel-echo",
+                "reach",
+                "tcp",
+                "500",
+                &format!("{xa}:81"),
             ],
             None,
         );
         if let Some(status) = observer.try_wait().expect("observer status") {
             let out = observer.wait_with_output().expect("observer output");
-            assert!(status.success(), "kestrel observe failed: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                status.success(),
+                "kestrel observe failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             break String::from_utf8_lossy(&out.stdout).into_owned();
         }
         if Instant::now() > deadline {
@@ -700,7 +724,11 @@ pub fn verdicts_are_observable(c: &Cluster, m: &Model) {
         "{body}"
     );
     assert!(
-        services::metric(&body, "kestrel_dataplane_drops_total", "reason=\"policy_denied\"") >= 1,
+        services::metric(
+            &body,
+            "kestrel_dataplane_drops_total",
+            "reason=\"policy_denied\""
+        ) >= 1,
         "{body}"
     );
     clear_policies(c);

@@ -183,7 +183,9 @@ fn end(ip_be: u32, port_be: u16, id: u32, names: &dyn Names) -> FlowEnd {
         e.entity = Some(match id {
             identity::HOST => "host".into(),
             identity::WORLD => "world".into(),
-            _ => names.identity(id).unwrap_or_else(|| format!("identity {id}")),
+            _ => names
+                .identity(id)
+                .unwrap_or_else(|| format!("identity {id}")),
         });
     }
     e
