@@ -64,7 +64,7 @@ fn pod_yaml(ns: &str, pod: &str, node: &str) -> String {
     format!(
         r#"apiVersion: v1
 kind: Pod
-metadata: {{name: {pod}, namespace: {ns}, labels: {{pod: {pod}}}}}
+metadata: {{name: {pod}, namespace: "{ns}", labels: {{pod: {pod}}}}}
 spec:
   nodeName: {node}
   terminationGracePeriodSeconds: 1
@@ -82,7 +82,7 @@ pub fn setup(c: &Cluster) -> Model {
     for ns in NAMESPACES {
         let _ = write!(
             yaml,
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{ns: {ns}}}}}\n---\n"
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: \"{ns}\", labels: {{ns: \"{ns}\"}}}}\n---\n"
         );
     }
     let mut i = 0;
@@ -248,7 +248,7 @@ struct Scenario {
 
 fn policy(ns: &str, name: &str, spec: &str) -> String {
     format!(
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}\n---\n"
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: \"{ns}\"}}\nspec:\n{spec}\n---\n"
     )
 }
 
@@ -292,7 +292,7 @@ fn scenarios(m: &Model) -> Vec<Scenario> {
             policies: policy(
                 "x",
                 "a-from-y",
-                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: y}}",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: \"y\"}}",
             ),
             checks: vec![(80, "tcp"), (81, "udp")],
             allowed: Box::new(move |f, t, _, _| !is(t, "x", "a") || f.ns == "y"),
@@ -302,7 +302,7 @@ fn scenarios(m: &Model) -> Vec<Scenario> {
             policies: policy(
                 "x",
                 "a-from-z",
-                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: z}}",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: \"z\"}}",
             ),
             checks: vec![(80, "tcp")],
             allowed: Box::new(move |f, t, _, _| !is(t, "x", "a") || f.ns == "z"),
@@ -312,7 +312,7 @@ fn scenarios(m: &Model) -> Vec<Scenario> {
             policies: policy(
                 "x",
                 "a-from-c-elsewhere",
-                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchExpressions: [{key: ns, operator: NotIn, values: [x]}]}\n      podSelector: {matchLabels: {pod: c}}",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchExpressions: [{key: ns, operator: NotIn, values: [\"x\"]}]}\n      podSelector: {matchLabels: {pod: c}}",
             ),
             checks: vec![(80, "tcp")],
             allowed: Box::new(move |f, t, _, _| !is(t, "x", "a") || (f.ns != "x" && f.pod == "c")),
@@ -360,7 +360,7 @@ fn scenarios(m: &Model) -> Vec<Scenario> {
             ) + &policy(
                 "x",
                 "a-from-z",
-                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: z}}",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: \"z\"}}",
             ),
             checks: vec![(80, "tcp")],
             allowed: Box::new(move |f, t, _, _| !is(t, "x", "a") || is(f, "x", "b") || f.ns == "z"),
@@ -380,7 +380,7 @@ fn scenarios(m: &Model) -> Vec<Scenario> {
             policies: policy(
                 "x",
                 "a-to-yb",
-                "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - namespaceSelector: {matchLabels: {ns: y}}\n      podSelector: {matchLabels: {pod: b}}",
+                "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - namespaceSelector: {matchLabels: {ns: \"y\"}}\n      podSelector: {matchLabels: {pod: b}}",
             ),
             checks: vec![(80, "tcp"), (81, "udp")],
             allowed: Box::new(move |f, t, _, _| !is(f, "x", "a") || is(t, "y", "b")),
@@ -402,11 +402,11 @@ fn scenarios(m: &Model) -> Vec<Scenario> {
             policies: policy(
                 "x",
                 "b-out",
-                "  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - namespaceSelector: {matchLabels: {ns: y}}\n      podSelector: {matchLabels: {pod: a}}",
+                "  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - namespaceSelector: {matchLabels: {ns: \"y\"}}\n      podSelector: {matchLabels: {pod: a}}",
             ) + &policy(
                 "y",
                 "a-in",
-                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: x}}",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: \"x\"}}",
             ),
             checks: vec![(80, "tcp")],
             allowed: Box::new(move |f, t, _, _| {
@@ -488,7 +488,7 @@ pub fn updates_while_traffic_flows(c: &Cluster, m: &Model) {
     c.apply(&format!(
         r#"apiVersion: v1
 kind: Pod
-metadata: {{name: streamer, namespace: y, labels: {{pod: streamer}}}}
+metadata: {{name: streamer, namespace: "y", labels: {{pod: streamer}}}}
 spec:
   nodeName: node-2
   restartPolicy: Never
@@ -512,7 +512,7 @@ spec:
         &policy(
             "x",
             "a-in",
-            "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: y}}",
+            "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: \"y\"}}",
         ),
     );
     let want = m.expect(|f, t| !is(t, "x", "a") || f.ns == "y");
@@ -523,7 +523,7 @@ spec:
         &policy(
             "x",
             "a-in",
-            "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchExpressions: [{key: ns, operator: In, values: [y, z]}]}",
+            "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchExpressions: [{key: ns, operator: In, values: [\"y\", \"z\"]}]}",
         ),
     );
     let want = m.expect(|f, t| !is(t, "x", "a") || f.ns == "y" || f.ns == "z");
@@ -555,7 +555,7 @@ spec:
 pub fn services_under_egress_policy(c: &Cluster) {
     let svc = |name: &str, ns: &str, pod: &str| {
         format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  selector: {{pod: {pod}}}\n  ports:\n  - {{name: udp, port: 53, targetPort: 80, protocol: UDP}}\n  - {{name: tcp, port: 8080, targetPort: 80, protocol: TCP}}\n---\n"
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: \"{ns}\"}}\nspec:\n  selector: {{pod: {pod}}}\n  ports:\n  - {{name: udp, port: 53, targetPort: 80, protocol: UDP}}\n  - {{name: tcp, port: 8080, targetPort: 80, protocol: TCP}}\n---\n"
         )
     };
     c.apply(&(svc("dns-yb", "y", "b") + &svc("web-zc", "z", "c")));
@@ -564,7 +564,7 @@ pub fn services_under_egress_policy(c: &Cluster) {
         &policy(
             "x",
             "a-out",
-            "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - namespaceSelector: {matchLabels: {ns: y}}\n      podSelector: {matchLabels: {pod: b}}\n    ports: [{protocol: UDP, port: 80}]",
+            "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - namespaceSelector: {matchLabels: {ns: \"y\"}}\n      podSelector: {matchLabels: {pod: b}}\n    ports: [{protocol: UDP, port: 80}]",
         ),
     );
     let ip = |ns: &str, name: &str| {
