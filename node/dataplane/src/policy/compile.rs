@@ -797,11 +797,7 @@ impl PolicyCompiler {
             );
         }
 
-        let ctx = PeerCtx {
-            id_keys: &id_keys,
-            cidr_ids: &cidr_ids,
-            host_ips: &node.ips,
-        };
+        let ctx = PeerCtx::new(&id_keys, &cidr_ids, &node.ips);
         for policy in &parsed {
             let selected: Vec<usize> = local
                 .iter()
@@ -949,11 +945,50 @@ fn describe(key: &LabelsKey) -> String {
     s
 }
 
-/// What peer resolution looks at.
+/// What peer resolution looks at: the identities grouped by namespace
+/// (a namespace's identities share its labels, so a namespace selector is
+/// evaluated once per namespace, and a pod selector alone looks at one
+/// namespace only), and those with a cidr class apart.
 struct PeerCtx<'a> {
-    id_keys: &'a BTreeMap<u32, LabelsKey>,
+    by_namespace: BTreeMap<&'a str, NamespaceIds<'a>>,
+    classed: Vec<(u32, Ipv4Net)>,
     cidr_ids: &'a [(Ipv4Net, u32)],
     host_ips: &'a [Ipv4Addr],
+}
+
+struct NamespaceIds<'a> {
+    labels: &'a BTreeMap<String, String>,
+    ids: Vec<(u32, &'a BTreeMap<String, String>)>,
+}
+
+impl<'a> PeerCtx<'a> {
+    fn new(
+        id_keys: &'a BTreeMap<u32, LabelsKey>,
+        cidr_ids: &'a [(Ipv4Net, u32)],
+        host_ips: &'a [Ipv4Addr],
+    ) -> Self {
+        let mut by_namespace: BTreeMap<&str, NamespaceIds<'_>> = BTreeMap::new();
+        let mut classed = Vec::new();
+        for (id, key) in id_keys {
+            by_namespace
+                .entry(key.namespace.as_str())
+                .or_insert_with(|| NamespaceIds {
+                    labels: &key.ns_labels,
+                    ids: Vec::new(),
+                })
+                .ids
+                .push((*id, &key.labels));
+            if let Some(class) = key.class {
+                classed.push((*id, class));
+            }
+        }
+        Self {
+            by_namespace,
+            classed,
+            cidr_ids,
+            host_ips,
+        }
+    }
 }
 
 impl PeerCtx<'_> {
@@ -967,14 +1002,20 @@ impl PeerCtx<'_> {
             match peer {
                 Peer::Nothing => {}
                 Peer::Pods { namespaces, pods } => {
-                    for (id, key) in self.id_keys {
-                        let ns_ok = match namespaces {
-                            None => key.namespace == policy_ns,
-                            Some(sel) => sel.matches(&key.ns_labels),
-                        };
-                        if ns_ok && pods.matches(&key.labels) {
-                            set.ids.insert(*id);
-                            set.pod_ids.insert(*id);
+                    let groups: Vec<&NamespaceIds<'_>> = match namespaces {
+                        None => self.by_namespace.get(policy_ns).into_iter().collect(),
+                        Some(sel) => self
+                            .by_namespace
+                            .values()
+                            .filter(|g| sel.matches(g.labels))
+                            .collect(),
+                    };
+                    for group in groups {
+                        for (id, labels) in &group.ids {
+                            if pods.matches(labels) {
+                                set.ids.insert(*id);
+                                set.pod_ids.insert(*id);
+                            }
                         }
                     }
                 }
@@ -987,8 +1028,8 @@ impl PeerCtx<'_> {
                             set.ids.insert(*id);
                         }
                     }
-                    for (id, key) in self.id_keys {
-                        if key.class.as_ref().is_some_and(inside) {
+                    for (id, class) in &self.classed {
+                        if inside(class) {
                             set.ids.insert(*id);
                         }
                     }
