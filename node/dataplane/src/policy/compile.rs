@@ -797,15 +797,21 @@ impl PolicyCompiler {
             );
         }
 
+        let mut local_by_ns: HashMap<&str, Vec<usize>> = HashMap::new();
+        for &i in &local {
+            local_by_ns
+                .entry(pod_list[i].namespace)
+                .or_default()
+                .push(i);
+        }
         let ctx = PeerCtx::new(&id_keys, &cidr_ids, &node.ips);
         for policy in &parsed {
-            let selected: Vec<usize> = local
-                .iter()
+            let selected: Vec<usize> = local_by_ns
+                .get(policy.namespace.as_str())
+                .into_iter()
+                .flatten()
                 .copied()
-                .filter(|&i| {
-                    pod_list[i].namespace == policy.namespace
-                        && policy.select.matches(pod_list[i].labels)
-                })
+                .filter(|&i| policy.select.matches(pod_list[i].labels))
                 .collect();
             if selected.is_empty() {
                 continue;
@@ -831,59 +837,12 @@ impl PolicyCompiler {
                 }
                 for rule in rules {
                     let peers = ctx.resolve(rule, &policy.namespace);
-                    let mut fixed: Vec<(u32, u8, u16, u32)> = Vec::new();
                     let peer_ids: Vec<u32> = if peers.any {
                         vec![identity::ANY]
                     } else {
                         peers.ids.iter().copied().collect()
                     };
-                    for port in &rule.ports {
-                        match port {
-                            PortSpec::All => {
-                                for &peer in &peer_ids {
-                                    fixed.push((peer, 0, 0, prefix::ANY_PROTO));
-                                }
-                            }
-                            PortSpec::Proto(proto) => {
-                                for &peer in &peer_ids {
-                                    fixed.push((peer, *proto, 0, prefix::ANY_PORT));
-                                }
-                            }
-                            PortSpec::Range(proto, start, end) => {
-                                let mut out = [(0u16, 0u8); 32];
-                                let n = port_range_prefixes(*start, *end, &mut out);
-                                for &peer in &peer_ids {
-                                    for &(port, len) in &out[..n] {
-                                        fixed.push((
-                                            peer,
-                                            *proto,
-                                            port,
-                                            prefix::ANY_PORT + u32::from(len),
-                                        ));
-                                    }
-                                }
-                            }
-                            PortSpec::Named(proto, name) if dir == direction::EGRESS => {
-                                // Against each destination pod; every pod
-                                // when the rule has no peers.
-                                let mut add = |pi: &PodInfo<'_>| {
-                                    if let Some(port) = named_port(pi.pod, *proto, name) {
-                                        fixed.push((pi.identity, *proto, port, prefix::FULL));
-                                    }
-                                };
-                                if peers.any {
-                                    pod_list.iter().for_each(&mut add);
-                                } else {
-                                    for id in &peers.pod_ids {
-                                        for &pi in pods_by_id.get(id).into_iter().flatten() {
-                                            add(&pod_list[pi]);
-                                        }
-                                    }
-                                }
-                            }
-                            PortSpec::Named(..) => {} // per selected pod, below
-                        }
-                    }
+                    let fixed = fixed_entries(dir, rule, &peers, &peer_ids, &pod_list, &pods_by_id);
                     for &i in &selected {
                         let ep = pod_list[i].ip;
                         for &(peer, proto, port, len) in &fixed {
@@ -925,6 +884,63 @@ impl PolicyCompiler {
     pub fn policy_id(&self, namespace: &str, name: &str) -> Option<u32> {
         self.policies.get(&(namespace.to_owned(), name.to_owned()))
     }
+}
+
+/// The entries of one rule that are the same for every selected pod, as
+/// (peer identity, protocol, port, prefix length): every port spec but
+/// ingress named ports (which resolve against each selected pod).
+fn fixed_entries(
+    dir: u8,
+    rule: &Rule,
+    peers: &PeerSet,
+    peer_ids: &[u32],
+    pod_list: &[PodInfo<'_>],
+    pods_by_id: &HashMap<u32, Vec<usize>>,
+) -> Vec<(u32, u8, u16, u32)> {
+    let mut fixed = Vec::new();
+    for port in &rule.ports {
+        match port {
+            PortSpec::All => {
+                for &peer in peer_ids {
+                    fixed.push((peer, 0, 0, prefix::ANY_PROTO));
+                }
+            }
+            PortSpec::Proto(proto) => {
+                for &peer in peer_ids {
+                    fixed.push((peer, *proto, 0, prefix::ANY_PORT));
+                }
+            }
+            PortSpec::Range(proto, start, end) => {
+                let mut out = [(0u16, 0u8); 32];
+                let n = port_range_prefixes(*start, *end, &mut out);
+                for &peer in peer_ids {
+                    for &(port, len) in &out[..n] {
+                        fixed.push((peer, *proto, port, prefix::ANY_PORT + u32::from(len)));
+                    }
+                }
+            }
+            PortSpec::Named(proto, name) if dir == direction::EGRESS => {
+                // Against each destination pod matched by a selector; every
+                // pod when the rule has no peers. Never an ipBlock or ANY.
+                let mut add = |pi: &PodInfo<'_>| {
+                    if let Some(port) = named_port(pi.pod, *proto, name) {
+                        fixed.push((pi.identity, *proto, port, prefix::FULL));
+                    }
+                };
+                if peers.any {
+                    pod_list.iter().for_each(&mut add);
+                } else {
+                    for id in &peers.pod_ids {
+                        for &pi in pods_by_id.get(id).into_iter().flatten() {
+                            add(&pod_list[pi]);
+                        }
+                    }
+                }
+            }
+            PortSpec::Named(..) => {}
+        }
+    }
+    fixed
 }
 
 fn allow(entries: &mut BTreeMap<RuleKey, u32>, key: RuleKey, policy: u32) {
