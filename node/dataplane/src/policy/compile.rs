@@ -295,7 +295,7 @@ impl<K: std::hash::Hash + Eq + Clone> Ids<K> {
 struct LabelsKey {
     namespace: String,
     labels: BTreeMap<String, String>,
-    ns_labels: BTreeMap<String, String>,
+    ns_labels: Arc<BTreeMap<String, String>>,
     /// The longest ipBlock prefix holding the pod's address.
     class: Option<Ipv4Net>,
     /// The pod's numbers for the named ports that egress rules name, so
@@ -707,17 +707,18 @@ impl PolicyCompiler {
             cidr_ids.push((*net, id));
         }
 
-        // Namespace labels.
-        let ns_labels: HashMap<&str, &BTreeMap<String, String>> = namespaces
+        // Namespace labels, shared by the keys of all its pods.
+        let ns_labels: HashMap<&str, Arc<BTreeMap<String, String>>> = namespaces
             .iter()
             .map(Borrow::borrow)
             .filter_map(|n| {
                 Some((
                     n.metadata.name.as_deref()?,
-                    n.metadata.labels.as_ref().unwrap_or(&NO_LABELS),
+                    Arc::new(n.metadata.labels.clone().unwrap_or_default()),
                 ))
             })
             .collect();
+        let no_ns_labels = Arc::new(BTreeMap::new());
 
         // Pods and their identities.
         let host_ips: HashSet<Ipv4Addr> = node.ips.iter().copied().collect();
@@ -745,9 +746,7 @@ impl PolicyCompiler {
             let key = LabelsKey {
                 namespace: namespace.clone(),
                 labels: labels.clone(),
-                ns_labels: ns_labels
-                    .get(namespace.as_str())
-                    .map_or_else(BTreeMap::new, |l| (*l).clone()),
+                ns_labels: Arc::clone(ns_labels.get(namespace.as_str()).unwrap_or(&no_ns_labels)),
                 class: class_of(ip, &by_len),
                 named: egress_names
                     .iter()
