@@ -295,7 +295,7 @@ impl<K: std::hash::Hash + Eq + Clone> Ids<K> {
 struct LabelsKey {
     namespace: String,
     labels: BTreeMap<String, String>,
-    ns_labels: BTreeMap<String, String>,
+    ns_labels: Arc<BTreeMap<String, String>>,
     /// The longest ipBlock prefix holding the pod's address.
     class: Option<Ipv4Net>,
     /// The pod's numbers for the named ports that egress rules name, so
@@ -707,17 +707,18 @@ impl PolicyCompiler {
             cidr_ids.push((*net, id));
         }
 
-        // Namespace labels.
-        let ns_labels: HashMap<&str, &BTreeMap<String, String>> = namespaces
+        // Namespace labels, shared by the keys of all its pods.
+        let ns_labels: HashMap<&str, Arc<BTreeMap<String, String>>> = namespaces
             .iter()
             .map(Borrow::borrow)
             .filter_map(|n| {
                 Some((
                     n.metadata.name.as_deref()?,
-                    n.metadata.labels.as_ref().unwrap_or(&NO_LABELS),
+                    Arc::new(n.metadata.labels.clone().unwrap_or_default()),
                 ))
             })
             .collect();
+        let no_ns_labels = Arc::new(BTreeMap::new());
 
         // Pods and their identities.
         let host_ips: HashSet<Ipv4Addr> = node.ips.iter().copied().collect();
@@ -745,9 +746,7 @@ impl PolicyCompiler {
             let key = LabelsKey {
                 namespace: namespace.clone(),
                 labels: labels.clone(),
-                ns_labels: ns_labels
-                    .get(namespace.as_str())
-                    .map_or_else(BTreeMap::new, |l| (*l).clone()),
+                ns_labels: Arc::clone(ns_labels.get(namespace.as_str()).unwrap_or(&no_ns_labels)),
                 class: class_of(ip, &by_len),
                 named: egress_names
                     .iter()
@@ -797,19 +796,21 @@ impl PolicyCompiler {
             );
         }
 
-        let ctx = PeerCtx {
-            id_keys: &id_keys,
-            cidr_ids: &cidr_ids,
-            host_ips: &node.ips,
-        };
+        let mut local_by_ns: HashMap<&str, Vec<usize>> = HashMap::new();
+        for &i in &local {
+            local_by_ns
+                .entry(pod_list[i].namespace)
+                .or_default()
+                .push(i);
+        }
+        let ctx = PeerCtx::new(&id_keys, &cidr_ids, &node.ips);
         for policy in &parsed {
-            let selected: Vec<usize> = local
-                .iter()
+            let selected: Vec<usize> = local_by_ns
+                .get(policy.namespace.as_str())
+                .into_iter()
+                .flatten()
                 .copied()
-                .filter(|&i| {
-                    pod_list[i].namespace == policy.namespace
-                        && policy.select.matches(pod_list[i].labels)
-                })
+                .filter(|&i| policy.select.matches(pod_list[i].labels))
                 .collect();
             if selected.is_empty() {
                 continue;
@@ -835,59 +836,12 @@ impl PolicyCompiler {
                 }
                 for rule in rules {
                     let peers = ctx.resolve(rule, &policy.namespace);
-                    let mut fixed: Vec<(u32, u8, u16, u32)> = Vec::new();
                     let peer_ids: Vec<u32> = if peers.any {
                         vec![identity::ANY]
                     } else {
                         peers.ids.iter().copied().collect()
                     };
-                    for port in &rule.ports {
-                        match port {
-                            PortSpec::All => {
-                                for &peer in &peer_ids {
-                                    fixed.push((peer, 0, 0, prefix::ANY_PROTO));
-                                }
-                            }
-                            PortSpec::Proto(proto) => {
-                                for &peer in &peer_ids {
-                                    fixed.push((peer, *proto, 0, prefix::ANY_PORT));
-                                }
-                            }
-                            PortSpec::Range(proto, start, end) => {
-                                let mut out = [(0u16, 0u8); 32];
-                                let n = port_range_prefixes(*start, *end, &mut out);
-                                for &peer in &peer_ids {
-                                    for &(port, len) in &out[..n] {
-                                        fixed.push((
-                                            peer,
-                                            *proto,
-                                            port,
-                                            prefix::ANY_PORT + u32::from(len),
-                                        ));
-                                    }
-                                }
-                            }
-                            PortSpec::Named(proto, name) if dir == direction::EGRESS => {
-                                // Against each destination pod; every pod
-                                // when the rule has no peers.
-                                let mut add = |pi: &PodInfo<'_>| {
-                                    if let Some(port) = named_port(pi.pod, *proto, name) {
-                                        fixed.push((pi.identity, *proto, port, prefix::FULL));
-                                    }
-                                };
-                                if peers.any {
-                                    pod_list.iter().for_each(&mut add);
-                                } else {
-                                    for id in &peers.pod_ids {
-                                        for &pi in pods_by_id.get(id).into_iter().flatten() {
-                                            add(&pod_list[pi]);
-                                        }
-                                    }
-                                }
-                            }
-                            PortSpec::Named(..) => {} // per selected pod, below
-                        }
-                    }
+                    let fixed = fixed_entries(dir, rule, &peers, &peer_ids, &pod_list, &pods_by_id);
                     for &i in &selected {
                         let ep = pod_list[i].ip;
                         for &(peer, proto, port, len) in &fixed {
@@ -931,6 +885,63 @@ impl PolicyCompiler {
     }
 }
 
+/// The entries of one rule that are the same for every selected pod, as
+/// (peer identity, protocol, port, prefix length): every port spec but
+/// ingress named ports (which resolve against each selected pod).
+fn fixed_entries(
+    dir: u8,
+    rule: &Rule,
+    peers: &PeerSet,
+    peer_ids: &[u32],
+    pod_list: &[PodInfo<'_>],
+    pods_by_id: &HashMap<u32, Vec<usize>>,
+) -> Vec<(u32, u8, u16, u32)> {
+    let mut fixed = Vec::new();
+    for port in &rule.ports {
+        match port {
+            PortSpec::All => {
+                for &peer in peer_ids {
+                    fixed.push((peer, 0, 0, prefix::ANY_PROTO));
+                }
+            }
+            PortSpec::Proto(proto) => {
+                for &peer in peer_ids {
+                    fixed.push((peer, *proto, 0, prefix::ANY_PORT));
+                }
+            }
+            PortSpec::Range(proto, start, end) => {
+                let mut out = [(0u16, 0u8); 32];
+                let n = port_range_prefixes(*start, *end, &mut out);
+                for &peer in peer_ids {
+                    for &(port, len) in &out[..n] {
+                        fixed.push((peer, *proto, port, prefix::ANY_PORT + u32::from(len)));
+                    }
+                }
+            }
+            PortSpec::Named(proto, name) if dir == direction::EGRESS => {
+                // Against each destination pod matched by a selector; every
+                // pod when the rule has no peers. Never an ipBlock or ANY.
+                let mut add = |pi: &PodInfo<'_>| {
+                    if let Some(port) = named_port(pi.pod, *proto, name) {
+                        fixed.push((pi.identity, *proto, port, prefix::FULL));
+                    }
+                };
+                if peers.any {
+                    pod_list.iter().for_each(&mut add);
+                } else {
+                    for id in &peers.pod_ids {
+                        for &pi in pods_by_id.get(id).into_iter().flatten() {
+                            add(&pod_list[pi]);
+                        }
+                    }
+                }
+            }
+            PortSpec::Named(..) => {}
+        }
+    }
+    fixed
+}
+
 fn allow(entries: &mut BTreeMap<RuleKey, u32>, key: RuleKey, policy: u32) {
     entries
         .entry(key)
@@ -949,11 +960,50 @@ fn describe(key: &LabelsKey) -> String {
     s
 }
 
-/// What peer resolution looks at.
+/// What peer resolution looks at: the identities grouped by namespace
+/// (a namespace's identities share its labels, so a namespace selector is
+/// evaluated once per namespace, and a pod selector alone looks at one
+/// namespace only), and those with a cidr class apart.
 struct PeerCtx<'a> {
-    id_keys: &'a BTreeMap<u32, LabelsKey>,
+    by_namespace: BTreeMap<&'a str, NamespaceIds<'a>>,
+    classed: Vec<(u32, Ipv4Net)>,
     cidr_ids: &'a [(Ipv4Net, u32)],
     host_ips: &'a [Ipv4Addr],
+}
+
+struct NamespaceIds<'a> {
+    labels: &'a BTreeMap<String, String>,
+    ids: Vec<(u32, &'a BTreeMap<String, String>)>,
+}
+
+impl<'a> PeerCtx<'a> {
+    fn new(
+        id_keys: &'a BTreeMap<u32, LabelsKey>,
+        cidr_ids: &'a [(Ipv4Net, u32)],
+        host_ips: &'a [Ipv4Addr],
+    ) -> Self {
+        let mut by_namespace: BTreeMap<&str, NamespaceIds<'_>> = BTreeMap::new();
+        let mut classed = Vec::new();
+        for (id, key) in id_keys {
+            by_namespace
+                .entry(key.namespace.as_str())
+                .or_insert_with(|| NamespaceIds {
+                    labels: &key.ns_labels,
+                    ids: Vec::new(),
+                })
+                .ids
+                .push((*id, &key.labels));
+            if let Some(class) = key.class {
+                classed.push((*id, class));
+            }
+        }
+        Self {
+            by_namespace,
+            classed,
+            cidr_ids,
+            host_ips,
+        }
+    }
 }
 
 impl PeerCtx<'_> {
@@ -967,14 +1017,20 @@ impl PeerCtx<'_> {
             match peer {
                 Peer::Nothing => {}
                 Peer::Pods { namespaces, pods } => {
-                    for (id, key) in self.id_keys {
-                        let ns_ok = match namespaces {
-                            None => key.namespace == policy_ns,
-                            Some(sel) => sel.matches(&key.ns_labels),
-                        };
-                        if ns_ok && pods.matches(&key.labels) {
-                            set.ids.insert(*id);
-                            set.pod_ids.insert(*id);
+                    let groups: Vec<&NamespaceIds<'_>> = match namespaces {
+                        None => self.by_namespace.get(policy_ns).into_iter().collect(),
+                        Some(sel) => self
+                            .by_namespace
+                            .values()
+                            .filter(|g| sel.matches(g.labels))
+                            .collect(),
+                    };
+                    for group in groups {
+                        for (id, labels) in &group.ids {
+                            if pods.matches(labels) {
+                                set.ids.insert(*id);
+                                set.pod_ids.insert(*id);
+                            }
                         }
                     }
                 }
@@ -987,8 +1043,8 @@ impl PeerCtx<'_> {
                             set.ids.insert(*id);
                         }
                     }
-                    for (id, key) in self.id_keys {
-                        if key.class.as_ref().is_some_and(inside) {
+                    for (id, class) in &self.classed {
+                        if inside(class) {
                             set.ids.insert(*id);
                         }
                     }

@@ -1273,3 +1273,162 @@ fn a_failed_write_is_finished_by_the_next_sync() {
     assert_eq!(syncer.maps().entries, state.entries);
     assert_eq!(syncer.maps().ipcache, state.ipcache);
 }
+
+// ---------------------------------------------------------------------------
+// Scale.
+
+/// 5,000 pods (110 local) in 50 namespaces of 10 Deployments each, and
+/// 1,000 policies (20 per namespace: default deny, per-app allows from
+/// other apps and namespaces, named ports, egress to CIDRs).
+fn scale_world() -> World {
+    let mut pods = Vec::new();
+    let mut namespaces = Vec::new();
+    let mut policies = Vec::new();
+    for n in 0..50u32 {
+        let ns = format!("ns{n}");
+        let team = ["red", "blue", "green"][n as usize % 3];
+        namespaces.push(namespace(&ns, &[("team", team)]));
+        for p in 0..100u32 {
+            let i = n * 100 + p;
+            let app = format!("app{}", p % 10);
+            let ip = [
+                10,
+                100 + (i / 65536) as u8,
+                (i / 256 % 256) as u8,
+                (i % 256) as u8,
+            ];
+            let node = if i % 45 == 0 && i < 4_950 { "n1" } else { "n2" };
+            pods.push(pod(
+                &ns,
+                &format!("pod{p}"),
+                ip,
+                node,
+                &[("app", &app), ("pod-template-hash", "abc123")],
+                &[("http", 8080, "TCP"), ("metrics", 9090, "TCP")],
+            ));
+        }
+        policies.push(policy(
+            &ns,
+            "default-deny",
+            json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
+        ));
+        policies.push(policy(
+            &ns,
+            "allow-dns",
+            json!({"podSelector": {}, "policyTypes": ["Egress"],
+                   "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ns0"}},
+                                       "podSelector": {"matchLabels": {"app": "app0"}}}],
+                               "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53}]}]}),
+        ));
+        for a in 0..10u32 {
+            policies.push(policy(
+                &ns,
+                &format!("app{a}-in"),
+                json!({"podSelector": {"matchLabels": {"app": format!("app{a}")}},
+                       "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": format!("app{}", (a + 1) % 10)}}},
+                                             {"namespaceSelector": {"matchLabels": {"team": team}},
+                                              "podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["app1", "app2"]}]}}],
+                                   "ports": [{"port": "http"}, {"port": 9000, "endPort": 9010}]}]}),
+            ));
+        }
+        for a in 0..8u32 {
+            policies.push(policy(
+                &ns,
+                &format!("app{a}-out"),
+                json!({"podSelector": {"matchLabels": {"app": format!("app{a}")}}, "policyTypes": ["Egress"],
+                       "egress": [{"to": [{"podSelector": {"matchLabels": {"app": format!("app{}", (a + 2) % 10)}}}],
+                                   "ports": [{"port": "metrics"}]},
+                                  {"to": [{"ipBlock": {"cidr": format!("172.{}.0.0/16", a + 16), "except": [format!("172.{}.1.0/24", a + 16)]}}],
+                                   "ports": [{"port": 443}]}]}),
+            ));
+        }
+    }
+    World {
+        pods,
+        namespaces,
+        policies,
+        node: node(),
+    }
+}
+
+#[test]
+#[ignore = "a measurement: run with --release -- --ignored --nocapture"]
+fn measure_compile_and_diff_at_scale() {
+    use std::time::Instant;
+    let mut w = scale_world();
+    assert_eq!(w.pods.len(), 5_000);
+    assert_eq!(w.policies.len(), 1_000);
+    let mut c = PolicyCompiler::new();
+    let mut syncer = PolicySyncer::adopt(FakePolicyMaps::default()).expect("fake maps adopt");
+
+    let t = Instant::now();
+    let full = c
+        .compile(&w.node, &w.pods, &w.namespaces, &w.policies)
+        .state;
+    let compiled = t.elapsed();
+    let t = Instant::now();
+    let stats = syncer.sync(&full).expect("fake maps sync");
+    let synced = t.elapsed();
+    println!(
+        "full: compile {compiled:?}, diff+write {synced:?}: {} ipcache, {} endpoints ({} local), {} entries, {} writes",
+        full.ipcache.len(),
+        full.endpoints.len(),
+        full.endpoints.len(),
+        full.entries.len(),
+        stats.writes()
+    );
+
+    let t = Instant::now();
+    let same = c
+        .compile(&w.node, &w.pods, &w.namespaces, &w.policies)
+        .state;
+    let compiled = t.elapsed();
+    let t = Instant::now();
+    let stats = syncer.sync(&same).expect("fake maps sync");
+    println!(
+        "unchanged: compile {compiled:?}, diff {:?}, {} writes",
+        t.elapsed(),
+        stats.writes() + stats.deletes()
+    );
+
+    // One remote pod changes app: its identity moves.
+    w.pods[1]
+        .metadata
+        .labels
+        .as_mut()
+        .expect("labels")
+        .insert("app".to_owned(), "app2".to_owned());
+    let t = Instant::now();
+    let one = c
+        .compile(&w.node, &w.pods, &w.namespaces, &w.policies)
+        .state;
+    let compiled = t.elapsed();
+    let t = Instant::now();
+    let stats = syncer.sync(&one).expect("fake maps sync");
+    println!(
+        "one label change: compile {compiled:?}, diff+write {:?}, {} writes, {} deletes",
+        t.elapsed(),
+        stats.writes(),
+        stats.deletes()
+    );
+    // A fresh label value: a new identity.
+    w.pods[1]
+        .metadata
+        .labels
+        .as_mut()
+        .expect("labels")
+        .insert("canary".to_owned(), "yes".to_owned());
+    let t = Instant::now();
+    let two = c
+        .compile(&w.node, &w.pods, &w.namespaces, &w.policies)
+        .state;
+    let compiled = t.elapsed();
+    let t = Instant::now();
+    let stats = syncer.sync(&two).expect("fake maps sync");
+    println!(
+        "new label value: compile {compiled:?}, diff+write {:?}, {} writes, {} deletes",
+        t.elapsed(),
+        stats.writes(),
+        stats.deletes()
+    );
+}

@@ -547,3 +547,60 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn running(ip: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                namespace: Some("a".to_owned()),
+                name: Some("p".to_owned()),
+                labels: Some([("app".to_owned(), "web".to_owned())].into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some("n1".to_owned()),
+                ..PodSpec::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some("Running".to_owned()),
+                pod_ip: Some(ip.to_owned()),
+                ..PodStatus::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn only_what_the_compile_reads_makes_a_pod_dirty() {
+        let base = running("10.1.0.1");
+        let fp = pod_fingerprint(&base);
+
+        // Readiness and resource versions do not matter.
+        let mut ready = base.clone();
+        ready.metadata.resource_version = Some("42".to_owned());
+        if let Some(st) = ready.status.as_mut() {
+            st.conditions = Some(vec![PodCondition {
+                type_: "Ready".to_owned(),
+                status: "True".to_owned(),
+                ..PodCondition::default()
+            }]);
+        }
+        assert_eq!(pod_fingerprint(&ready), fp);
+
+        // Labels, the address, and finishing do.
+        let mut relabeled = base.clone();
+        relabeled.metadata.labels = Some([("app".to_owned(), "db".to_owned())].into());
+        assert_ne!(pod_fingerprint(&relabeled), fp);
+        assert_ne!(pod_fingerprint(&running("10.1.0.2")), fp);
+        let mut done = base.clone();
+        if let Some(st) = done.status.as_mut() {
+            st.phase = Some("Succeeded".to_owned());
+        }
+        assert_ne!(pod_fingerprint(&done), fp);
+    }
+}
