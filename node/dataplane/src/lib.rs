@@ -18,6 +18,7 @@ pub mod metrics;
 mod object;
 mod pins;
 pub mod policy;
+pub mod progress;
 pub mod proto_counter;
 mod sock;
 pub mod sync;

@@ -72,57 +72,11 @@ pub struct PolicyBatchReport {
     pub latency: Duration,
 }
 
-/// The loop's progress, as [`PolicySyncStatus`] shows it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PolicyProgress {
-    /// Whether the first full sync is done: Pods, Namespaces and
-    /// NetworkPolicies were listed and the maps hold them.
-    pub synced: bool,
-    /// Batches applied so far.
-    pub batches: u64,
-    /// The last batch.
-    pub last: Option<PolicyBatchReport>,
-    /// Whether the last write failed (it is being retried).
-    pub failing: bool,
-}
-
-/// A handle on the loop's progress; cheap to clone.
-#[derive(Clone, Debug)]
-pub struct PolicySyncStatus {
-    rx: watch::Receiver<PolicyProgress>,
-}
-
-/// The loop ended before the first full sync.
-#[derive(Clone, Copy, Debug, thiserror::Error)]
-#[error("the policy sync loop ended before its first full sync")]
-pub struct PolicySyncEnded;
-
-impl PolicySyncStatus {
-    /// Waits for the first full sync (immediately if it is done).
-    pub async fn wait_synced(&mut self) -> Result<(), PolicySyncEnded> {
-        self.rx
-            .wait_for(|p| p.synced)
-            .await
-            .map(|_| ())
-            .map_err(|_| PolicySyncEnded)
-    }
-
-    /// Whether the first full sync is done.
-    pub fn is_synced(&self) -> bool {
-        self.rx.borrow().synced
-    }
-
-    /// The latest progress.
-    pub fn progress(&self) -> PolicyProgress {
-        *self.rx.borrow()
-    }
-
-    /// Waits until the progress changes.
-    pub async fn changed(&mut self) -> Result<PolicyProgress, PolicySyncEnded> {
-        self.rx.changed().await.map_err(|_| PolicySyncEnded)?;
-        Ok(*self.rx.borrow_and_update())
-    }
-}
+/// The policy loop's progress.
+pub type PolicyProgress = crate::progress::Progress<PolicyBatchReport>;
+/// A handle on the policy loop's progress.
+pub type PolicySyncStatus = crate::progress::SyncStatus<PolicyBatchReport>;
+pub use crate::progress::SyncEnded as PolicySyncEnded;
 
 /// The policy map sync of one node.
 pub struct PolicySync {
@@ -166,9 +120,7 @@ impl PolicySync {
 
     /// A handle that reports the first full sync and each batch.
     pub fn status(&self) -> PolicySyncStatus {
-        PolicySyncStatus {
-            rx: self.progress.subscribe(),
-        }
+        PolicySyncStatus::new(self.progress.subscribe())
     }
 
     /// The names behind pod addresses, policy ids and identities, as of the
