@@ -39,6 +39,8 @@ enum Command {
     /// Inspect and exercise the eBPF dataplane.
     #[command(subcommand)]
     Bpf(BpfCommand),
+    /// Stream network policy verdicts from the nodes, as they happen.
+    Observe(cmd::observe::ObserveArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,6 +171,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 )
                 .await
             }
+            Command::Observe(args) => cmd::observe::run(args).await,
             Command::Bpf(BpfCommand::Services { bpffs }) => cmd::bpf::services(&bpffs),
             Command::Bpf(BpfCommand::Conntrack { bpffs }) => cmd::bpf::conntrack(&bpffs),
             Command::Bpf(BpfCommand::Routes { bpffs, netns }) => {

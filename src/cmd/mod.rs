@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod bpf;
 pub mod controller_manager;
+pub mod observe;
 pub mod scheduler;
 pub mod server;
 pub mod sim;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use kestrel_testkit::{images_dir, kubectl_path, privileged_test_can_run};
 use serde_json::Value;
 
+mod netpol;
 mod pods;
 mod services;
 
@@ -248,6 +249,11 @@ fn two_node_cluster_end_to_end() {
     services::start_long_lived_connection(&c);
     pods::agent_restart_adopts_running_containers(&c);
     services::long_lived_connection_survived(&c);
+    let model = netpol::setup(&c);
+    netpol::truth_tables(&c, &model);
+    netpol::updates_while_traffic_flows(&c, &model);
+    netpol::services_under_egress_policy(&c);
+    netpol::verdicts_are_observable(&c, &model);
     services::no_iptables_or_nftables_rules(&c);
 }
 

@@ -64,7 +64,7 @@ fn pod_yaml(ns: &str, pod: &str, node: &str) -> String {
     format!(
         r#"apiVersion: v1
 kind: Pod
-metadata: {{name: {pod}, namespace: {ns}, labels: {{pod: {pod}}}}}
+metadata: {{name: {pod}, namespace: "{ns}", labels: {{pod: {pod}}}}}
 spec:
   nodeName: {node}
   terminationGracePeriodSeconds: 1
@@ -82,7 +82,7 @@ pub fn setup(c: &Cluster) -> Model {
     for ns in NAMESPACES {
         let _ = write!(
             yaml,
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{ns: {ns}}}}}\n---\n"
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: \"{ns}\", labels: {{ns: \"{ns}\"}}}}\n---\n"
         );
     }
     let mut i = 0;
@@ -248,7 +248,7 @@ struct Scenario {
 
 fn policy(ns: &str, name: &str, spec: &str) -> String {
     format!(
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}\n---\n"
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: \"{ns}\"}}\nspec:\n{spec}\n---\n"
     )
 }
 
@@ -292,7 +292,7 @@ fn scenarios(m: &Model) -> Vec<Scenario> {
             policies: policy(
                 "x",
                 "a-from-y",
-                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: y}}",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: \"y\"}}",
             ),
             checks: vec![(80, "tcp"), (81, "udp")],
             allowed: Box::new(move |f, t, _, _| !is(t, "x", "a") || f.ns == "y"),
@@ -302,7 +302,7 @@ fn scenarios(m: &Model) -> Vec<Scenario> {
             policies: policy(
                 "x",
                 "a-from-z",
-                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: z}}",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: \"z\"}}",
             ),
             checks: vec![(80, "tcp")],
             allowed: Box::new(move |f, t, _, _| !is(t, "x", "a") || f.ns == "z"),
@@ -312,7 +312,7 @@ fn scenarios(m: &Model) -> Vec<Scenario> {
             policies: policy(
                 "x",
                 "a-from-c-elsewhere",
-                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchExpressions: [{key: ns, operator: NotIn, values: [x]}]}\n      podSelector: {matchLabels: {pod: c}}",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchExpressions: [{key: ns, operator: NotIn, values: [\"x\"]}]}\n      podSelector: {matchLabels: {pod: c}}",
             ),
             checks: vec![(80, "tcp")],
             allowed: Box::new(move |f, t, _, _| !is(t, "x", "a") || (f.ns != "x" && f.pod == "c")),
@@ -360,7 +360,7 @@ fn scenarios(m: &Model) -> Vec<Scenario> {
             ) + &policy(
                 "x",
                 "a-from-z",
-                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: z}}",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: \"z\"}}",
             ),
             checks: vec![(80, "tcp")],
             allowed: Box::new(move |f, t, _, _| !is(t, "x", "a") || is(f, "x", "b") || f.ns == "z"),
@@ -380,7 +380,7 @@ fn scenarios(m: &Model) -> Vec<Scenario> {
             policies: policy(
                 "x",
                 "a-to-yb",
-                "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - namespaceSelector: {matchLabels: {ns: y}}\n      podSelector: {matchLabels: {pod: b}}",
+                "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - namespaceSelector: {matchLabels: {ns: \"y\"}}\n      podSelector: {matchLabels: {pod: b}}",
             ),
             checks: vec![(80, "tcp"), (81, "udp")],
             allowed: Box::new(move |f, t, _, _| !is(f, "x", "a") || is(t, "y", "b")),
@@ -402,11 +402,11 @@ fn scenarios(m: &Model) -> Vec<Scenario> {
             policies: policy(
                 "x",
                 "b-out",
-                "  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - namespaceSelector: {matchLabels: {ns: y}}\n      podSelector: {matchLabels: {pod: a}}",
+                "  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - namespaceSelector: {matchLabels: {ns: \"y\"}}\n      podSelector: {matchLabels: {pod: a}}",
             ) + &policy(
                 "y",
                 "a-in",
-                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: x}}",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: \"x\"}}",
             ),
             checks: vec![(80, "tcp")],
             allowed: Box::new(move |f, t, _, _| {
@@ -440,9 +440,22 @@ pub fn truth_tables(c: &Cluster, m: &Model) {
             "  podSelector: {}\n  policyTypes: [Ingress, Egress]",
         ),
     );
+    let host_verdicts = || {
+        ["node-1", "node-2"]
+            .iter()
+            .map(|n| {
+                let body = services::agent_http(c, n, "/metrics");
+                services::metric(&body, "kestrel_policy_verdicts_total", "verdict=\"host\"")
+            })
+            .sum::<u64>()
+    };
+    let before = host_verdicts();
     let denied = m.expect(|f, t| f.ns != "x" && t.ns != "x");
     m.check(c, "deny all in x", 80, "tcp", &denied);
-    std::thread::sleep(Duration::from_secs(3));
+    // The probes (every second, two per pod) keep passing as HOST verdicts.
+    c.wait(SETTLE, "probes through the isolated pods", || {
+        (host_verdicts() >= before + 12).then_some(())
+    });
     for pod in PODS {
         let v: Value =
             serde_json::from_str(&c.kubectl(&["get", "pod", "-n", "x", pod, "-o", "json"]))
@@ -475,7 +488,7 @@ pub fn updates_while_traffic_flows(c: &Cluster, m: &Model) {
     c.apply(&format!(
         r#"apiVersion: v1
 kind: Pod
-metadata: {{name: streamer, namespace: y, labels: {{pod: streamer}}}}
+metadata: {{name: streamer, namespace: "y", labels: {{pod: streamer}}}}
 spec:
   nodeName: node-2
   restartPolicy: Never
@@ -499,7 +512,7 @@ spec:
         &policy(
             "x",
             "a-in",
-            "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: y}}",
+            "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: \"y\"}}",
         ),
     );
     let want = m.expect(|f, t| !is(t, "x", "a") || f.ns == "y");
@@ -510,7 +523,7 @@ spec:
         &policy(
             "x",
             "a-in",
-            "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchExpressions: [{key: ns, operator: In, values: [y, z]}]}",
+            "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchExpressions: [{key: ns, operator: In, values: [\"y\", \"z\"]}]}",
         ),
     );
     let want = m.expect(|f, t| !is(t, "x", "a") || f.ns == "y" || f.ns == "z");
@@ -542,7 +555,7 @@ spec:
 pub fn services_under_egress_policy(c: &Cluster) {
     let svc = |name: &str, ns: &str, pod: &str| {
         format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  selector: {{pod: {pod}}}\n  ports:\n  - {{name: udp, port: 53, targetPort: 80, protocol: UDP}}\n  - {{name: tcp, port: 8080, targetPort: 80, protocol: TCP}}\n---\n"
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: \"{ns}\"}}\nspec:\n  selector: {{pod: {pod}}}\n  ports:\n  - {{name: udp, port: 53, targetPort: 80, protocol: UDP}}\n  - {{name: tcp, port: 8080, targetPort: 80, protocol: TCP}}\n---\n"
         )
     };
     c.apply(&(svc("dns-yb", "y", "b") + &svc("web-zc", "z", "c")));
@@ -551,7 +564,7 @@ pub fn services_under_egress_policy(c: &Cluster) {
         &policy(
             "x",
             "a-out",
-            "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - namespaceSelector: {matchLabels: {ns: y}}\n      podSelector: {matchLabels: {pod: b}}\n    ports: [{protocol: UDP, port: 80}]",
+            "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - namespaceSelector: {matchLabels: {ns: \"y\"}}\n      podSelector: {matchLabels: {pod: b}}\n    ports: [{protocol: UDP, port: 80}]",
         ),
     );
     let ip = |ns: &str, name: &str| {
@@ -613,4 +626,110 @@ pub fn services_under_egress_policy(c: &Cluster) {
     clear_policies(c);
     c.kubectl(&["delete", "svc", "-n", "y", "dns-yb"]);
     c.kubectl(&["delete", "svc", "-n", "z", "web-zc"]);
+}
+
+/// A denied flow shows in `kestrel observe` (named: pods, namespaces,
+/// port, the isolating policy) and in the node's `/metrics`.
+pub fn verdicts_are_observable(c: &Cluster, m: &Model) {
+    apply_policies(
+        c,
+        &policy(
+            "x",
+            "deny-in",
+            "  podSelector: {}\n  policyTypes: [Ingress]",
+        ),
+    );
+    let want = m.expect(|_, t| t.ns != "x");
+    m.check(c, "deny ingress in x, observed", 81, "tcp", &want);
+    // The observer starts, then one more denied connection: from y/b to
+    // x/a:81, which it must report.
+    let mut observer = Command::new(env!("CARGO_BIN_EXE_kestrel"))
+        .args(["observe", "--data-dir"])
+        .arg(c.dir.path())
+        .args([
+            "-n",
+            "x",
+            "--pod",
+            "a",
+            "--verdict",
+            "denied",
+            "--json",
+            "--count",
+            "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start kestrel observe");
+    let xa = m.peers[m.index("x", "a")].ip.clone();
+    let deadline = Instant::now() + SETTLE;
+    let output = loop {
+        // Repeated: the observer may not have subscribed before the first.
+        let _ = c.kubectl_raw(
+            &[
+                "exec",
+                "-n",
+                "y",
+                "b",
+                "-c",
+                "cont-81",
+                "--",
+                "/kestrel-echo",
+                "reach",
+                "tcp",
+                "500",
+                &format!("{xa}:81"),
+            ],
+            None,
+        );
+        if let Some(status) = observer.try_wait().expect("observer status") {
+            let out = observer.wait_with_output().expect("observer output");
+            assert!(
+                status.success(),
+                "kestrel observe failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        if Instant::now() > deadline {
+            let _ = observer.kill();
+            let out = observer.wait_with_output().expect("observer output");
+            panic!(
+                "kestrel observe reported nothing: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    let record: Value = serde_json::from_str(output.trim()).expect("one JSON record");
+    assert_eq!(record["kind"], "flow", "{record}");
+    assert_eq!(record["verdict"], "denied", "{record}");
+    assert_eq!(record["direction"], "ingress", "{record}");
+    assert_eq!(record["proto"], "tcp", "{record}");
+    assert_eq!(record["dst"]["namespace"], "x", "{record}");
+    assert_eq!(record["dst"]["pod"], "a", "{record}");
+    assert_eq!(record["dst"]["port"], 81, "{record}");
+    assert_eq!(record["src"]["namespace"], "y", "{record}");
+    assert_eq!(record["src"]["pod"], "b", "{record}");
+
+    // x/a runs on node-1: its counters name the isolating policy.
+    let body = services::agent_http(c, "node-1", "/metrics");
+    let denied = services::metric(
+        &body,
+        "kestrel_policy_verdicts_total",
+        "direction=\"ingress\",verdict=\"denied\",policy=\"x/deny-in\"",
+    );
+    assert!(denied >= 1, "denied verdicts counted by policy:\n{body}");
+    assert!(
+        services::metric(&body, "kestrel_flow_events_total", "outcome=\"sent\"") >= 1,
+        "{body}"
+    );
+    assert!(
+        services::metric(
+            &body,
+            "kestrel_dataplane_drops_total",
+            "reason=\"policy_denied\""
+        ) >= 1,
+        "{body}"
+    );
+    clear_policies(c);
 }

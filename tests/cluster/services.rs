@@ -430,7 +430,7 @@ fn kestrel_bpf(c: &Cluster, node: &str, args: &[&str]) -> String {
 
 /// GET `path` from 127.0.0.1:10249 inside `node`'s namespace, where its
 /// agent serves `/metrics`; the body.
-fn agent_http(c: &Cluster, node: &str, path: &str) -> String {
+pub fn agent_http(c: &Cluster, node: &str, path: &str) -> String {
     use std::io::{Read as _, Write as _};
     let ns = std::path::Path::new("/run/netns").join(netns_of(c, node));
     let path = path.to_owned();
@@ -458,7 +458,7 @@ fn agent_http(c: &Cluster, node: &str, path: &str) -> String {
 
 /// The value of the sample `name{labels}` (or the sum over all samples of
 /// `name` when `labels` is empty) in a Prometheus text body.
-fn metric(body: &str, name: &str, labels: &str) -> u64 {
+pub fn metric(body: &str, name: &str, labels: &str) -> u64 {
     body.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.rsplit_once(' '))

@@ -27,8 +27,10 @@ impl DropReason {
     pub const REWRITE: Self = Self(5);
     /// A redirect helper refused the packet (e.g. the interface is gone).
     pub const REDIRECT: Self = Self(6);
+    /// A new flow that network policy denies.
+    pub const POLICY_DENIED: Self = Self(7);
     /// Number of reasons; the size of the counter array.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
 
     /// Every reason, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
@@ -39,6 +41,7 @@ impl DropReason {
         Self::SNAT_PORTS_EXHAUSTED,
         Self::REWRITE,
         Self::REDIRECT,
+        Self::POLICY_DENIED,
     ];
 
     /// A short snake_case name, used as a metrics label.
@@ -51,6 +54,7 @@ impl DropReason {
             4 => "snat_ports_exhausted",
             5 => "rewrite",
             6 => "redirect",
+            7 => "policy_denied",
             _ => "unknown",
         }
     }

@@ -12,6 +12,7 @@ pub mod drop;
 pub mod hdr;
 pub mod lb;
 pub mod packet;
+pub mod policy;
 pub mod route;
 
 /// Names of maps that user space opens by name.
@@ -38,6 +39,20 @@ pub mod map_names {
     pub const NODE_CONFIG: &str = "NODE_CONFIG";
     /// Per-CPU array of `u64`, indexed by [`crate::drop::DropReason`].
     pub const DROPS: &str = "DROPS";
+    /// LPM trie of address prefix → [`crate::policy::IpcacheEntry`].
+    pub const IPCACHE: &str = "IPCACHE";
+    /// Hash of `u32` local pod address → [`crate::policy::PolicyEndpoint`].
+    pub const POLICY_ENDPOINTS: &str = "POLICY_ENDPOINTS";
+    /// LPM trie of [`crate::policy::PolicyKey`] → [`crate::policy::PolicyEntry`].
+    pub const POLICY: &str = "POLICY";
+    /// Per-CPU hash of [`crate::policy::PolicyVerdictKey`] → `u64`.
+    pub const POLICY_VERDICTS: &str = "POLICY_VERDICTS";
+    /// Ring buffer of [`crate::policy::FlowEvent`].
+    pub const FLOW_EVENTS: &str = "FLOW_EVENTS";
+    /// Per-CPU array of `u64`, indexed by [`crate::policy::event_stat`].
+    pub const FLOW_EVENT_STATS: &str = "FLOW_EVENT_STATS";
+    /// Per-CPU array of one [`crate::policy::EventBucket`].
+    pub const FLOW_EVENT_BUCKET: &str = "FLOW_EVENT_BUCKET";
 }
 
 /// Names of programs that user space loads by name.
@@ -48,6 +63,9 @@ pub mod program_names {
     pub const TC_FROM_POD: &str = "tc_from_pod";
     /// TC ingress of the node's uplink.
     pub const TC_FROM_UPLINK: &str = "tc_from_uplink";
+    /// TC egress of a pod's host-side veth: what the kernel's stack
+    /// delivers to the pod (the redirects skip it).
+    pub const TC_TO_POD: &str = "tc_to_pod";
 }
 
 /// Index into the protocol counter array.
@@ -147,4 +165,20 @@ mod user {
     // SAFETY: `#[repr(C)]` integers with no implicit padding (sizes asserted
     // in `route::tests`); every bit pattern is valid.
     unsafe impl aya::Pod for crate::route::NodeConfig {}
+
+    // SAFETY: `#[repr(C)]` integers with no implicit padding (sizes asserted
+    // in `policy::tests`); every bit pattern is valid.
+    unsafe impl aya::Pod for crate::policy::IpcacheEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::policy::PolicyEndpoint {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::policy::PolicyKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::policy::PolicyEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::policy::PolicyVerdictKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::policy::FlowEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::policy::EventBucket {}
 }

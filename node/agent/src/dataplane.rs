@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use kestrel_cni::proto::PodNetworkEvent;
+use kestrel_dataplane::policy::{PolicyNames, PolicyNode, PolicySync};
 use kestrel_dataplane::tc::{NodeNetwork, PodEndpoint, monotonic_now, parse_mac};
 use kestrel_dataplane::{Dataplane, EbpfLogLevel, LoadOptions};
 
@@ -197,4 +198,50 @@ pub async fn sync_services(
         .map_err(|_| anyhow::anyhow!("the service map sync ended before its first sync"))?;
     tracing::info!("service maps in sync");
     Ok(task)
+}
+
+/// Starts the network policy sync and waits for its first full sync, so
+/// no pod on the node runs before its policy is in the kernel. Returns the
+/// task and the names the sync keeps (pods, policies, identities).
+pub async fn sync_policy(
+    client: kube::Client,
+    node_name: &str,
+    node_ip: Ipv4Addr,
+    pin_dir: &Path,
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, PolicyNames)> {
+    let sync = PolicySync::new(
+        client,
+        PolicyNode {
+            name: node_name.to_owned(),
+            ips: vec![node_ip],
+        },
+        pin_dir,
+    );
+    let names = sync.names();
+    let mut status = sync.status();
+    let task = tokio::spawn(async move {
+        if let Err(e) = sync.run(std::future::pending()).await {
+            tracing::error!(error = %e, "the network policy sync stopped");
+        }
+    });
+    status
+        .wait_synced()
+        .await
+        .map_err(|_| anyhow::anyhow!("the network policy sync ended before its first sync"))?;
+    tracing::info!("network policy maps in sync");
+    Ok((task, names))
+}
+
+impl crate::observe::Names for PolicyNames {
+    fn pod(&self, ip: Ipv4Addr) -> Option<(String, String)> {
+        PolicyNames::pod(self, ip)
+    }
+
+    fn policy(&self, id: u32) -> Option<String> {
+        PolicyNames::policy(self, id)
+    }
+
+    fn identity(&self, id: u32) -> Option<String> {
+        PolicyNames::identity(self, id)
+    }
 }

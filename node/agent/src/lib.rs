@@ -130,18 +130,6 @@ pub async fn run(
     });
 
     let dp = dataplane::start(&config.dataplane)?;
-    let metrics = match config.metrics_addr {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listening for /metrics on {addr}"))?;
-            Some(tokio::spawn(metrics::serve(
-                listener,
-                config.dataplane.pin_dir.clone(),
-            )))
-        }
-        None => None,
-    };
 
     let agent_socket = dir.join("agent.sock");
     let (_interfaces, net_server) = runtime::serve_pod_network(&agent_socket, dp.clone())?;
@@ -163,6 +151,44 @@ pub async fn run(
         &config.dataplane.pin_dir,
     )
     .await?;
+    let (policy_sync, names) = dataplane::sync_policy(
+        client.clone(),
+        &config.node_name,
+        node_ip,
+        &config.dataplane.pin_dir,
+    )
+    .await?;
+    let names: std::sync::Arc<dyn observe::Names> = std::sync::Arc::new(names);
+    let metrics = match config.metrics_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening for /metrics on {addr}"))?;
+            Some(tokio::spawn(metrics::serve(
+                listener,
+                config.dataplane.pin_dir.clone(),
+                names.clone(),
+            )))
+        }
+        None => None,
+    };
+    let flows = observe::channel();
+    let observe_socket = dir.join("observe.sock");
+    let observe_node = config.node_name.clone();
+    let observe_tx = flows.clone();
+    let observe = tokio::spawn(async move {
+        if let Err(e) = observe::serve(&observe_socket, observe_node, observe_tx).await {
+            tracing::error!(error = %format!("{e:#}"), "the observe socket stopped");
+        }
+    });
+    let pump = tokio::spawn({
+        let (pin_dir, node) = (config.dataplane.pin_dir.clone(), config.node_name.clone());
+        async move {
+            if let Err(e) = observe::pump(pin_dir, node, names, flows).await {
+                tracing::error!(error = %format!("{e:#}"), "the flow event reader stopped");
+            }
+        }
+    });
     tracing::info!(%pod_cidr, "pod network configured");
     let _ = net_ready.send(true);
 
@@ -190,6 +216,9 @@ pub async fn run(
     routes.abort();
     dp_gc.abort();
     dp_sync.abort();
+    policy_sync.abort();
+    observe.abort();
+    pump.abort();
     node_api.abort();
     net_server.abort();
     if let Some(m) = metrics {

@@ -15,6 +15,8 @@ use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::observe::Names;
+
 /// kube-proxy's metrics port.
 pub const DEFAULT_PORT: u16 = 10249;
 
@@ -22,8 +24,8 @@ pub const DEFAULT_PORT: u16 = 10249;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `/metrics` for the dataplane pinned in `pin_dir` on `listener`
-/// until the task is dropped.
-pub async fn serve(listener: TcpListener, pin_dir: PathBuf) {
+/// until the task is dropped; `names` names policies in the labels.
+pub async fn serve(listener: TcpListener, pin_dir: PathBuf, names: Arc<dyn Names>) {
     let pin_dir = Arc::new(pin_dir);
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -39,10 +41,12 @@ pub async fn serve(listener: TcpListener, pin_dir: PathBuf) {
             },
         };
         let pin_dir = pin_dir.clone();
+        let names = names.clone();
         conns.spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let pin_dir = pin_dir.clone();
-                async move { Ok::<_, Infallible>(respond(&req, &pin_dir).await) }
+                let names = names.clone();
+                async move { Ok::<_, Infallible>(respond(&req, &pin_dir, names).await) }
             });
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(hyper_util::rt::TokioTimer::new())
@@ -54,7 +58,11 @@ pub async fn serve(listener: TcpListener, pin_dir: PathBuf) {
     }
 }
 
-async fn respond(req: &Request<Incoming>, pin_dir: &Arc<PathBuf>) -> Response<Full<Bytes>> {
+async fn respond(
+    req: &Request<Incoming>,
+    pin_dir: &Arc<PathBuf>,
+    names: Arc<dyn Names>,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
     }
@@ -62,7 +70,7 @@ async fn respond(req: &Request<Incoming>, pin_dir: &Arc<PathBuf>) -> Response<Fu
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/metrics" => {
             let dir = pin_dir.clone();
-            match tokio::task::spawn_blocking(move || render(&dir)).await {
+            match tokio::task::spawn_blocking(move || render(&dir, &*names)).await {
                 Ok(Ok(body)) => {
                     let mut r = text(StatusCode::OK, body);
                     r.headers_mut().insert(
@@ -84,8 +92,10 @@ async fn respond(req: &Request<Incoming>, pin_dir: &Arc<PathBuf>) -> Response<Fu
     }
 }
 
-fn render(pin_dir: &Path) -> anyhow::Result<String> {
-    Ok(kestrel_dataplane::metrics::render(pin_dir)?)
+fn render(pin_dir: &Path, names: &dyn Names) -> anyhow::Result<String> {
+    Ok(kestrel_dataplane::metrics::render(pin_dir, &|id| {
+        names.policy(id)
+    })?)
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -9,10 +9,13 @@
 //! the agent's own buffer is sent a `lost` record with how many records it
 //! missed.
 
-use std::path::Path;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use kestrel_dataplane::flows::{FlowEvents, event_stats};
+use kestrel_ebpf_common::policy::{FlowEvent, NO_POLICY, direction, identity, verdict};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::broadcast;
@@ -57,7 +60,8 @@ pub struct FlowRecord {
     pub src: FlowEnd,
     /// Destination, after service translation.
     pub dst: FlowEnd,
-    /// The NetworkPolicy (`namespace/name`) that allowed the flow.
+    /// The NetworkPolicy (`namespace/name`) that decided: the one that
+    /// allowed the flow, or for a denial one that isolates the pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
 }
@@ -141,6 +145,115 @@ async fn stream_to(
         let mut line = serde_json::to_vec(&*msg)?;
         line.push(b'\n');
         stream.write_all(&line).await?;
+    }
+}
+
+/// What the agent knows to name the ends of a flow and the policy that
+/// decided it (implemented by the policy sync's snapshot).
+pub trait Names: Send + Sync {
+    /// The pod (namespace, name) with this address.
+    fn pod(&self, ip: Ipv4Addr) -> Option<(String, String)>;
+    /// The NetworkPolicy (`namespace/name`) with this id.
+    fn policy(&self, id: u32) -> Option<String>;
+    /// What an identity stands for when it is not a pod's (`cidr ...`).
+    fn identity(&self, id: u32) -> Option<String>;
+}
+
+fn proto_name(proto: u8) -> String {
+    match proto {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        132 => "sctp".into(),
+        1 => "icmp".into(),
+        n => n.to_string(),
+    }
+}
+
+fn end(ip_be: u32, port_be: u16, id: u32, names: &dyn Names) -> FlowEnd {
+    let ip = Ipv4Addr::from(u32::from_be(ip_be));
+    let mut e = FlowEnd {
+        ip: ip.to_string(),
+        port: u16::from_be(port_be),
+        ..FlowEnd::default()
+    };
+    if let Some((ns, pod)) = names.pod(ip) {
+        e.namespace = Some(ns);
+        e.pod = Some(pod);
+    } else {
+        e.entity = Some(match id {
+            identity::HOST => "host".into(),
+            identity::WORLD => "world".into(),
+            _ => names
+                .identity(id)
+                .unwrap_or_else(|| format!("identity {id}")),
+        });
+    }
+    e
+}
+
+/// The record of a kernel flow event, named.
+pub fn record(e: &FlowEvent, node: &str, names: &dyn Names, time: &str) -> FlowRecord {
+    FlowRecord {
+        time: time.to_owned(),
+        node: node.to_owned(),
+        verdict: verdict::name(e.verdict).to_owned(),
+        direction: if e.direction == direction::INGRESS {
+            "ingress"
+        } else {
+            "egress"
+        }
+        .to_owned(),
+        proto: proto_name(e.proto),
+        src: end(e.saddr_be, e.sport_be, e.src_identity, names),
+        dst: end(e.daddr_be, e.dport_be, e.dst_identity, names),
+        policy: (e.policy_id != NO_POLICY)
+            .then(|| names.policy(e.policy_id))
+            .flatten(),
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Reads the kernel's flow events pinned under `pin_dir` for as long as
+/// the task runs, sending each, named, on `tx`; when the kernel's loss
+/// counters grow, sends a `lost` record with the growth.
+pub async fn pump(
+    pin_dir: PathBuf,
+    node: String,
+    names: Arc<dyn Names>,
+    tx: Sender,
+) -> anyhow::Result<()> {
+    let mut events = FlowEvents::open(&pin_dir).context("opening the flow event ring buffer")?;
+    let mut seen = event_stats(&pin_dir).context("reading the flow event counters")?;
+    let mut batch = Vec::new();
+    loop {
+        batch.clear();
+        events.next_batch(&mut batch).await?;
+        let time = now_rfc3339();
+        for e in &batch {
+            // With nobody subscribed the send fails, and that is fine.
+            let _ = tx.send(Arc::new(Message::Flow(Box::new(record(
+                e, &node, &*names, &time,
+            )))));
+        }
+        let stats = event_stats(&pin_dir).context("reading the flow event counters")?;
+        let (full, rate) = (
+            stats.lost_full.saturating_sub(seen.lost_full),
+            stats.lost_rate.saturating_sub(seen.lost_rate),
+        );
+        if full > 0 || rate > 0 {
+            let _ = tx.send(Arc::new(Message::Lost {
+                node: node.clone(),
+                kernel_full: full,
+                kernel_rate: rate,
+                client: 0,
+            }));
+        }
+        seen = stats;
     }
 }
 
@@ -249,6 +362,67 @@ mod tests {
         let text = serde_json::to_string(&lost).expect("json");
         assert_eq!(serde_json::from_str::<Message>(&text).expect("back"), lost);
         assert!(lost.to_string().contains("LOST 1"));
+    }
+
+    struct Known;
+
+    impl Names for Known {
+        fn pod(&self, ip: Ipv4Addr) -> Option<(String, String)> {
+            (ip == Ipv4Addr::new(10, 42, 1, 5)).then(|| ("x".into(), "a".into()))
+        }
+        fn policy(&self, id: u32) -> Option<String> {
+            (id == 7).then(|| "x/allow-a".into())
+        }
+        fn identity(&self, id: u32) -> Option<String> {
+            (id == identity::FIRST_CIDR).then(|| "cidr 192.0.2.0/24".into())
+        }
+    }
+
+    #[test]
+    fn kernel_events_are_named() {
+        let e = FlowEvent {
+            time_ns: 1,
+            saddr_be: u32::from(Ipv4Addr::new(10, 42, 1, 5)).to_be(),
+            daddr_be: u32::from(Ipv4Addr::new(192, 0, 2, 9)).to_be(),
+            sport_be: 40_000u16.to_be(),
+            dport_be: 443u16.to_be(),
+            proto: 6,
+            direction: direction::EGRESS,
+            verdict: verdict::ALLOWED,
+            policy_id: 7,
+            src_identity: 300,
+            dst_identity: identity::FIRST_CIDR,
+            ..FlowEvent::default()
+        };
+        let r = record(&e, "node-1", &Known, "t");
+        assert_eq!(r.verdict, "allowed");
+        assert_eq!(r.direction, "egress");
+        assert_eq!(r.proto, "tcp");
+        assert_eq!(
+            (r.src.namespace.as_deref(), r.src.pod.as_deref()),
+            (Some("x"), Some("a"))
+        );
+        assert_eq!(r.src.port, 40_000);
+        assert_eq!(r.dst.entity.as_deref(), Some("cidr 192.0.2.0/24"));
+        assert_eq!(r.dst.ip, "192.0.2.9");
+        assert_eq!(r.policy.as_deref(), Some("x/allow-a"));
+
+        let denied = FlowEvent {
+            verdict: verdict::DENIED,
+            policy_id: NO_POLICY,
+            dst_identity: identity::WORLD,
+            proto: 132,
+            ..e
+        };
+        let r = record(&denied, "node-1", &Known, "t");
+        assert_eq!((r.verdict.as_str(), r.proto.as_str()), ("denied", "sctp"));
+        assert_eq!(r.dst.entity.as_deref(), Some("world"));
+        assert_eq!(r.policy, None);
+        assert!(
+            Message::Flow(Box::new(r))
+                .to_string()
+                .contains("(no policy allows it)")
+        );
     }
 
     #[test]

@@ -10,12 +10,15 @@
 
 mod ebpf_log;
 mod error;
+pub mod flows;
 pub mod host;
 pub mod inspect;
 mod loader;
 pub mod metrics;
 mod object;
 mod pins;
+pub mod policy;
+pub mod progress;
 pub mod proto_counter;
 mod sock;
 pub mod sync;

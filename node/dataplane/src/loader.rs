@@ -10,11 +10,12 @@
 use std::path::{Path, PathBuf};
 
 use aya::{Ebpf, EbpfLoader};
-use kestrel_ebpf_common::{lb::sizes, map_names};
+use kestrel_ebpf_common::{lb::sizes, map_names, policy};
 
 use crate::{EbpfLogLevel, Error, Result, ebpf_object};
 
-/// Map sizes; the defaults come from `kestrel_ebpf_common::lb::sizes`.
+/// Map sizes; the defaults come from `kestrel_ebpf_common::lb::sizes` and
+/// `kestrel_ebpf_common::policy::sizes`.
 ///
 /// A size that differs from an already pinned map's makes the load fail
 /// (the pinned map cannot be resized); the caller decides whether to drop
@@ -33,6 +34,12 @@ pub struct MapSizes {
     pub affinity: u32,
     /// Conntrack entries.
     pub conntrack: u32,
+    /// Ipcache prefixes (every pod in the cluster, nodes, ipBlocks).
+    pub ipcache: u32,
+    /// Local pods with policy state.
+    pub policy_endpoints: u32,
+    /// Policy allow entries over all local pods.
+    pub policy: u32,
 }
 
 impl Default for MapSizes {
@@ -44,6 +51,9 @@ impl Default for MapSizes {
             sock_rev_nat: sizes::SOCK_REV_NAT,
             affinity: sizes::AFFINITY,
             conntrack: sizes::CONNTRACK,
+            ipcache: policy::sizes::IPCACHE,
+            policy_endpoints: policy::sizes::POLICY_ENDPOINTS,
+            policy: policy::sizes::POLICY,
         }
     }
 }
@@ -94,7 +104,10 @@ impl Dataplane {
             .map_max_entries(map_names::REV_NAT, s.rev_nat)
             .map_max_entries(map_names::SOCK_REV_NAT, s.sock_rev_nat)
             .map_max_entries(map_names::AFFINITY, s.affinity)
-            .map_max_entries(map_names::CONNTRACK, s.conntrack);
+            .map_max_entries(map_names::CONNTRACK, s.conntrack)
+            .map_max_entries(map_names::IPCACHE, s.ipcache)
+            .map_max_entries(map_names::POLICY_ENDPOINTS, s.policy_endpoints)
+            .map_max_entries(map_names::POLICY, s.policy);
         let ebpf = loader.load(ebpf_object()?).map_err(Error::Load)?;
         Ok(Self {
             ebpf,

@@ -1,11 +1,14 @@
 //! The dataplane's counters in the Prometheus text exposition format
 //! (version 0.0.4), read from the maps pinned in the node's bpffs at each
-//! scrape: drops by reason, new connections per service backend, and the
-//! sizes of the service, conntrack and endpoint tables.
+//! scrape: drops by reason, new connections per service backend, network
+//! policy verdicts and flow events, and the sizes of the service,
+//! conntrack and endpoint tables.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
+
+use kestrel_ebpf_common::policy::{NO_POLICY, direction, verdict};
 
 use crate::Result;
 use crate::sync::{PinnedMaps, read_services};
@@ -47,8 +50,8 @@ fn escape(v: &str) -> String {
 }
 
 /// Renders every dataplane metric of the node whose maps are pinned in
-/// `pin_dir`.
-pub fn render(pin_dir: &Path) -> Result<String> {
+/// `pin_dir`; `policy_name` names a NetworkPolicy by its id.
+pub fn render(pin_dir: &Path, policy_name: &dyn Fn(u32) -> Option<String>) -> Result<String> {
     let mut out = String::new();
 
     let mut f = Family::new(
@@ -97,6 +100,43 @@ pub fn render(pin_dir: &Path) -> Result<String> {
     for (backend, n) in &conns {
         f.sample(&[("backend", backend)], *n);
     }
+
+    let mut f = Family::new(
+        &mut out,
+        "kestrel_policy_verdicts_total",
+        "counter",
+        "Network policy verdicts on new flows, by direction, verdict and the policy that decided (\"\" when none did).",
+    );
+    for (key, n) in crate::flows::verdicts(pin_dir)? {
+        let policy = if key.policy_id == NO_POLICY {
+            String::new()
+        } else {
+            policy_name(key.policy_id).unwrap_or_else(|| format!("id-{}", key.policy_id))
+        };
+        let dir = if key.direction == direction::INGRESS {
+            "ingress"
+        } else {
+            "egress"
+        };
+        f.sample(
+            &[
+                ("direction", dir),
+                ("verdict", verdict::name(key.verdict)),
+                ("policy", &policy),
+            ],
+            n,
+        );
+    }
+    let stats = crate::flows::event_stats(pin_dir)?;
+    let mut f = Family::new(
+        &mut out,
+        "kestrel_flow_events_total",
+        "counter",
+        "Flow events for `kestrel observe`: sent, or lost to the rate limit or a full ring buffer.",
+    );
+    f.sample(&[("outcome", "sent")], stats.sent);
+    f.sample(&[("outcome", "lost_rate")], stats.lost_rate);
+    f.sample(&[("outcome", "lost_full")], stats.lost_full);
 
     let flows = crate::inspect::conntrack_entries(pin_dir)?.len();
     Family::new(

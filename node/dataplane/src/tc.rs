@@ -147,8 +147,11 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
 /// Which end of the node an interface is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
-    /// A pod's host-side veth.
+    /// A pod's host-side veth, ingress: what the pod sends.
     PodVeth,
+    /// A pod's host-side veth, egress: what the node's stack delivers to
+    /// the pod (network policy for the node's own connections).
+    ToPod,
     /// The node's uplink.
     Uplink,
 }
@@ -157,7 +160,15 @@ impl Role {
     fn program(self) -> &'static str {
         match self {
             Self::PodVeth => program_names::TC_FROM_POD,
+            Self::ToPod => program_names::TC_TO_POD,
             Self::Uplink => program_names::TC_FROM_UPLINK,
+        }
+    }
+
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            Self::PodVeth | Self::Uplink => TcAttachType::Ingress,
+            Self::ToPod => TcAttachType::Egress,
         }
     }
 }
@@ -183,7 +194,7 @@ pub fn check_attach(
 ) -> Result<()> {
     let carries_default = default_route_ifaces.iter().any(|i| i == ifname);
     let allowed = match role {
-        Role::PodVeth => !carries_default,
+        Role::PodVeth | Role::ToPod => !carries_default,
         Role::Uplink => !(carries_default && in_initial_netns),
     };
     if allowed {
@@ -433,10 +444,17 @@ impl Dataplane {
         Ok(NodeNetwork::from_config(&config))
     }
 
-    /// Attaches `tc_from_pod` to the ingress of a pod's host-side veth in
-    /// the calling thread's namespace.
+    /// Attaches `tc_from_pod` to the ingress of a pod's host-side veth and
+    /// `tc_to_pod` to its egress, in the calling thread's namespace.
+    /// `Adopted` when both links were already there.
     pub fn attach_pod_veth(&mut self, ifname: &str) -> Result<Attach> {
-        self.attach_tc(ifname, Role::PodVeth)
+        let from = self.attach_tc(ifname, Role::PodVeth)?;
+        let to = self.attach_tc(ifname, Role::ToPod)?;
+        Ok(if from == Attach::Adopted && to == Attach::Adopted {
+            Attach::Adopted
+        } else {
+            Attach::Created
+        })
     }
 
     /// Attaches `tc_from_uplink` to the ingress of the node's uplink in the
@@ -506,7 +524,7 @@ impl Dataplane {
         let id = program
             .attach_with_options(
                 ifname,
-                TcAttachType::Ingress,
+                role.attach_type(),
                 TcAttachOptions::TcxOrder(LinkOrder::default()),
             )
             .map_err(|source| Error::Program {

@@ -63,6 +63,9 @@ fn test_options(pin_dir: &Path) -> LoadOptions {
         sock_rev_nat: 16_384,
         affinity: 256,
         conntrack: 1024,
+        ipcache: 1024,
+        policy_endpoints: 64,
+        policy: 1024,
     };
     options
 }

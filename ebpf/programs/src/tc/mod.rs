@@ -6,8 +6,13 @@
 //! (`bpf_redirect_peer` on the node, FIB and `bpf_redirect_neigh` across
 //! the fabric).
 //!
+//! `tc_to_pod` on the egress of every pod's host-side veth applies
+//! network policy to what the kernel's stack delivers to a pod (the
+//! redirects above skip that hook, so they apply policy themselves).
+//!
 //! Per packet: the node configuration, one conntrack lookup, and for a
-//! new flow a constant number of service, backend and endpoint lookups.
+//! new flow a constant number of service, backend, endpoint and policy
+//! lookups.
 
 mod ct;
 mod from_pod;
@@ -16,7 +21,10 @@ mod fwd;
 mod lb;
 pub mod maps;
 mod pkt;
+mod policy;
+pub mod policy_maps;
 mod reject;
+mod to_pod;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -70,8 +78,25 @@ fn translated(ctx: &TcContext, p: &Packet, e: &CtEntry) -> Result<i32, i64> {
     Ok(fwd::route(ctx, &out, true).unwrap_or_else(|_| drop_for(DropReason::REWRITE)))
 }
 
+/// Network policy for a new flow that is not a service's: drops it when
+/// denied, and records it in conntrack when a pod of this node is an end.
+#[inline(always)]
+fn admit(key: &CtKey, p: &Packet, now: u64) -> Result<(), DropReason> {
+    let d = policy::check(p, now);
+    if !d.allowed {
+        return Err(DropReason::POLICY_DENIED);
+    }
+    if d.track {
+        let mut e = ct::fresh(p, now, 0);
+        ct::create(key, &mut e, false)?;
+    }
+    Ok(())
+}
+
 /// A new flow to a service frontend: refuse it when no backend is ready,
-/// else choose a backend, record the flow and translate the packet. Flows
+/// else choose a backend, apply network policy to the translated flow (as
+/// upstream requires, policy sees the backend), record the flow and
+/// translate the packet. Flows
 /// from the uplink to a backend on another node are also SNATed to the
 /// node's address, so that replies come back through this node, unless
 /// the service keeps the client's address (`externalTrafficPolicy: Local`).
@@ -98,6 +123,12 @@ fn service_flow(
         Ok(chosen) => chosen,
         Err(reason) => return Ok(drop_for(reason)),
     };
+    let mut translated_flow = *p;
+    translated_flow.daddr_be = backend.addr_be;
+    translated_flow.dport_be = backend.port_be;
+    if !policy::check(&translated_flow, now).allowed {
+        return Ok(drop_for(DropReason::POLICY_DENIED));
+    }
     let local = fwd::local_endpoint(backend.addr_be).is_some();
     let snat = from_uplink && !local && fe.master.flags & svc_flags::EXT_LOCAL == 0;
     let mut flags = ct_flags::DNAT;

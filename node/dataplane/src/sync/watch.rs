@@ -63,57 +63,11 @@ pub struct BatchReport {
     pub latency: Duration,
 }
 
-/// The loop's progress, as [`SyncStatus`] shows it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Progress {
-    /// Whether the first full sync is done: every Service and EndpointSlice
-    /// was listed and the maps hold them.
-    pub synced: bool,
-    /// Batches applied so far.
-    pub batches: u64,
-    /// The last batch.
-    pub last: Option<BatchReport>,
-    /// Whether the last write failed (it is being retried).
-    pub failing: bool,
-}
-
-/// A handle on the loop's progress; cheap to clone.
-#[derive(Clone, Debug)]
-pub struct SyncStatus {
-    rx: watch::Receiver<Progress>,
-}
-
-/// The loop ended before the first full sync.
-#[derive(Clone, Copy, Debug, thiserror::Error)]
-#[error("the service sync loop ended before its first full sync")]
-pub struct SyncEnded;
-
-impl SyncStatus {
-    /// Waits for the first full sync (immediately if it is done).
-    pub async fn wait_synced(&mut self) -> Result<(), SyncEnded> {
-        self.rx
-            .wait_for(|p| p.synced)
-            .await
-            .map(|_| ())
-            .map_err(|_| SyncEnded)
-    }
-
-    /// Whether the first full sync is done.
-    pub fn is_synced(&self) -> bool {
-        self.rx.borrow().synced
-    }
-
-    /// The latest progress.
-    pub fn progress(&self) -> Progress {
-        *self.rx.borrow()
-    }
-
-    /// Waits until the progress changes.
-    pub async fn changed(&mut self) -> Result<Progress, SyncEnded> {
-        self.rx.changed().await.map_err(|_| SyncEnded)?;
-        Ok(*self.rx.borrow_and_update())
-    }
-}
+/// The service loop's progress.
+pub type Progress = crate::progress::Progress<BatchReport>;
+/// A handle on the service loop's progress.
+pub type SyncStatus = crate::progress::SyncStatus<BatchReport>;
+pub use crate::progress::SyncEnded;
 
 /// The service map sync of one node.
 pub struct ServiceSync {
@@ -155,9 +109,7 @@ impl ServiceSync {
 
     /// A handle that reports the first full sync and each batch.
     pub fn status(&self) -> SyncStatus {
-        SyncStatus {
-            rx: self.progress.subscribe(),
-        }
+        SyncStatus::new(self.progress.subscribe())
     }
 
     /// Runs until `shutdown` completes. Fails only if the maps cannot be
