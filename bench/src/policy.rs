@@ -416,9 +416,18 @@ pub struct E2e {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub reps: usize,
+    /// The load average at the start and at the end.
+    pub load: (String, String),
     pub changes: usize,
     pub scale: ScaleReport,
     pub baseline: ScaleReport,
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 /// A byte count in KiB or MiB.
@@ -875,10 +884,12 @@ pub fn run_bench(opts: &Options) -> Result<Report> {
     let _dataplane =
         Dataplane::load(&LoadOptions::new(bpffs.path())).context("loading the dataplane")?;
     let reps = opts.reps.max(1);
+    let load = load_average();
     let baseline = run_scale(opts.baseline, bpffs.path(), reps, opts.changes)?;
     let scale = run_scale(opts.scale, bpffs.path(), reps, opts.changes)?;
     Ok(Report {
         reps,
+        load: (load, load_average()),
         changes: opts.changes,
         scale,
         baseline,
@@ -892,14 +903,19 @@ impl Report {
         let (b, x) = (&self.baseline, &self.scale);
         s.push_str("## Network policy\n\n");
         s.push_str(&format!(
-            "`cargo xtask bench policy` (release, root; {} repetitions, {} changes of each kind \
-             per repetition in process, {} of each kind end to end). Machine: {}, kernel {}, {}.\n\n",
-            self.reps,
-            self.changes,
-            self.changes,
+            "Run on {}, kernel {}, {}; load average {} at the start, {} at the end (the \
+             machine was shared with other builds). Release build, as root, on the real maps \
+             pinned in a private bpffs: {} repetitions of the full program and of {} in-process \
+             changes of each kind; {} changes of each kind end to end. Reproduce with `cargo \
+             xtask bench policy` (`-- --quick` for a smoke run).\n\n",
             crate::report::machine(),
             crate::report::command_output("uname", &["-r"]),
             jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC"),
+            self.load.0,
+            self.load.1,
+            self.reps,
+            self.changes,
+            self.changes,
         ));
         s.push_str(&format!(
             "Measured: {}; baseline: {}. Policies mix pod and namespace selectors, ipBlocks with \
