@@ -28,6 +28,10 @@ enum Suite {
     Scheduler,
     /// The API server: creates, LIST, watch fan-out, RSS.
     Apiserver,
+    /// Network policy: map size and update cost at 5,000 pods / 1,000
+    /// policies, in process and end to end through a real API server
+    /// (needs root).
+    Policy,
 }
 
 pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
@@ -93,6 +97,10 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
         }
         Suite::Apiserver => (
             &["--package", "kestrel-bench", "--bin", "apiserver-bench"],
+            vec!["--write".into(), docs.into()],
+        ),
+        Suite::Policy => (
+            &["--package", "kestrel-bench", "--bin", "policy-bench"],
             vec!["--write".into(), docs.into()],
         ),
     };
