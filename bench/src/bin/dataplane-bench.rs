@@ -1,0 +1,103 @@
+//! Runs the packet-path benchmark and writes its section of
+//! docs/benchmarks.md. Needs root (namespaces, eBPF, cgroups).
+//! `client` is the benchmark's own load generator, run by it.
+
+use std::{net::SocketAddrV4, path::PathBuf};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use kestrel_bench::dataplane::{Options, PathKind, Workload, load, report, run_bench};
+
+/// Pod→pod, ClusterIP and NodePort paths: Kestrel's eBPF against
+/// kube-proxy's iptables and nftables layouts.
+#[derive(Debug, Parser)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    /// Repetitions (at least 5 for a full run).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// A short smoke run (under three minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Service counts to measure (default 1, 1000, 10000, 50000).
+    #[arg(long, value_delimiter = ',')]
+    scales: Option<Vec<usize>>,
+    /// Workloads (default all).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    workloads: Option<Vec<Workload>>,
+    /// Paths (default all).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    paths: Option<Vec<PathKind>>,
+    /// Concurrent flows (default 1,2).
+    #[arg(long, value_delimiter = ',')]
+    flows: Option<Vec<usize>>,
+    /// Seconds per measurement.
+    #[arg(long)]
+    secs: Option<f64>,
+    /// Write the report into this markdown file's "Dataplane" section.
+    #[arg(long)]
+    write: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// The load generator (run by the benchmark itself).
+    #[command(hide = true)]
+    Client {
+        #[arg(long)]
+        netns: PathBuf,
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        #[arg(long, value_enum)]
+        workload: Workload,
+        #[arg(long)]
+        target: SocketAddrV4,
+        #[arg(long, default_value_t = 1)]
+        flows: usize,
+        #[arg(long)]
+        secs: f64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(Cmd::Client {
+        netns,
+        cgroup,
+        workload,
+        target,
+        flows,
+        secs,
+    }) = args.command
+    {
+        return load::client_main(&netns, cgroup.as_deref(), workload, target, flows, secs);
+    }
+    let mut options = if args.quick {
+        Options::quick()
+    } else {
+        Options::full(args.reps)
+    };
+    if let Some(v) = args.scales {
+        options.scales = v;
+    }
+    if let Some(v) = args.workloads {
+        options.workloads = v;
+    }
+    if let Some(v) = args.paths {
+        options.paths = v;
+    }
+    if let Some(v) = args.flows {
+        options.flows = v;
+    }
+    if let Some(v) = args.secs {
+        options.secs = v;
+    }
+    if !kestrel_dataplane::object_is_built() {
+        anyhow::bail!("the eBPF object was not built (AYA_BUILD_SKIP=1); build without it");
+    }
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let results = run_bench(&exe, &options)?;
+    let section = report::to_markdown(&options, &results);
+    kestrel_bench::report::publish(&section, "## Dataplane", args.write.as_deref())
+}
