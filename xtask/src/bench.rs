@@ -28,6 +28,10 @@ enum Suite {
     Scheduler,
     /// The API server: creates, LIST, watch fan-out, RSS.
     Apiserver,
+    /// The packet paths: pod→pod, ClusterIP and NodePort through Kestrel's
+    /// eBPF and through kube-proxy's iptables and nftables layouts, at 1 to
+    /// 50,000 Services, and the time to program them (needs root).
+    Dataplane,
 }
 
 pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
@@ -93,6 +97,10 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
         }
         Suite::Apiserver => (
             &["--package", "kestrel-bench", "--bin", "apiserver-bench"],
+            vec!["--write".into(), docs.into()],
+        ),
+        Suite::Dataplane => (
+            &["--package", "kestrel-bench", "--bin", "dataplane-bench"],
             vec!["--write".into(), docs.into()],
         ),
     };
