@@ -6,7 +6,7 @@ use std::{net::SocketAddrV4, path::PathBuf};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use kestrel_bench::dataplane::{Options, PathKind, Workload, load, report, run_bench};
+use kestrel_bench::dataplane::{Options, PathKind, Workload, load, plot, report, run_bench};
 
 /// Pod→pod, ClusterIP and NodePort paths: Kestrel's eBPF against
 /// kube-proxy's iptables and nftables layouts.
@@ -93,11 +93,44 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = args.secs {
         options.secs = v;
     }
+    // SIGINT, SIGTERM and SIGHUP stop the run between measurements, so the
+    // namespaces, cgroup and bpffs mounts are removed by their guards.
+    let mut signals = nix::sys::signal::SigSet::empty();
+    for s in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGHUP,
+    ] {
+        signals.add(s);
+    }
+    signals
+        .thread_block()
+        .context("blocking the stop signals")?;
+    std::thread::spawn(move || {
+        if let Ok(sig) = signals.wait() {
+            eprintln!("{sig}: stopping and cleaning up");
+            kestrel_bench::dataplane::STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
     if !kestrel_dataplane::object_is_built() {
         anyhow::bail!("the eBPF object was not built (AYA_BUILD_SKIP=1); build without it");
     }
     let exe = std::env::current_exe().context("finding this executable")?;
     let results = run_bench(&exe, &options)?;
-    let section = report::to_markdown(&options, &results);
+    let mut plots = Vec::new();
+    if let Some(doc) = &args.write {
+        let dir = kestrel_bench::dataplane::plot_dir(doc);
+        match plot::write_plots(&dir, &options, &results) {
+            Ok(files) => {
+                for f in files {
+                    if let Some(name) = f.file_name() {
+                        plots.push(format!("benchmarks/{}", name.to_string_lossy()));
+                    }
+                }
+            }
+            Err(e) => eprintln!("plots: {e:#}"),
+        }
+    }
+    let section = report::to_markdown(&options, &results, &plots);
     kestrel_bench::report::publish(&section, "## Dataplane", args.write.as_deref())
 }

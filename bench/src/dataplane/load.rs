@@ -157,47 +157,57 @@ impl Sample {
 pub struct Server {
     stop: Arc<AtomicBool>,
     tcp: Vec<TcpListener>,
-    udp: UdpSocket,
+    /// Held for the server's lifetime (the threads poll `stop`).
+    _udp: Vec<UdpSocket>,
 }
 
-/// Acceptor threads per TCP listener: each serves its connection inline
-/// (no thread start per connection muddies TCP_CRR), and there are more
-/// of them than concurrent flows.
-const ACCEPTORS: usize = 4;
+/// A connection idle this long is dropped (a flow whose FIN was lost
+/// must not hold a server thread forever).
+const IDLE: Duration = Duration::from_secs(20);
+
+/// Acceptor threads per TCP listener; each serves its connection inline
+/// (no thread start per connection muddies TCP_CRR), and there are many
+/// more of them than concurrent flows.
+const ACCEPTORS: usize = 8;
 
 impl Server {
-    /// Listens on 0.0.0.0 (all ten of the pod's addresses) in `ns`.
-    pub fn start(ns: &Netns) -> Result<Self> {
+    /// TCP listeners on 0.0.0.0 (all of the pod's addresses) and one UDP
+    /// socket per address in `ips` (so that replies leave from the address
+    /// the request went to, as the NAT paths need), in `ns`. Every TCP
+    /// connection is served inline by one of a pool of acceptor threads.
+    pub fn start(ns: &Netns, ips: &[std::net::Ipv4Addr]) -> Result<Self> {
         let (rr, stream, udp) = ns.enter(|| -> Result<_> {
+            let udp = ips
+                .iter()
+                .map(|ip| UdpSocket::bind((*ip, ports::UDP)).context("binding the UDP port"))
+                .collect::<Result<Vec<_>>>()?;
             Ok((
                 TcpListener::bind(("0.0.0.0", ports::RR)).context("binding the RR port")?,
                 TcpListener::bind(("0.0.0.0", ports::STREAM)).context("binding the STREAM port")?,
-                UdpSocket::bind(("0.0.0.0", ports::UDP)).context("binding the UDP port")?,
+                udp,
             ))
         })?;
         let stop = Arc::new(AtomicBool::new(false));
-        for _ in 0..ACCEPTORS {
-            let l = rr.try_clone()?;
-            let s = stop.clone();
-            std::thread::spawn(move || {
-                while !s.load(Ordering::Relaxed) {
-                    if let Ok((conn, _)) = l.accept() {
-                        serve_echo(conn);
+        for (listener, handler) in [
+            (&rr, serve_echo as fn(TcpStream)),
+            (&stream, serve_sink as fn(TcpStream)),
+        ] {
+            for _ in 0..ACCEPTORS {
+                let listener = listener.try_clone()?;
+                let s = stop.clone();
+                std::thread::spawn(move || {
+                    while !s.load(Ordering::Relaxed) {
+                        if let Ok((conn, _)) = listener.accept() {
+                            let _ = conn.set_read_timeout(Some(IDLE));
+                            handler(conn);
+                        }
                     }
-                }
-            });
-            let l = stream.try_clone()?;
-            let s = stop.clone();
-            std::thread::spawn(move || {
-                while !s.load(Ordering::Relaxed) {
-                    if let Ok((conn, _)) = l.accept() {
-                        serve_sink(conn);
-                    }
-                }
-            });
+                });
+            }
         }
-        for _ in 0..2 {
-            let u = udp.try_clone()?;
+        for u in &udp {
+            u.set_read_timeout(Some(Duration::from_millis(100)))?;
+            let u = u.try_clone()?;
             let s = stop.clone();
             std::thread::spawn(move || {
                 let mut buf = [0u8; 2048];
@@ -211,7 +221,7 @@ impl Server {
         Ok(Self {
             stop,
             tcp: vec![rr, stream],
-            udp,
+            _udp: udp,
         })
     }
 }
@@ -253,7 +263,8 @@ impl Drop for Server {
         for l in &self.tcp {
             let _ = nix::sys::socket::shutdown(l.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         }
-        let _ = nix::sys::socket::shutdown(self.udp.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        // The UDP threads poll the stop flag (shutting a UDP socket down
+        // makes std's recv_from panic on the empty address).
     }
 }
 
@@ -272,7 +283,9 @@ pub struct ClientRun<'a> {
     pub secs: f64,
 }
 
-/// Runs the client as a child process of `exe` and parses its result.
+/// Runs the client as a child process of `exe` and parses its result. A
+/// client that outlives its period by 10 s is killed (by its PID) and the
+/// run fails.
 pub fn run_client(exe: &Path, run: &ClientRun<'_>) -> Result<Sample> {
     let mut cmd = Command::new(exe);
     cmd.arg("client")
@@ -287,21 +300,48 @@ pub fn run_client(exe: &Path, run: &ClientRun<'_>) -> Result<Sample> {
     if let Some(cg) = run.cgroup {
         cmd.arg("--cgroup").arg(cg);
     }
-    let out = cmd.output().context("running the client")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "client {:?} to {} failed ({}): {}",
+    let mut child = cmd.spawn().context("starting the client")?;
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().context("stdout")?));
+    let stderr = drain(Box::new(child.stderr.take().context("stderr")?));
+    let deadline = Instant::now() + Duration::from_secs_f64(run.secs) + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().context("waiting for the client")? {
+            break Some(status);
+        }
+        if Instant::now() > deadline || super::stopping() {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    match status {
+        None => bail!(
+            "client {:?} to {} hung and was killed: {}",
             run.workload,
             run.target,
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+            stderr.trim()
+        ),
+        Some(st) if !st.success() => bail!(
+            "client {:?} to {} failed ({st}): {}",
+            run.workload,
+            run.target,
+            stderr.trim()
+        ),
+        Some(_) => stdout
+            .lines()
+            .find_map(Sample::parse)
+            .with_context(|| format!("no result from the client: {stdout}")),
     }
-    stdout
-        .lines()
-        .find_map(Sample::parse)
-        .with_context(|| format!("no result from the client: {stdout}"))
 }
 
 /// The client process's body: join the cgroup, enter the namespace, run
@@ -322,9 +362,13 @@ pub fn client_main(
     let file = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
     nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).context("entering the netns")?;
     let period = Duration::from_secs_f64(secs);
-    let start = Instant::now() + Duration::from_millis(50);
+    // Connections and warm-up first; every flow then starts together.
+    let ready = Arc::new(std::sync::Barrier::new(flows.max(1)));
     let handles: Vec<_> = (0..flows.max(1))
-        .map(|_| std::thread::spawn(move || flow(workload, target, start, period)))
+        .map(|_| {
+            let ready = ready.clone();
+            std::thread::spawn(move || flow(workload, target, &ready, period))
+        })
         .collect();
     let mut total = Sample::default();
     let mut lat: Vec<u32> = Vec::new();
@@ -354,12 +398,12 @@ fn ns_of(d: Duration) -> u32 {
     u32::try_from(d.as_nanos()).unwrap_or(u32::MAX)
 }
 
-/// One flow: waits for `start`, runs for `period`. Returns its sample and
-/// per-transaction latencies in ns.
+/// One flow: connects and warms up, waits for the other flows at `ready`,
+/// runs for `period`. Returns its sample and per-transaction latencies in ns.
 fn flow(
     workload: Workload,
     target: SocketAddrV4,
-    start: Instant,
+    ready: &std::sync::Barrier,
     period: Duration,
 ) -> Result<(Sample, Vec<u32>)> {
     let mut lat = Vec::with_capacity(1 << 16);
@@ -373,11 +417,15 @@ fn flow(
             c.set_read_timeout(Some(timeout))?;
             let mut b = [7u8; 1];
             // Warm up (neighbour resolution, caches) before the clock starts.
+            let warm = Instant::now();
             for _ in 0..100 {
+                if warm.elapsed() > WARMUP {
+                    break;
+                }
                 c.write_all(&b)?;
                 c.read_exact(&mut b)?;
             }
-            wait_until(start);
+            let start = go(ready);
             let end = start + period;
             loop {
                 let t = Instant::now();
@@ -392,7 +440,7 @@ fn flow(
             s.secs = start.elapsed().as_secs_f64();
         }
         Workload::TcpCrr => {
-            wait_until(start);
+            let start = go(ready);
             let end = start + period;
             loop {
                 let t = Instant::now();
@@ -410,9 +458,10 @@ fn flow(
         Workload::TcpStream => {
             let mut c = TcpStream::connect_timeout(&target.into(), timeout)
                 .with_context(|| format!("connecting to {target}"))?;
-            c.set_read_timeout(Some(Duration::from_secs(10)))?;
+            c.set_read_timeout(Some(Duration::from_secs(5)))?;
+            c.set_write_timeout(Some(Duration::from_secs(3)))?;
             let buf = vec![0x5au8; 64 * 1024];
-            wait_until(start);
+            let start = go(ready);
             let end = start + period;
             while Instant::now() < end {
                 c.write_all(&buf)?;
@@ -421,6 +470,9 @@ fn flow(
             let mut n = [0u8; 8];
             c.read_exact(&mut n).context("reading the byte count")?;
             s.bytes = u64::from_le_bytes(n);
+            if s.bytes == 0 {
+                bail!("the server received none of the stream's bytes");
+            }
             s.secs = start.elapsed().as_secs_f64();
         }
         Workload::UdpRr => {
@@ -428,11 +480,15 @@ fn flow(
             u.connect(target)?;
             u.set_read_timeout(Some(Duration::from_millis(200)))?;
             let mut b = [7u8; 1];
+            let warm = Instant::now();
             for _ in 0..100 {
+                if warm.elapsed() > WARMUP {
+                    break;
+                }
                 u.send(&b)?;
                 let _ = u.recv(&mut b);
             }
-            wait_until(start);
+            let start = go(ready);
             let end = start + period;
             loop {
                 let t = Instant::now();
@@ -462,11 +518,13 @@ fn crr_once(target: SocketAddrV4, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
-fn wait_until(t: Instant) {
-    let now = Instant::now();
-    if t > now {
-        std::thread::sleep(t - now);
-    }
+/// The longest warm-up before a flow's period.
+const WARMUP: Duration = Duration::from_millis(500);
+
+/// Waits for every flow to be ready; returns when the period starts.
+fn go(ready: &std::sync::Barrier) -> Instant {
+    ready.wait();
+    Instant::now()
 }
 
 #[cfg(test)]

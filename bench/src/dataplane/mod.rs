@@ -19,6 +19,7 @@
 
 pub mod kubeproxy;
 pub mod load;
+pub mod plot;
 pub mod program;
 pub mod report;
 pub mod services;
@@ -28,10 +29,21 @@ use std::{
     collections::BTreeMap,
     net::SocketAddrV4,
     path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
+
+/// Set (by the binary's signal thread) to stop the run: the current client
+/// is killed, and the run returns an error, so the topology's guards
+/// clean up before the process exits.
+pub static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Whether the run was asked to stop.
+pub fn stopping() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
 
 pub use load::{Sample, Workload};
 
@@ -123,7 +135,7 @@ impl Options {
             ],
             flows: vec![1, 2],
             paths: PathKind::ALL.to_vec(),
-            secs: 0.6,
+            secs: 0.5,
             quick: true,
         }
     }
@@ -160,6 +172,9 @@ pub struct Results {
     /// (scale, programmer) → one-endpoint-change durations.
     pub program_update: BTreeMap<(usize, Programmer), Vec<Duration>>,
     pub wall: Duration,
+    /// Kestrel's drop counters at the end of the run: (node, reason, count),
+    /// the nonzero ones.
+    pub kestrel_drops: Vec<(usize, &'static str, u64)>,
 }
 
 struct Runner<'a> {
@@ -175,7 +190,7 @@ impl Runner<'_> {
 
     /// Runs every workload and flow count on `path`.
     fn measure(&mut self, topo: &topo::Topology, scale: usize, path: PathKind) {
-        if !self.wants(path) {
+        if !self.wants(path) || stopping() {
             return;
         }
         let cgroup = topo.cgroup_dir();
@@ -330,7 +345,7 @@ pub fn run_bench(exe: &Path, options: &Options) -> Result<Results> {
     let max = options.scales.iter().copied().max().unwrap_or(1);
     eprintln!("building the topology (maps sized for {max} services)");
     let mut topo = topo::Topology::new(max)?;
-    let _server = load::Server::start(&topo.server().ns)?;
+    let _server = load::Server::start(&topo.server().ns, &topo.server_ips())?;
     let mut kestrel = program::Kestrel::open(&topo)?;
     let mut runner = Runner {
         exe,
@@ -341,6 +356,18 @@ pub fn run_bench(exe: &Path, options: &Options) -> Result<Results> {
         for &scale in &options.scales {
             eprintln!("rep {}/{} N={scale}", rep + 1, options.reps);
             runner.one_scale(&mut topo, &mut kestrel, scale)?;
+            if stopping() {
+                bail!("interrupted; the topology was cleaned up");
+            }
+        }
+    }
+    for (i, node) in topo.nodes.iter().enumerate() {
+        if let Ok(drops) = node.dp.drops() {
+            for (reason, n) in drops {
+                if n > 0 {
+                    runner.results.kestrel_drops.push((i + 1, reason.name(), n));
+                }
+            }
         }
     }
     let _ = kestrel.clear();
