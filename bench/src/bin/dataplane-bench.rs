@@ -35,6 +35,10 @@ struct Args {
     /// Seconds per measurement.
     #[arg(long)]
     secs: Option<f64>,
+    /// The longest a from-scratch iptables-restore or nft -f may run, in
+    /// seconds (then it is killed and reported as such).
+    #[arg(long)]
+    program_limit: Option<u64>,
     /// Write the report into this markdown file's "Dataplane" section.
     #[arg(long)]
     write: Option<PathBuf>,
@@ -92,6 +96,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = args.secs {
         options.secs = v;
+    }
+    if let Some(v) = args.program_limit {
+        options.program_limit = std::time::Duration::from_secs(v);
     }
     // SIGINT, SIGTERM and SIGHUP stop the run between measurements, so the
     // namespaces, cgroup and bpffs mounts are removed by their guards.

@@ -119,6 +119,9 @@ pub struct Options {
     pub secs: f64,
     /// A smoke run (labelled so in the report).
     pub quick: bool,
+    /// The longest a from-scratch `iptables-restore` or `nft -f` may take;
+    /// beyond it the tool is killed and the cell reads "timed out".
+    pub program_limit: Duration,
 }
 
 impl Options {
@@ -137,6 +140,7 @@ impl Options {
             paths: PathKind::ALL.to_vec(),
             secs: 0.5,
             quick: true,
+            program_limit: Duration::from_secs(120),
         }
     }
 
@@ -147,6 +151,7 @@ impl Options {
             scales: vec![1, 1_000, 10_000, 50_000],
             secs: 5.0,
             quick: false,
+            program_limit: Duration::from_secs(900),
             ..Self::quick()
         }
     }
@@ -169,6 +174,8 @@ pub struct Results {
     pub failures: BTreeMap<Key, String>,
     /// (scale, programmer) → full-sync durations.
     pub program_full: BTreeMap<(usize, Programmer), Vec<Duration>>,
+    /// (scale, programmer) → the limit a from-scratch programming ran into.
+    pub program_timeouts: BTreeMap<(usize, Programmer), Duration>,
     /// (scale, programmer) → one-endpoint-change durations.
     pub program_update: BTreeMap<(usize, Programmer), Vec<Duration>>,
     pub wall: Duration,
@@ -269,7 +276,12 @@ impl Runner<'_> {
                 };
                 map.entry((scale, p)).or_default().push(d);
             }
-            Err(e) => eprintln!("  N={scale} programming {p:?}: FAILED {e:#}"),
+            Err(e) => {
+                eprintln!("  N={scale} programming {p:?}: FAILED {e:#}");
+                if let Some(t) = e.downcast_ref::<topo::TimedOut>() {
+                    self.results.program_timeouts.insert((scale, p), t.0);
+                }
+            }
         }
     }
 
@@ -296,7 +308,7 @@ impl Runner<'_> {
 
         if self.wants(PathKind::Iptables) || self.wants(PathKind::NodePortIptables) {
             let ns = topo.node1();
-            let d = program::iptables_program(ns, &node, &set);
+            let d = program::iptables_program(ns, &node, &set, self.options.program_limit);
             let ok = d.is_ok();
             self.record(true, scale, Programmer::Iptables, d);
             if ok {
@@ -308,7 +320,7 @@ impl Runner<'_> {
             program::iptables_clear(topo.node1())?;
         }
         if self.wants(PathKind::Nftables) {
-            let d = program::nft_program(topo.node1(), &node, &set);
+            let d = program::nft_program(topo.node1(), &node, &set, self.options.program_limit);
             let ok = d.is_ok();
             self.record(true, scale, Programmer::Nftables, d);
             if ok {

@@ -197,18 +197,28 @@ pub fn iptables_clear(ns: &Netns) -> Result<()> {
 
 /// kube-proxy's iptables layout from scratch: the one-time jumps
 /// (untimed), then a full-sync restore (timed, generation included).
-pub fn iptables_program(ns: &Netns, node: &NodeRules, services: &[Svc]) -> Result<Duration> {
+pub fn iptables_program(
+    ns: &Netns,
+    node: &NodeRules,
+    services: &[Svc],
+    limit: Duration,
+) -> Result<Duration> {
     iptables_clear(ns)?;
     topo::ns_pipe(
         ns,
         &["iptables-restore", "--noflush"],
         &kubeproxy::iptables_base(),
+        None,
     )
     .context("installing kube-proxy's base jumps")?;
     let t = Instant::now();
     let text = kubeproxy::iptables_full(node, services);
-    topo::ns_pipe(ns, &["iptables-restore", "--noflush", "--counters"], &text)
-        .context("iptables-restore of the full sync")?;
+    topo::ns_pipe(
+        ns,
+        &["iptables-restore", "--noflush", "--counters"],
+        &text,
+        Some(limit),
+    )?;
     Ok(t.elapsed())
 }
 
@@ -222,23 +232,33 @@ pub fn iptables_update(
 ) -> Result<Duration> {
     let t = Instant::now();
     let text = kubeproxy::iptables_partial(node, services, old, new);
-    topo::ns_pipe(ns, &["iptables-restore", "--noflush", "--counters"], &text)
-        .context("iptables-restore of the partial sync")?;
+    topo::ns_pipe(
+        ns,
+        &["iptables-restore", "--noflush", "--counters"],
+        &text,
+        None,
+    )
+    .context("iptables-restore of the partial sync")?;
     Ok(t.elapsed())
 }
 
 /// Deletes kube-proxy's nftables table if present (untimed).
 pub fn nft_clear(ns: &Netns) -> Result<()> {
-    let _ = topo::ns_pipe(ns, &["nft", "-f", "-"], &kubeproxy::nft_delete());
+    let _ = topo::ns_pipe(ns, &["nft", "-f", "-"], &kubeproxy::nft_delete(), None);
     Ok(())
 }
 
 /// kube-proxy's nftables layout from scratch (timed, generation included).
-pub fn nft_program(ns: &Netns, node: &NodeRules, services: &[Svc]) -> Result<Duration> {
+pub fn nft_program(
+    ns: &Netns,
+    node: &NodeRules,
+    services: &[Svc],
+    limit: Duration,
+) -> Result<Duration> {
     nft_clear(ns)?;
     let t = Instant::now();
     let text = kubeproxy::nft_full(node, services);
-    topo::ns_pipe(ns, &["nft", "-f", "-"], &text).context("nft -f of the full sync")?;
+    topo::ns_pipe(ns, &["nft", "-f", "-"], &text, Some(limit))?;
     Ok(t.elapsed())
 }
 
@@ -246,6 +266,6 @@ pub fn nft_program(ns: &Netns, node: &NodeRules, services: &[Svc]) -> Result<Dur
 pub fn nft_update(ns: &Netns, node: &NodeRules, old: &Svc, new: &Svc) -> Result<Duration> {
     let t = Instant::now();
     let text = kubeproxy::nft_partial(node, old, new);
-    topo::ns_pipe(ns, &["nft", "-f", "-"], &text).context("nft -f of the partial sync")?;
+    topo::ns_pipe(ns, &["nft", "-f", "-"], &text, None).context("nft -f of the partial sync")?;
     Ok(t.elapsed())
 }

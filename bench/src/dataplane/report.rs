@@ -172,7 +172,10 @@ pub fn to_markdown(options: &Options, results: &Results, plots: &[String]) -> St
     );
     for &scale in &options.scales {
         let mut row = format!("| {scale} |");
-        for map in [&results.program_full, &results.program_update] {
+        for (full, map) in [
+            (true, &results.program_full),
+            (false, &results.program_update),
+        ] {
             for p in [
                 Programmer::Kestrel,
                 Programmer::Iptables,
@@ -184,7 +187,12 @@ pub fn to_markdown(options: &Options, results: &Results, plots: &[String]) -> St
                         let digits = if sum.median < 10.0 { 2 } else { 0 };
                         let _ = write!(row, " {} |", sum.cell(digits));
                     }
-                    None => row.push_str(" – |"),
+                    None => match results.program_timeouts.get(&(scale, p)).filter(|_| full) {
+                        Some(t) => {
+                            let _ = write!(row, " > {:.0} s (killed) |", t.as_secs_f64());
+                        }
+                        None => row.push_str(" – |"),
+                    },
                 }
             }
         }

@@ -73,9 +73,29 @@ pub fn ns_run(ns: &Netns, args: &[&str]) -> Result<String> {
     run_in(Some(ns), args)
 }
 
+/// A command that ran past its time limit and was killed.
+#[derive(Debug)]
+pub struct TimedOut(pub std::time::Duration);
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "timed out after {:.0} s", self.0.as_secs_f64())
+    }
+}
+
+impl std::error::Error for TimedOut {}
+
 /// Feeds `input` to a command run inside `ns` (`iptables-restore`, `nft -f -`).
-pub fn ns_pipe(ns: &Netns, args: &[&str], input: &str) -> Result<()> {
-    use std::io::Write as _;
+/// With `limit`, a command still running then is killed (by its PID) and
+/// the error is a [`TimedOut`]; a stop request kills it too.
+pub fn ns_pipe(
+    ns: &Netns,
+    args: &[&str],
+    input: &str,
+    limit: Option<std::time::Duration>,
+) -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    let started = std::time::Instant::now();
     let mut child = Command::new("ip")
         .args(["netns", "exec", &ns.name])
         .args(args)
@@ -87,17 +107,32 @@ pub fn ns_pipe(ns: &Netns, args: &[&str], input: &str) -> Result<()> {
     let mut stdin = child.stdin.take().context("stdin")?;
     let input = input.to_owned();
     let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let out = child.wait_with_output().context("waiting")?;
+    let mut stderr = child.stderr.take().context("stderr")?;
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().context("waiting")? {
+            break status;
+        }
+        let over = limit.is_some_and(|l| started.elapsed() > l);
+        if over || super::stopping() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = writer.join();
+            let _ = reader.join();
+            return Err(TimedOut(started.elapsed()).into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     let _ = writer.join();
-    if !out.status.success() {
+    let stderr = reader.join().unwrap_or_default();
+    if !status.success() {
         bail!(
-            "{args:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .take(5)
-                .collect::<Vec<_>>()
-                .join("\n")
+            "{args:?} failed ({status}): {}",
+            stderr.lines().take(5).collect::<Vec<_>>().join("\n")
         );
     }
     Ok(())
