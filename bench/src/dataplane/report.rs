@@ -322,7 +322,7 @@ fn reading(options: &Options, results: &Results) -> String {
         && options.paths.contains(&PathKind::NodePortKestrel)
         && stalled
     {
-        s.push_str(" Kestrel's NodePort path (f) carries request/response traffic but stalled TCP_STREAM here (next to nothing arrives, the sender blocks): a defect in the uplink NodePort path for bulk transfers (not diagnosed here; large offloaded segments are the first suspect), not a cost; it is reported rather than hidden.");
+        s.push_str(" Kestrel's NodePort path (f) carries request/response traffic but stalled TCP_STREAM here (next to nothing arrives, the sender blocks): a defect in the uplink NodePort path for bulk transfers, not a cost, reported rather than hidden. By hand, with the outside host's `gso_max_size` set to 1,500 the same transfer flowed (slowly, without offload), which points at large GSO packets on that path (the FIB lookup is given the GSO packet's length) rather than at the NAT itself.");
     }
     if options.quick {
         s.push_str(" This was a quick run: one short repetition on a shared, loaded machine, so differences below a factor of about two are noise.");
