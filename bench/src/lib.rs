@@ -5,6 +5,7 @@
 
 pub mod apiserver;
 pub mod cni;
+pub mod dataplane;
 pub mod pods;
 pub mod policy;
 pub mod report;

@@ -32,6 +32,10 @@ enum Suite {
     /// policies, in process and end to end through a real API server
     /// (needs root).
     Policy,
+    /// The packet paths: pod→pod, ClusterIP and NodePort through Kestrel's
+    /// eBPF and through kube-proxy's iptables and nftables layouts, at 1 to
+    /// 50,000 Services, and the time to program them (needs root).
+    Dataplane,
 }
 
 pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
@@ -101,6 +105,10 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
         ),
         Suite::Policy => (
             &["--package", "kestrel-bench", "--bin", "policy-bench"],
+            vec!["--write".into(), docs.into()],
+        ),
+        Suite::Dataplane => (
+            &["--package", "kestrel-bench", "--bin", "dataplane-bench"],
             vec!["--write".into(), docs.into()],
         ),
     };
