@@ -1,5 +1,7 @@
-//! Helpers for privileged tests: skip policy, network namespaces with Drop
-//! guards, and running code inside a namespace. A dev-dependency only.
+//! Helpers for privileged tests and benchmarks: skip policy, network
+//! namespaces, cgroups and bpffs mounts with Drop guards, running code
+//! inside a namespace, and pods wired as kestrel-cni wires them. Never a
+//! dependency of what ships.
 #![forbid(unsafe_code)]
 
 use std::{
@@ -87,6 +89,33 @@ impl Netns {
         run(&full);
     }
 
+    /// Runs a command inside the namespace: its stdout, or an error that
+    /// names the command and carries its stderr.
+    pub fn output(&self, args: &[&str]) -> std::io::Result<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(format!(
+                "{args:?} in {} failed ({}): {}",
+                self.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A value from `/sys/class/net/<ifname>/<attr>` inside the namespace
+    /// (`ip netns exec` mounts the namespace's own sysfs).
+    pub fn sysfs(&self, ifname: &str, attr: &str) -> std::io::Result<String> {
+        Ok(self
+            .output(&["cat", &format!("/sys/class/net/{ifname}/{attr}")])?
+            .trim()
+            .to_owned())
+    }
+
     /// Runs `f` on a thread that has entered this namespace. Sockets it
     /// creates stay in the namespace wherever they are used afterwards.
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
@@ -113,6 +142,104 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .output();
     }
+}
+
+/// A pod's veth as [`wire_pod`] made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodLink {
+    /// The host side's ifindex in the node's namespace.
+    pub ifindex: u32,
+    /// The pod side's (`eth0`) MAC address, as sysfs prints it.
+    pub pod_mac: String,
+    /// The host side's MAC address.
+    pub host_mac: String,
+}
+
+/// Wires `pod` to `node` as kestrel-cni does: a veth `host_if` in `node`
+/// whose peer is the pod's `eth0`; each of `ips` as a /32 on `eth0`; a
+/// link-local gateway 169.254.1.1 with a permanent neighbour entry for the
+/// host side and a default route through it; and in `node`, a /32 route
+/// and a permanent neighbour entry for each address.
+pub fn wire_pod(
+    node: &Netns,
+    pod: &Netns,
+    host_if: &str,
+    ips: &[std::net::Ipv4Addr],
+) -> std::io::Result<PodLink> {
+    node.output(&[
+        "ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
+    ])?;
+    let link = PodLink {
+        ifindex: node
+            .sysfs(host_if, "ifindex")?
+            .parse()
+            .map_err(|e| std::io::Error::other(format!("the ifindex of {host_if}: {e}")))?,
+        pod_mac: pod.sysfs("eth0", "address")?,
+        host_mac: node.sysfs(host_if, "address")?,
+    };
+    for ip in ips {
+        pod.output(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+    }
+    pod.output(&["ip", "link", "set", "eth0", "up"])?;
+    pod.output(&[
+        "ip",
+        "route",
+        "add",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+        "scope",
+        "link",
+    ])?;
+    pod.output(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+    ])?;
+    pod.output(&[
+        "ip",
+        "neigh",
+        "replace",
+        "169.254.1.1",
+        "lladdr",
+        &link.host_mac,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ])?;
+    node.output(&["ip", "link", "set", host_if, "up"])?;
+    for ip in ips {
+        let ip = ip.to_string();
+        node.output(&[
+            "ip",
+            "route",
+            "replace",
+            &format!("{ip}/32"),
+            "dev",
+            host_if,
+            "scope",
+            "link",
+        ])?;
+        node.output(&[
+            "ip",
+            "neigh",
+            "replace",
+            &ip,
+            "lladdr",
+            &link.pod_mac,
+            "dev",
+            host_if,
+            "nud",
+            "permanent",
+        ])?;
+    }
+    Ok(link)
 }
 
 /// Where the cgroup v2 hierarchy is mounted on this machine (hybrid mode).

@@ -33,7 +33,7 @@ use kestrel_dataplane::{
     Dataplane, LoadOptions, MapSizes, detach_sock_lb,
     tc::{NodeNetwork, PodEndpoint, Role, parse_mac},
 };
-use kestrel_testkit::{BpfFs, Cgroup, Netns};
+use kestrel_testkit::{BpfFs, Cgroup, Netns, wire_pod};
 
 /// The cluster's pod range.
 pub const CLUSTER_CIDR: &str = "10.200.0.0/17";
@@ -107,28 +107,34 @@ pub fn ns_pipe(
     let mut stdin = child.stdin.take().context("stdin")?;
     let input = input.to_owned();
     let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    // The reader sends the child's stderr when it closes, that is when the
+    // child exits: the exit is seen at once (short runs are timed to the
+    // microsecond, not to a polling interval), and the child is reaped and
+    // killed only here, through its handle.
     let mut stderr = child.stderr.take().context("stderr")?;
-    let reader = std::thread::spawn(move || {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let mut text = String::new();
         let _ = stderr.read_to_string(&mut text);
-        text
+        let _ = tx.send(text);
     });
-    let status = loop {
-        if let Some(status) = child.try_wait().context("waiting")? {
-            break status;
+    let (status, stderr) = loop {
+        match rx.recv_timeout(std::time::Duration::from_millis(50)) {
+            Ok(text) => break (child.wait().context("waiting")?, text),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                bail!("lost the stderr of {args:?}")
+            }
         }
         let over = limit.is_some_and(|l| started.elapsed() > l);
         if over || super::stopping() {
             let _ = child.kill();
             let _ = child.wait();
             let _ = writer.join();
-            let _ = reader.join();
             return Err(TimedOut(started.elapsed()).into());
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
     };
     let _ = writer.join();
-    let stderr = reader.join().unwrap_or_default();
     if !status.success() {
         bail!(
             "{args:?} failed ({status}): {}",
@@ -138,12 +144,17 @@ pub fn ns_pipe(
     Ok(())
 }
 
-fn sysfs(ns: &Netns, ifname: &str, attr: &str) -> Result<String> {
-    Ok(
-        ns_run(ns, &["cat", &format!("/sys/class/net/{ifname}/{attr}")])?
-            .trim()
-            .to_owned(),
-    )
+/// Readies a client's namespace for many short connections (TCP_CRR):
+/// TIME_WAIT ports may be reused and the whole port range is used. Without
+/// it the ephemeral ports run out within seconds and every connect()
+/// searches for a free one.
+fn many_short_connections(ns: &Netns) -> Result<()> {
+    ns_run(ns, &["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])?;
+    ns_run(
+        ns,
+        &["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"],
+    )?;
+    Ok(())
 }
 
 /// A pod: its namespace, addresses and host-side veth.
@@ -223,111 +234,20 @@ impl Node {
     fn add_pod(&mut self, prefix: &str, index: usize, ips: &[Ipv4Addr]) -> Result<()> {
         let ns = Netns::new(format!("{prefix}-p{index}"));
         let host_if = format!("kb8p{index}");
-        ns_run(
-            &self.ns,
-            &[
-                "ip", "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns",
-                &ns.name,
-            ],
-        )?;
-        let host_mac = sysfs(&self.ns, &host_if, "address")?;
-        let pod_mac = sysfs(&ns, "eth0", "address")?;
-        let ifindex: u32 = sysfs(&self.ns, &host_if, "ifindex")?
-            .parse()
-            .context("an ifindex")?;
-        for ip in ips {
-            ns_run(
-                &ns,
-                &["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"],
-            )?;
-        }
-        ns_run(&ns, &["ip", "link", "set", "eth0", "up"])?;
-        ns_run(
-            &ns,
-            &[
-                "ip",
-                "route",
-                "add",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-                "scope",
-                "link",
-            ],
-        )?;
-        ns_run(
-            &ns,
-            &[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-            ],
-        )?;
-        ns_run(
-            &ns,
-            &[
-                "ip",
-                "neigh",
-                "replace",
-                "169.254.1.1",
-                "lladdr",
-                &host_mac,
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ],
-        )?;
-        // Many short connections: reuse TIME_WAIT ports, use the whole range.
-        ns_run(&ns, &["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])?;
-        ns_run(
-            &ns,
-            &["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"],
-        )?;
-        ns_run(&self.ns, &["ip", "link", "set", &host_if, "up"])?;
-        let mut endpoints = Vec::new();
-        for ip in ips {
-            let ip_s = ip.to_string();
-            ns_run(
-                &self.ns,
-                &[
-                    "ip",
-                    "route",
-                    "replace",
-                    &format!("{ip_s}/32"),
-                    "dev",
-                    &host_if,
-                    "scope",
-                    "link",
-                ],
-            )?;
-            ns_run(
-                &self.ns,
-                &[
-                    "ip",
-                    "neigh",
-                    "replace",
-                    &ip_s,
-                    "lladdr",
-                    &pod_mac,
-                    "dev",
-                    &host_if,
-                    "nud",
-                    "permanent",
-                ],
-            )?;
-            endpoints.push(PodEndpoint {
-                ip: *ip,
-                ifindex,
-                pod_mac: parse_mac(&pod_mac).context("pod mac")?,
-                host_mac: parse_mac(&host_mac).context("host mac")?,
-            });
-        }
+        let link = wire_pod(&self.ns, &ns, &host_if, ips)
+            .with_context(|| format!("wiring pod {index}"))?;
+        many_short_connections(&ns)?;
+        let pod_mac = parse_mac(&link.pod_mac).context("pod mac")?;
+        let host_mac = parse_mac(&link.host_mac).context("host mac")?;
+        let endpoints = ips
+            .iter()
+            .map(|&ip| PodEndpoint {
+                ip,
+                ifindex: link.ifindex,
+                pod_mac,
+                host_mac,
+            })
+            .collect();
         self.pods.push(Pod {
             ips: ips.to_vec(),
             host_if,
@@ -410,6 +330,8 @@ impl Topology {
         let outside = Netns::new(format!("{prefix}-out"));
         let outside_ip = Ipv4Addr::new(10, 200, 255, 100);
         plug(&outside, "out", outside_ip)?;
+        // The outside host is the NodePort client.
+        many_short_connections(&outside)?;
         let cgroup = Cgroup::new(prefix.clone());
         Ok(Self {
             nodes,

@@ -36,7 +36,7 @@ use kestrel_ebpf_common::{
     lb::{Backend, RevNat, ServiceKey, ServiceValue, backend_flags},
     map_names,
 };
-use kestrel_testkit::{BpfFs, Netns, unique_name};
+use kestrel_testkit::{BpfFs, Netns, unique_name, wire_pod};
 
 pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
@@ -63,14 +63,6 @@ pub fn in_ns(ns: &Netns, args: &[&str]) -> String {
     let mut full = vec!["ip", "netns", "exec", &ns.name];
     full.extend_from_slice(args);
     sh(&full)
-}
-
-/// A value from `/sys/class/net/<ifname>/<attr>` inside `ns` (`ip netns
-/// exec` mounts the namespace's own sysfs).
-pub fn sysfs(ns: &Netns, ifname: &str, attr: &str) -> String {
-    in_ns(ns, &["cat", &format!("/sys/class/net/{ifname}/{attr}")])
-        .trim()
-        .to_owned()
 }
 
 pub fn be(ip: Ipv4Addr) -> u32 {
@@ -144,99 +136,12 @@ impl Node {
         let name = unique_name("ktp");
         let ns = Netns::new(name.clone());
         let host_if = format!("kst{}x{host}", self.index);
-        in_ns(
-            &self.ns,
-            &[
-                "ip", "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns",
-                &ns.name,
-            ],
-        );
-        let host_mac = sysfs(&self.ns, &host_if, "address");
-        let pod_mac = sysfs(&ns, "eth0", "address");
-        let ifindex: u32 = sysfs(&self.ns, &host_if, "ifindex")
-            .parse()
-            .expect("an ifindex");
-        let ip_s = ip.to_string();
-        in_ns(
-            &ns,
-            &["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"],
-        );
-        in_ns(&ns, &["ip", "link", "set", "eth0", "up"]);
-        in_ns(
-            &ns,
-            &[
-                "ip",
-                "route",
-                "add",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-                "scope",
-                "link",
-            ],
-        );
-        in_ns(
-            &ns,
-            &[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-            ],
-        );
-        in_ns(
-            &ns,
-            &[
-                "ip",
-                "neigh",
-                "replace",
-                "169.254.1.1",
-                "lladdr",
-                &host_mac,
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ],
-        );
-        in_ns(&self.ns, &["ip", "link", "set", &host_if, "up"]);
-        in_ns(
-            &self.ns,
-            &[
-                "ip",
-                "route",
-                "replace",
-                &format!("{ip_s}/32"),
-                "dev",
-                &host_if,
-                "scope",
-                "link",
-            ],
-        );
-        in_ns(
-            &self.ns,
-            &[
-                "ip",
-                "neigh",
-                "replace",
-                &ip_s,
-                "lladdr",
-                &pod_mac,
-                "dev",
-                &host_if,
-                "nud",
-                "permanent",
-            ],
-        );
+        let link = wire_pod(&self.ns, &ns, &host_if, &[ip]).expect("wiring the pod");
         let endpoint = PodEndpoint {
             ip,
-            ifindex,
-            pod_mac: parse_mac(&pod_mac).expect("pod mac"),
-            host_mac: parse_mac(&host_mac).expect("host mac"),
+            ifindex: link.ifindex,
+            pod_mac: parse_mac(&link.pod_mac).expect("pod mac"),
+            host_mac: parse_mac(&link.host_mac).expect("host mac"),
         };
         self.pods.push(Pod {
             name: format!("n{}p{host}", self.index),
@@ -587,6 +492,23 @@ pub fn echo(stream: &mut TcpStream, text: &str) -> std::io::Result<String> {
         buf.push(byte[0]);
     }
     Ok(String::from_utf8_lossy(&buf).trim().to_owned())
+}
+
+/// Sends one line of `len` bytes and reads its echo back: a bulk
+/// transfer both ways, so the sender's stack hands the path large GSO
+/// packets (veths keep TSO on) and the receiver's GRO merges them again.
+pub fn echo_bulk(stream: &mut TcpStream, len: usize) -> std::io::Result<()> {
+    let mut line: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+    line.push(b'\n');
+    // A stalled path fails the write rather than hanging the test.
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(&line)?;
+    let mut back = vec![0u8; line.len()];
+    stream.read_exact(&mut back)?;
+    if back != line {
+        return Err(std::io::Error::other("the echo differs from what was sent"));
+    }
+    Ok(())
 }
 
 /// One UDP request/response (call inside the client's namespace): the
