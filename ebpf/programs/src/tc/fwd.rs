@@ -98,7 +98,11 @@ fn fib(ctx: &TcContext, p: &Packet) -> Result<i32, i64> {
     params.l4_protocol = p.proto;
     params.sport = p.sport_be;
     params.dport = p.dport_be;
-    params.__bindgen_anon_1.tot_len = p.tot_len;
+    // tot_len stays 0: the kernel then checks the skb itself against the
+    // egress MTU (`is_skb_forwardable`), which lets a GSO packet through
+    // as the stack's forwarding does. Given the header's length instead,
+    // the lookup compares a GSO packet's full length with the MTU and
+    // answers FRAG_NEEDED for every large segment of a bulk transfer.
     params.ifindex = ifindex(ctx);
     params.__bindgen_anon_2.tos = p.tos;
     params.__bindgen_anon_3.ipv4_src = p.saddr_be;
