@@ -8,6 +8,7 @@
 // crate); each use is marked with `expect` and a SAFETY comment.
 #![deny(unsafe_code)]
 
+pub mod batch;
 mod ebpf_log;
 mod error;
 pub mod flows;
@@ -22,6 +23,7 @@ pub mod progress;
 pub mod proto_counter;
 mod sock;
 pub mod sync;
+mod sys;
 pub mod tc;
 
 pub use ebpf_log::{EbpfLogLevel, spawn_log_pump};

@@ -8,8 +8,6 @@
 //! into the same links (`BPF_LINK_UPDATE`), so there is no moment without
 //! a hook and never a second copy of one.
 
-mod sys;
-
 use std::{
     fs::{self, File},
     io,
@@ -24,7 +22,7 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr, CgroupSockAddrAttachType, 
 use aya_obj::generated::bpf_attach_type;
 use tracing::{info, warn};
 
-use self::sys::{CGROUP_LINK, CgroupLinkInfo};
+use crate::sys::{self, CGROUP_LINK, CgroupLinkInfo};
 use crate::{Dataplane, Error, Result};
 
 /// The directory under the node's bpffs directory where links are pinned.

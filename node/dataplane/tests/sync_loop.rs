@@ -177,12 +177,14 @@ async fn the_loop_follows_services_and_endpoint_slices() {
 
     // Single endpoint changes, one after another: API write → maps.
     let mut samples = Vec::new();
+    let mut batches_before_last = 0;
     for round in 0..20u8 {
         pods[usize::from(round % 3)] = Ipv4Addr::new(10, 42, 1, round);
         let mut want = pods.clone();
         want.sort();
         let mut slice = slices.get("web-1").await.expect("get the slice");
         slice.endpoints = web_slice(&pods).endpoints;
+        batches_before_last = status.progress().batches;
         let started = Instant::now();
         slices
             .replace("web-1", &PostParams::default(), &slice)
@@ -193,7 +195,18 @@ async fn the_loop_follows_services_and_endpoint_slices() {
         pods = want;
     }
     samples.sort();
-    let report = status.progress().last.expect("a batch report");
+    // The maps show the change before the loop publishes its report.
+    let report = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let p = status.progress();
+            if p.batches > batches_before_last {
+                return p.last.expect("a batch report");
+            }
+            status.changed().await.expect("the loop runs");
+        }
+    })
+    .await
+    .expect("the last change's batch report in time");
     println!(
         "one endpoint change, API write to maps: median {:.1} ms, max {:.1} ms over {} changes; \
          last batch: watch event to maps {:.2} ms ({} writes, {} deletes)",

@@ -592,3 +592,63 @@ fn ten_thousand_services_from_scratch() {
     // delete back; svc-0: 22 slots and masters, 1 rev-nat and 10 backends.
     assert_eq!((stats.writes, stats.deletes), (3, 1 + 22 + 1 + 10));
 }
+
+#[test]
+fn a_full_map_stops_a_batch_part_way_and_nothing_is_lost_track_of() {
+    if !can_run("a_full_map_stops_a_batch_part_way_and_nothing_is_lost_track_of") {
+        return;
+    }
+    const ROOM: usize = 64;
+    let bpffs = BpfFs::new();
+    let sizes = MapSizes {
+        services: ROOM as u32,
+        ..MapSizes::default()
+    };
+    let _dataplane = load(&bpffs, sizes);
+    let want = states(&realistic());
+    let maps = PinnedMaps::open(bpffs.path()).expect("open pins");
+    let mut syncer = Syncer::adopt(maps, IdLimits::default()).expect("adopt");
+    for (svc, st) in &want {
+        syncer.set_service(svc, st.clone());
+    }
+
+    // The kernel stops the slot batch when the map is full.
+    let err = syncer
+        .flush()
+        .expect_err("64 entries cannot hold 40 services");
+    let what = err.to_string();
+    assert!(what.contains("SERVICES"), "{what}");
+    let snap = snapshot(syncer.maps());
+    assert_eq!(
+        snap.services.len(),
+        ROOM,
+        "the batch went in up to the limit"
+    );
+    assert!(
+        snap.services.keys().all(|k| k.slot != 0),
+        "no master before every slot is in: {:?}",
+        snap.services.keys().find(|k| k.slot == 0)
+    );
+    assert!(!snap.backends.is_empty() && !snap.rev_nat.is_empty());
+
+    // Every entry the stopped batch wrote is known: removing every Service
+    // leaves nothing behind.
+    for (svc, _) in &want {
+        syncer.set_service(svc, ServiceState::default());
+    }
+    let stats = syncer.flush().expect("deleting fits");
+    let snap = snapshot(syncer.maps());
+    assert!(
+        snap.services.is_empty() && snap.backends.is_empty() && snap.rev_nat.is_empty(),
+        "left behind: {snap:?}"
+    );
+    assert!(stats.deletes >= ROOM, "{stats:?}");
+
+    // The maps work on: one Service fits.
+    let one = &want[1..2];
+    for (svc, st) in one {
+        syncer.set_service(svc, st.clone());
+    }
+    syncer.flush().expect("one service fits");
+    assert_programmed(&snapshot(syncer.maps()), one);
+}

@@ -94,17 +94,22 @@ fn open(policy: u32) -> PolicyEndpoint {
     }
 }
 
-/// Whether a TCP connection opens (call inside the client's namespace).
-fn tcp_reaches(to: SocketAddrV4) -> bool {
-    TcpStream::connect_timeout(&to.into(), Duration::from_millis(400)).is_ok()
+/// How long a connection that should open may take: past a SYN
+/// retransmit (1 s) on a loaded machine.
+const OPENS: Duration = Duration::from_secs(3);
+/// How long a connection that should be denied is given.
+const DENIED: Duration = Duration::from_millis(400);
+
+/// Whether a TCP connection opens within `wait` (call inside the client's
+/// namespace).
+fn tcp_reaches(to: SocketAddrV4, wait: Duration) -> bool {
+    TcpStream::connect_timeout(&to.into(), wait).is_ok()
 }
 
 /// Whether a UDP datagram is answered.
 fn udp_reaches(to: SocketAddrV4) -> bool {
     let socket = UdpSocket::bind("0.0.0.0:0").expect("udp socket");
-    socket
-        .set_read_timeout(Some(Duration::from_millis(400)))
-        .expect("timeout");
+    socket.set_read_timeout(Some(DENIED)).expect("timeout");
     socket.send_to(b"hi", to).expect("send");
     let mut buf = [0u8; 256];
     socket.recv_from(&mut buf).is_ok()
@@ -215,7 +220,10 @@ fn policy_decides_new_flows_and_reports_every_verdict() {
     let pa = c.pod(0, a);
     let (hello, mut held) = pa.enter(|| greet(b80.tcp)).expect("a reaches b:8080");
     assert_eq!(hello.peer_ip(), a_ip);
-    assert!(!pa.enter(|| tcp_reaches(b90.tcp)), "a is denied b:9090");
+    assert!(
+        !pa.enter(|| tcp_reaches(b90.tcp, DENIED)),
+        "a is denied b:9090"
+    );
     assert!(!pa.enter(|| udp_reaches(b80.udp)), "a is denied UDP to b");
     assert!(!pings(pa, b_ip), "ICMP to an isolated pod needs a rule");
     assert!(
@@ -232,13 +240,16 @@ fn policy_decides_new_flows_and_reports_every_verdict() {
     // Egress from r (node 2): to a in the range, not to b.
     let pr = c.pod(1, r);
     assert!(
-        pr.enter(|| tcp_reaches(a80.tcp)),
+        pr.enter(|| tcp_reaches(a80.tcp, OPENS)),
         "r reaches a:8080 (egress range)"
     );
-    assert!(!pr.enter(|| tcp_reaches(b80.tcp)), "r's egress denies b");
+    assert!(
+        !pr.enter(|| tcp_reaches(b80.tcp, DENIED)),
+        "r's egress denies b"
+    );
 
     // The node's own probes pass b's isolation (tc_to_pod, HOST).
-    let host_probe = c.nodes[0].ns.enter(|| tcp_reaches(b90.tcp));
+    let host_probe = c.nodes[0].ns.enter(|| tcp_reaches(b90.tcp, OPENS));
     assert!(host_probe, "the node reaches an isolated pod on any port");
 
     // A ClusterIP flow from a (no socket LB here: the TC path) is decided
@@ -251,11 +262,11 @@ fn policy_decides_new_flows_and_reports_every_verdict() {
     n1.put_service(vip, 90, TCP, scope::INTERNAL, 0, 2, &[2], 0);
     let pa = c.pod(0, a);
     assert!(
-        pa.enter(|| tcp_reaches(SocketAddrV4::new(vip, 80))),
+        pa.enter(|| tcp_reaches(SocketAddrV4::new(vip, 80), OPENS)),
         "the ClusterIP to an allowed backend port"
     );
     assert!(
-        !pa.enter(|| tcp_reaches(SocketAddrV4::new(vip, 90))),
+        !pa.enter(|| tcp_reaches(SocketAddrV4::new(vip, 90), DENIED)),
         "the ClusterIP to a denied backend port"
     );
 

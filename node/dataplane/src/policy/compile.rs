@@ -168,6 +168,26 @@ impl PolicyNames {
         }
     }
 
+    /// Publishes `next` over the current table, for the time the maps are
+    /// being written: a reader that finds a number in the maps finds its
+    /// name, whether the number is new or about to go. Ids are not reused
+    /// soon (see `Ids`), so the overlay cannot name a number
+    /// wrongly. Call [`set`](Self::set) with `next` once the writes are done.
+    pub(crate) fn overlay(&self, next: &NameTable) {
+        let current = self.table();
+        let mut merged = (*current).clone();
+        merged
+            .pods
+            .extend(next.pods.iter().map(|(k, v)| (*k, v.clone())));
+        merged
+            .policies
+            .extend(next.policies.iter().map(|(k, v)| (*k, v.clone())));
+        merged
+            .identities
+            .extend(next.identities.iter().map(|(k, v)| (*k, v.clone())));
+        self.set(merged);
+    }
+
     fn table(&self) -> Arc<NameTable> {
         match self.inner.read() {
             Ok(g) => Arc::clone(&g),

@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::serde_json::{self, Value, json};
 use kestrel_ebpf_common::policy::{NO_POLICY, PolicyKey, direction, endpoint_flags, identity};
 
-use super::compile::{PolicyCompiler, PolicyNode, PolicyState, key_bytes};
+use super::compile::{PolicyCompiler, PolicyNames, PolicyNode, PolicyState, key_bytes};
 use super::diff::PolicySyncer;
 use super::fake::{FakePolicyMaps, Op};
 
@@ -1047,6 +1047,41 @@ fn ids_are_stable_across_recompiles_and_freed_when_unused() {
         .compile(&w.node, &w.pods, &w.namespaces, &w.policies)
         .state;
     assert!(later.ipcache[&net("10.1.0.51/32")] > new_id);
+}
+
+#[test]
+fn names_cover_old_and_new_numbers_while_the_maps_are_written() {
+    let mut w = stacked_world();
+    let mut c = PolicyCompiler::new();
+    let names = PolicyNames::default();
+    names.set(
+        c.compile(&w.node, &w.pods, &w.namespaces, &w.policies)
+            .names,
+    );
+    let web = c.policy_id("a", "web").expect("an id for a/web");
+    assert_eq!(names.policy(web).as_deref(), Some("a/web"));
+
+    // a/web goes and a/aaa comes: during the write both are named.
+    w.policies
+        .retain(|p| p.metadata.name.as_deref() != Some("web"));
+    w.policies.push(policy(
+        "a",
+        "aaa",
+        json!({"podSelector": {"matchLabels": {"app": "none"}}}),
+    ));
+    let next = c
+        .compile(&w.node, &w.pods, &w.namespaces, &w.policies)
+        .names;
+    let aaa = c.policy_id("a", "aaa").expect("an id for a/aaa");
+    assert_ne!(aaa, web);
+    names.overlay(&next);
+    assert_eq!(names.policy(web).as_deref(), Some("a/web"));
+    assert_eq!(names.policy(aaa).as_deref(), Some("a/aaa"));
+
+    // Once written, only what the maps now hold.
+    names.set(next);
+    assert_eq!(names.policy(web), None);
+    assert_eq!(names.policy(aaa).as_deref(), Some("a/aaa"));
 }
 
 #[test]

@@ -30,28 +30,14 @@ use tokio::sync::{mpsc, watch};
 use super::compile::{PolicyCompiler, PolicyNames, PolicyNode, pod_address};
 use super::diff::PolicySyncer;
 use super::maps::PinnedPolicyMaps;
+use crate::batch::{AbortOnDrop, BatchConfig, BatchLoop, Batcher, blocking};
 use crate::{Error, Result};
 
-/// Tuning of the loop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PolicySyncConfig {
-    /// How long a batch collects watch events after its first one.
-    pub debounce: Duration,
-    /// The first wait after a failed write; it doubles up to `max_retry`.
-    pub retry: Duration,
-    /// The longest wait between retries.
-    pub max_retry: Duration,
-}
+/// What a failed blocking task of this loop is called in errors.
+const BLOCKING: &str = "the policy sync's blocking task";
 
-impl Default for PolicySyncConfig {
-    fn default() -> Self {
-        Self {
-            debounce: Duration::from_millis(5),
-            retry: Duration::from_millis(100),
-            max_retry: Duration::from_secs(10),
-        }
-    }
-}
+/// Tuning of the loop.
+pub type PolicySyncConfig = BatchConfig;
 
 /// What one batch did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -145,7 +131,7 @@ impl PolicySync {
             progress,
             names,
         } = self;
-        let (syncer, compiler) = blocking(move || -> Result<_> {
+        let (syncer, compiler) = blocking(BLOCKING, move || -> Result<_> {
             let syncer = PolicySyncer::adopt(PinnedPolicyMaps::open(&pin_dir)?)?;
             let mut compiler = PolicyCompiler::new();
             compiler.adopt_ipcache(
@@ -196,36 +182,16 @@ impl PolicySync {
             pods: pod_store,
             namespaces: ns_store,
             policies: np_store,
-            config,
-            progress,
             names,
             listed: [false; 3],
             dirty: true,
             first_event: None,
-            retry: None,
-            backoff: config.retry,
         };
-        let result = state.run(rx, shutdown).await;
+        let mut batches = BatchLoop::new("policy maps", config, progress);
+        let result = batches.run(&mut state, rx, shutdown).await;
         drop(tasks);
         result
     }
-}
-
-/// Aborts a spawned task when dropped, so the watchers end with the loop.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Runs map work on the blocking pool.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Io {
-        what: "the policy sync's blocking task",
-        source: std::io::Error::other(e),
-    })
 }
 
 /// From the watchers to the loop.
@@ -340,58 +306,24 @@ struct LoopState {
     pods: Store<Pod>,
     namespaces: Store<Namespace>,
     policies: Store<NetworkPolicy>,
-    config: PolicySyncConfig,
-    progress: watch::Sender<PolicyProgress>,
     names: PolicyNames,
     /// Whether each watcher has finished a full list.
     listed: [bool; 3],
     /// Whether something changed since the last applied batch.
     dirty: bool,
     first_event: Option<Instant>,
-    /// When to retry a failed write.
-    retry: Option<tokio::time::Instant>,
-    backoff: Duration,
 }
 
-impl LoopState {
-    async fn run(
-        &mut self,
-        mut rx: mpsc::UnboundedReceiver<Msg>,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<()> {
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            let retry_at = self.retry;
-            tokio::select! {
-                () = &mut shutdown => return Ok(()),
-                msg = rx.recv() => match msg {
-                    Some(msg) => self.absorb(msg),
-                    None => return Ok(()),
-                },
-                () = sleep_until(retry_at), if retry_at.is_some() => {}
-            }
-            // Collect the rest of the burst.
-            let deadline = tokio::time::Instant::now() + self.config.debounce;
-            loop {
-                tokio::select! {
-                    () = &mut shutdown => return Ok(()),
-                    msg = rx.recv() => match msg {
-                        Some(msg) => self.absorb(msg),
-                        None => break,
-                    },
-                    () = tokio::time::sleep_until(deadline) => break,
-                }
-            }
-            if self.listed != [true; 3] {
-                continue;
-            }
-            let retrying = self
-                .retry
-                .is_some_and(|at| at <= tokio::time::Instant::now());
-            if self.dirty || retrying {
-                self.batch().await?;
-            }
-        }
+impl Batcher for LoopState {
+    type Msg = Msg;
+    type Report = PolicyBatchReport;
+
+    fn listed(&self) -> bool {
+        self.listed == [true; 3]
+    }
+
+    fn pending(&self) -> bool {
+        self.dirty
     }
 
     fn absorb(&mut self, msg: Msg) {
@@ -409,21 +341,27 @@ impl LoopState {
     }
 
     /// Recompiles and writes the difference.
-    async fn batch(&mut self) -> Result<()> {
+    async fn batch(&mut self) -> Result<Result<PolicyBatchReport>> {
         let Some(mut work) = self.work.take() else {
-            return Ok(());
+            return Err(Error::Io {
+                what: BLOCKING,
+                source: std::io::Error::other("a batch is already running"),
+            });
         };
         self.dirty = false;
         let first_event = self.first_event.take();
         let pods: Vec<Arc<Pod>> = self.pods.state();
         let namespaces: Vec<Arc<Namespace>> = self.namespaces.state();
         let policies: Vec<Arc<NetworkPolicy>> = self.policies.state();
-        let (work, outcome, names) = blocking(move || {
+        let published = self.names.clone();
+        let (work, outcome, names) = blocking(BLOCKING, move || {
             let started = Instant::now();
             let compiled = work
                 .compiler
                 .compile(&work.node, &pods, &namespaces, &policies);
             let computed = Instant::now();
+            // Names first: whoever reads a number from the maps can name it.
+            published.overlay(&compiled.names);
             let flushed = work.syncer.sync(&compiled.state);
             let done = Instant::now();
             let report = flushed.map(|stats| PolicyBatchReport {
@@ -440,64 +378,8 @@ impl LoopState {
         .await?;
         self.work = Some(work);
         self.names.set(names);
-        match outcome {
-            Ok(report) => {
-                self.retry = None;
-                self.backoff = self.config.retry;
-                tracing::debug!(
-                    endpoints = report.endpoints,
-                    entries = report.entries,
-                    writes = report.writes,
-                    deletes = report.deletes,
-                    compile_ms = report.compile.as_secs_f64() * 1e3,
-                    apply_ms = report.apply.as_secs_f64() * 1e3,
-                    latency_ms = report.latency.as_secs_f64() * 1e3,
-                    "policy maps synced"
-                );
-                self.progress.send_modify(|p| {
-                    if !p.synced {
-                        tracing::info!(
-                            endpoints = report.endpoints,
-                            entries = report.entries,
-                            writes = report.writes,
-                            deletes = report.deletes,
-                            "policy maps: first full sync done"
-                        );
-                    }
-                    p.synced = true;
-                    p.batches += 1;
-                    p.last = Some(report);
-                    p.failing = false;
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %error_chain(&e), retry_in = ?self.backoff, "writing the policy maps");
-                self.retry = Some(tokio::time::Instant::now() + self.backoff);
-                self.backoff = (self.backoff * 2).min(self.config.max_retry);
-                self.progress.send_modify(|p| p.failing = true);
-            }
-        }
-        Ok(())
+        Ok(outcome)
     }
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// An error with its causes, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
 }
 
 #[cfg(test)]

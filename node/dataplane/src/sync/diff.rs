@@ -28,7 +28,7 @@ use kestrel_ebpf_common::lb::{Backend, RevNat, ServiceKey, ServiceValue, backend
 
 use super::desired::{BackendKey, FrontendKey, SCOPES, ServiceRef, ServiceState};
 use super::ids::IdAllocator;
-use super::maps::LbMaps;
+use super::maps::{Batch, LbMaps};
 use crate::{Error, Result};
 
 /// How many ids the engine may hand out.
@@ -315,17 +315,7 @@ impl<M: LbMaps> Syncer<M> {
         starved: &mut Starved,
     ) -> Result<()> {
         // 1. Backends that are wanted.
-        for bk in backends {
-            if let Some(flags) = self.desired_backend_flags(bk) {
-                match self.write_backend(bk, flags, stats) {
-                    Err(e @ Error::IdsExhausted { .. }) => {
-                        starved.backends.push(*bk);
-                        starved.error.get_or_insert(e);
-                    }
-                    other => other?,
-                }
-            }
-        }
+        self.write_backends(backends, stats, starved)?;
         // A frontend that lists a starved backend is re-checked with it.
         if !starved.backends.is_empty() {
             let starved_set: HashSet<&BackendKey> = starved.backends.iter().collect();
@@ -340,62 +330,58 @@ impl<M: LbMaps> Syncer<M> {
             }
         }
         // 2. Reverse NAT of wanted frontends.
-        for fk in frontends {
-            if self.owner(fk).is_some() {
-                match self.write_rev_nat(fk, stats) {
-                    Err(e @ Error::IdsExhausted { .. }) => {
-                        starved.frontends.push(*fk);
-                        starved.error.get_or_insert(e);
-                    }
-                    other => other?,
-                }
-            }
-        }
-        // 3. Service entries.
+        self.write_rev_nats(frontends, stats, starved)?;
+        // 3. Service entries, each step over every frontend at once.
         let strays: Vec<ServiceKey> = self.stray_service_keys.iter().copied().collect();
-        for key in strays {
-            self.maps.delete_service(key)?;
-            self.stray_service_keys.remove(&key);
+        let result = self.maps.delete_services(&strays);
+        applied(result, &strays, |key| {
+            self.stray_service_keys.remove(key);
             stats.deletes += 1;
-        }
+        })?;
+        let plan = self.plan_services(frontends);
+        self.put_services(&plan.slots, stats)?;
+        self.put_services(&plan.masters, stats)?;
+        self.delete_services(&plan.gone_masters, stats)?;
+        self.delete_services(&plan.gone_slots, stats)?;
         for fk in frontends {
-            self.sync_frontend(fk, stats)?;
+            if self
+                .programmed
+                .get(fk)
+                .is_some_and(|p| p.iter().all(BTreeMap::is_empty))
+            {
+                self.programmed.remove(fk);
+            }
         }
         // 4. Reverse NAT of removed frontends.
-        for fk in frontends {
-            if self.owner(fk).is_none()
-                && let Some(&id) = self.rev_nat_ids.get(fk)
-            {
-                self.maps.delete_rev_nat(id)?;
-                stats.deletes += 1;
-                self.rev_nat_ids.remove(fk);
-                self.rev_nats.remove(&id);
-                self.rev_nat_alloc.release(u32::from(id));
-            }
-        }
-        let strays: Vec<u16> = self.stray_rev_nats.iter().copied().collect();
-        for id in strays {
-            self.maps.delete_rev_nat(id)?;
+        let gone: Vec<(FrontendKey, u16)> = frontends
+            .iter()
+            .filter(|fk| self.owner(fk).is_none())
+            .filter_map(|fk| Some((*fk, *self.rev_nat_ids.get(fk)?)))
+            .collect();
+        let ids: Vec<u16> = gone.iter().map(|&(_, id)| id).collect();
+        let result = self.maps.delete_rev_nats(&ids);
+        applied(result, &gone, |(fk, id)| {
             stats.deletes += 1;
-            self.stray_rev_nats.remove(&id);
-            self.rev_nats.remove(&id);
-            self.rev_nat_alloc.release(u32::from(id));
-        }
-        // 5. Backends nothing wants.
-        for bk in backends {
-            if self.desired_backend_flags(bk).is_none()
-                && let Some(&id) = self.backend_ids.get(bk)
-            {
-                self.delete_backend(id, stats)?;
-                self.backend_ids.remove(bk);
-            }
-        }
-        let strays: Vec<u32> = self.stray_backends.iter().copied().collect();
-        for id in strays {
-            self.delete_backend(id, stats)?;
-            self.stray_backends.remove(&id);
-        }
-        Ok(())
+            self.rev_nat_ids.remove(fk);
+            self.rev_nats.remove(id);
+            self.rev_nat_alloc.release(u32::from(*id));
+        })?;
+        let strays: Vec<u16> = self.stray_rev_nats.iter().copied().collect();
+        let result = self.maps.delete_rev_nats(&strays);
+        applied(result, &strays, |id| {
+            stats.deletes += 1;
+            self.stray_rev_nats.remove(id);
+            self.rev_nats.remove(id);
+            self.rev_nat_alloc.release(u32::from(*id));
+        })?;
+        // 5. Backends nothing wants, then the strays.
+        let gone: Vec<(Option<BackendKey>, u32)> = backends
+            .iter()
+            .filter(|bk| self.desired_backend_flags(bk).is_none())
+            .filter_map(|bk| Some((Some(*bk), *self.backend_ids.get(bk)?)))
+            .chain(self.stray_backends.iter().map(|&id| (None, id)))
+            .collect();
+        self.delete_backends(&gone, stats)
     }
 
     /// The Service that gets a frontend: the first by namespace/name of
@@ -424,134 +410,232 @@ impl<M: LbMaps> Syncer<M> {
         Some(flags)
     }
 
-    fn write_backend(&mut self, bk: &BackendKey, flags: u8, stats: &mut FlushStats) -> Result<()> {
-        let value = Backend {
-            addr_be: addr_be(bk.addr),
-            port_be: bk.port.to_be(),
-            proto: bk.proto,
-            flags,
-        };
-        if let Some(&id) = self.backend_ids.get(bk) {
-            if self.backends.get(&id) != Some(&value) {
-                self.maps.put_backend(id, value)?;
-                stats.writes += 1;
-                self.backends.insert(id, value);
+    /// Writes the wanted backends that are new or changed; a new one gets
+    /// its id here, and keeps it only once written.
+    fn write_backends(
+        &mut self,
+        backends: &BTreeSet<BackendKey>,
+        stats: &mut FlushStats,
+        starved: &mut Starved,
+    ) -> Result<()> {
+        // (id, value, the key if the id is new)
+        let mut writes: Vec<(u32, Backend, Option<BackendKey>)> = Vec::new();
+        for bk in backends {
+            let Some(flags) = self.desired_backend_flags(bk) else {
+                continue;
+            };
+            let value = Backend {
+                addr_be: addr_be(bk.addr),
+                port_be: bk.port.to_be(),
+                proto: bk.proto,
+                flags,
+            };
+            match self.backend_ids.get(bk) {
+                Some(&id) if self.backends.get(&id) == Some(&value) => {}
+                Some(&id) => writes.push((id, value, None)),
+                None => match self.backend_alloc.allocate() {
+                    Ok(id) => writes.push((id, value, Some(*bk))),
+                    Err(e) => {
+                        starved.backends.push(*bk);
+                        starved.error.get_or_insert(e);
+                    }
+                },
             }
-            return Ok(());
         }
-        let id = self.backend_alloc.allocate()?;
-        if let Err(e) = self.maps.put_backend(id, value) {
+        let (ids, values) = columns(&writes);
+        let result = self.maps.put_backends(&ids, &values);
+        let done = done(&result, writes.len());
+        for &(id, _, fresh) in &writes[done..] {
+            if fresh.is_some() {
+                self.backend_alloc.release(id);
+            }
+        }
+        applied(result, &writes, |&(id, value, fresh)| {
+            stats.writes += 1;
+            self.backends.insert(id, value);
+            if let Some(bk) = fresh {
+                self.backend_ids.insert(bk, id);
+            }
+        })
+    }
+
+    /// Deletes backends (with their connection counters) and only then
+    /// releases their ids; `None` keys are adopted strays.
+    fn delete_backends(
+        &mut self,
+        gone: &[(Option<BackendKey>, u32)],
+        stats: &mut FlushStats,
+    ) -> Result<()> {
+        let ids: Vec<u32> = gone.iter().map(|&(_, id)| id).collect();
+        let deleted = self.maps.delete_backends(&ids);
+        let done = done(&deleted, ids.len());
+        // The counters of what is gone, even if the batch stopped: the
+        // mirror still holds those backends until both are done, so a
+        // later flush deletes (harmlessly) again and clears what is left.
+        let cleared = self.maps.clear_backend_conns(&ids[..done]);
+        applied(cleared, &gone[..done], |&(bk, id)| {
+            stats.deletes += 1;
+            self.backends.remove(&id);
+            match bk {
+                Some(bk) => {
+                    self.backend_ids.remove(&bk);
+                }
+                None => {
+                    self.stray_backends.remove(&id);
+                }
+            }
             self.backend_alloc.release(id);
-            return Err(e);
-        }
-        stats.writes += 1;
-        self.backends.insert(id, value);
-        self.backend_ids.insert(*bk, id);
-        Ok(())
+        })?;
+        deleted.map_err(|s| *s.error)
     }
 
-    fn delete_backend(&mut self, id: u32, stats: &mut FlushStats) -> Result<()> {
-        self.maps.delete_backend(id)?;
-        self.maps.clear_backend_conns(id)?;
-        stats.deletes += 1;
-        self.backends.remove(&id);
-        self.backend_alloc.release(id);
-        Ok(())
-    }
-
-    fn write_rev_nat(&mut self, fk: &FrontendKey, stats: &mut FlushStats) -> Result<()> {
-        let value = rev_nat_value(fk);
-        if let Some(&id) = self.rev_nat_ids.get(fk) {
-            if self.rev_nats.get(&id) != Some(&value) {
-                self.maps.put_rev_nat(id, value)?;
-                stats.writes += 1;
-                self.rev_nats.insert(id, value);
+    /// Writes the reverse-NAT entries of wanted frontends that are new or
+    /// changed; a new one gets its id here, and keeps it only once written.
+    fn write_rev_nats(
+        &mut self,
+        frontends: &BTreeSet<FrontendKey>,
+        stats: &mut FlushStats,
+        starved: &mut Starved,
+    ) -> Result<()> {
+        // (id, value, the frontend if the id is new)
+        let mut writes: Vec<(u16, RevNat, Option<FrontendKey>)> = Vec::new();
+        for fk in frontends {
+            if self.owner(fk).is_none() {
+                continue;
             }
-            return Ok(());
+            let value = rev_nat_value(fk);
+            if let Some(&id) = self.rev_nat_ids.get(fk) {
+                if self.rev_nats.get(&id) != Some(&value) {
+                    writes.push((id, value, None));
+                }
+                continue;
+            }
+            // The allocator's range is 1..=u16::MAX at most (see `adopt`).
+            match self.rev_nat_alloc.allocate().and_then(|raw| {
+                u16::try_from(raw).map_err(|_| {
+                    self.rev_nat_alloc.release(raw);
+                    Error::IdsExhausted {
+                        what: "reverse-NAT",
+                        max: u32::from(u16::MAX),
+                    }
+                })
+            }) {
+                Ok(id) => writes.push((id, value, Some(*fk))),
+                Err(e) => {
+                    starved.frontends.push(*fk);
+                    starved.error.get_or_insert(e);
+                }
+            }
         }
-        let raw = self.rev_nat_alloc.allocate()?;
-        // The allocator's range is 1..=u16::MAX at most (see `adopt`).
-        let Ok(id) = u16::try_from(raw) else {
-            self.rev_nat_alloc.release(raw);
-            return Err(Error::IdsExhausted {
-                what: "reverse-NAT",
-                max: u32::from(u16::MAX),
-            });
-        };
-        if let Err(e) = self.maps.put_rev_nat(id, value) {
-            self.rev_nat_alloc.release(raw);
-            return Err(e);
+        let (ids, values) = columns(&writes);
+        let result = self.maps.put_rev_nats(&ids, &values);
+        let done = done(&result, writes.len());
+        for &(id, _, fresh) in &writes[done..] {
+            if fresh.is_some() {
+                self.rev_nat_alloc.release(u32::from(id));
+            }
         }
-        stats.writes += 1;
-        self.rev_nats.insert(id, value);
-        self.rev_nat_ids.insert(*fk, id);
-        Ok(())
+        applied(result, &writes, |&(id, value, fresh)| {
+            stats.writes += 1;
+            self.rev_nats.insert(id, value);
+            if let Some(fk) = fresh {
+                self.rev_nat_ids.insert(fk, id);
+            }
+        })
     }
 
-    /// Brings the SERVICES entries of one frontend to the desired state.
-    fn sync_frontend(&mut self, fk: &FrontendKey, stats: &mut FlushStats) -> Result<()> {
-        // The desired master and slot ids of each scope, resolved to ids
-        // while `self.services` is borrowed.
-        let target = match self
+    /// Writes SERVICES entries and mirrors what went in.
+    fn put_services(
+        &mut self,
+        entries: &[(ServiceKey, ServiceValue)],
+        stats: &mut FlushStats,
+    ) -> Result<()> {
+        let (keys, values): (Vec<ServiceKey>, Vec<ServiceValue>) = entries.iter().copied().unzip();
+        let result = self.maps.put_services(&keys, &values);
+        applied(result, entries, |&(key, value)| {
+            stats.writes += 1;
+            self.programmed.entry(frontend_key(&key)).or_default()[usize::from(key.scope)]
+                .insert(key.slot, value);
+        })
+    }
+
+    /// Deletes SERVICES entries and mirrors what went.
+    fn delete_services(&mut self, keys: &[ServiceKey], stats: &mut FlushStats) -> Result<()> {
+        let result = self.maps.delete_services(keys);
+        applied(result, keys, |key| {
+            stats.deletes += 1;
+            if let Some(p) = self.programmed.get_mut(&frontend_key(key)) {
+                p[usize::from(key.scope)].remove(&key.slot);
+            }
+        })
+    }
+
+    /// What the SERVICES entries of `frontends` need, from the mirror of
+    /// what the maps hold and the desired state.
+    fn plan_services(&self, frontends: &BTreeSet<FrontendKey>) -> ServicePlan {
+        let mut plan = ServicePlan::default();
+        for fk in frontends {
+            self.plan_frontend(fk, &mut plan);
+        }
+        plan
+    }
+
+    /// Adds one frontend's SERVICES changes to `plan`.
+    fn plan_frontend(&self, fk: &FrontendKey, plan: &mut ServicePlan) {
+        // The desired master and slot ids of each scope.
+        let target = self
             .owner(fk)
             .and_then(|o| self.services.get(o)?.frontends.get(fk))
-        {
-            None => None,
-            Some(f) => match self.rev_nat_ids.get(fk) {
-                Some(&rev_nat_id) => {
-                    let ids = |scope: u8| -> Vec<u32> {
-                        f.scope(scope)
-                            .iter()
-                            .filter_map(|bk| self.backend_ids.get(bk).copied())
-                            .collect()
-                    };
-                    Some((
-                        ServiceValue {
-                            backend_id: 0,
-                            count: 0,
-                            rev_nat_id,
-                            flags: f.flags,
-                            _pad: 0,
-                            affinity_timeout_s: f.affinity_timeout_s,
-                        },
-                        SCOPES.map(ids),
-                    ))
-                }
-                // Step 2 found no id for it: it cannot be programmed until
-                // one is free (the flush reports that).
-                None => None,
-            },
-        };
-        let programmed = self.programmed.entry(*fk).or_default();
+            // Without a reverse-NAT id (step 2 found none free) it cannot
+            // be programmed yet (the flush reports that).
+            .and_then(|f| Some((f, *self.rev_nat_ids.get(fk)?)))
+            .map(|(f, rev_nat_id)| {
+                let ids = |scope: u8| -> Vec<u32> {
+                    f.scope(scope)
+                        .iter()
+                        .filter_map(|bk| self.backend_ids.get(bk).copied())
+                        .collect()
+                };
+                let master = ServiceValue {
+                    backend_id: 0,
+                    count: 0,
+                    rev_nat_id,
+                    flags: f.flags,
+                    _pad: 0,
+                    affinity_timeout_s: f.affinity_timeout_s,
+                };
+                (master, SCOPES.map(ids))
+            });
+        let empty = Programmed::default();
+        let programmed = self.programmed.get(fk).unwrap_or(&empty);
         for (index, scope) in SCOPES.into_iter().enumerate() {
-            let current = &mut programmed[index];
+            let current = &programmed[index];
             let key = |slot: u16| service_key(fk, scope, slot);
             let Some((template, ids)) = &target else {
                 // Removed: the master first, so the kernel stops choosing
                 // slots before they go.
                 if current.contains_key(&0) {
-                    self.maps.delete_service(key(0))?;
-                    stats.deletes += 1;
-                    current.remove(&0);
+                    plan.gone_masters.push(key(0));
                 }
-                while let Some((&slot, _)) = current.first_key_value() {
-                    self.maps.delete_service(key(slot))?;
-                    stats.deletes += 1;
-                    current.remove(&slot);
-                }
+                plan.gone_slots.extend(
+                    current
+                        .keys()
+                        .filter(|&&slot| slot != 0)
+                        .map(|&slot| key(slot)),
+                );
                 continue;
             };
             let count_now = current.get(&0).map_or(0, |m| m.count);
             let slots_now: Vec<u32> = (1..=count_now)
                 .map(|slot| current.get(&slot).map_or(0, |v| v.backend_id))
                 .collect();
-            let mut plan = plan_slots(&slots_now, &ids[index]);
-            if plan.len() > usize::from(u16::MAX) {
-                tracing::warn!(frontend = %fk, backends = plan.len(), "more backends than slots; using the first 65535");
-                plan.truncate(usize::from(u16::MAX));
+            let mut wanted = plan_slots(&slots_now, &ids[index]);
+            if wanted.len() > usize::from(u16::MAX) {
+                tracing::warn!(frontend = %fk, backends = wanted.len(), "more backends than slots; using the first 65535");
+                wanted.truncate(usize::from(u16::MAX));
             }
-            let count = u16::try_from(plan.len()).unwrap_or(u16::MAX);
-            for (slot, &backend_id) in (1..=count).zip(&plan) {
+            let count = u16::try_from(wanted.len()).unwrap_or(u16::MAX);
+            for (slot, &backend_id) in (1..=count).zip(&wanted) {
                 let value = ServiceValue {
                     backend_id,
                     count: 0,
@@ -561,33 +645,58 @@ impl<M: LbMaps> Syncer<M> {
                     affinity_timeout_s: 0,
                 };
                 if current.get(&slot) != Some(&value) {
-                    self.maps.put_service(key(slot), value)?;
-                    stats.writes += 1;
-                    current.insert(slot, value);
+                    plan.slots.push((key(slot), value));
                 }
             }
             let master = ServiceValue { count, ..*template };
             if current.get(&0) != Some(&master) {
-                self.maps.put_service(key(0), master)?;
-                stats.writes += 1;
-                current.insert(0, master);
+                plan.masters.push((key(0), master));
             }
-            let surplus: Vec<u16> = current
-                .range(count.saturating_add(1)..)
-                .map(|(&slot, _)| slot)
-                .filter(|&slot| slot > count)
-                .collect();
-            for slot in surplus {
-                self.maps.delete_service(key(slot))?;
-                stats.deletes += 1;
-                current.remove(&slot);
-            }
+            plan.gone_slots.extend(
+                current
+                    .range(count.saturating_add(1)..)
+                    .map(|(&slot, _)| slot)
+                    .filter(|&slot| slot > count)
+                    .map(key),
+            );
         }
-        if programmed.iter().all(BTreeMap::is_empty) {
-            self.programmed.remove(fk);
-        }
-        Ok(())
     }
+}
+
+/// The SERVICES changes of one flush, in the order they are applied, each
+/// step over every frontend at once. Slots are in place before the master
+/// that counts them, and a master counts no slot that is deleted after it.
+#[derive(Debug, Default)]
+struct ServicePlan {
+    /// Slot entries that are new or changed.
+    slots: Vec<(ServiceKey, ServiceValue)>,
+    /// Master entries that are new or changed (their counts publish the
+    /// slots above).
+    masters: Vec<(ServiceKey, ServiceValue)>,
+    /// Master entries of frontends that are gone.
+    gone_masters: Vec<ServiceKey>,
+    /// Slots beyond the new counts, and every slot of frontends that are
+    /// gone.
+    gone_slots: Vec<ServiceKey>,
+}
+
+/// Hands each entry a batch applied to `mirror`, in order; the error of a
+/// batch that stopped part-way.
+fn applied<T>(result: Batch, entries: &[T], mut mirror: impl FnMut(&T)) -> Result<()> {
+    entries[..done(&result, entries.len())]
+        .iter()
+        .for_each(&mut mirror);
+    result.map_err(|s| *s.error)
+}
+
+/// How many of a batch of `len` entries went in.
+fn done(result: &Batch, len: usize) -> usize {
+    result.as_ref().err().map_or(len, |s| s.done.min(len))
+}
+
+/// The ids and the values of planned writes, as the batch calls take them.
+fn columns<I: Copy, V: Copy, X>(rows: &[(I, V, X)]) -> (Vec<I>, Vec<V>) {
+    rows.iter().map(|&(id, value, _)| (id, value)).unzip()
 }
 
 /// What a flush could not give ids to, and why.

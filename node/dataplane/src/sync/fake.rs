@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use kestrel_ebpf_common::lb::{Backend, RevNat, ServiceKey, ServiceValue};
 
-use super::maps::LbMaps;
+use super::maps::{Batch, LbMaps, Stopped};
 use crate::{Error, Result};
 
 /// One write or delete, in the order the engine issued it.
@@ -85,6 +85,18 @@ impl FakeMaps {
         Ok(())
     }
 
+    /// Applies `ops` one by one, as the kernel applies a batch: the first
+    /// failure stops it and says how many went in.
+    fn ops_in_order(&mut self, ops: impl Iterator<Item = Op>) -> Batch {
+        for (done, op) in ops.enumerate() {
+            self.op(op).map_err(|error| Stopped {
+                done,
+                error: Box::new(error),
+            })?;
+        }
+        Ok(())
+    }
+
     /// Records every dangling reference visible right now.
     fn check_kernel_view(&mut self, after: Op) {
         for (k, v) in &self.services {
@@ -132,31 +144,39 @@ impl LbMaps for FakeMaps {
         Ok(self.conns.clone())
     }
 
-    fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<()> {
-        self.op(Op::PutService(key, value))
+    fn put_services(&mut self, keys: &[ServiceKey], values: &[ServiceValue]) -> Batch {
+        self.ops_in_order(keys.iter().zip(values).map(|(k, v)| Op::PutService(*k, *v)))
     }
 
-    fn delete_service(&mut self, key: ServiceKey) -> Result<()> {
-        self.op(Op::DeleteService(key))
+    fn delete_services(&mut self, keys: &[ServiceKey]) -> Batch {
+        self.ops_in_order(keys.iter().map(|k| Op::DeleteService(*k)))
     }
 
-    fn put_backend(&mut self, id: u32, backend: Backend) -> Result<()> {
-        self.op(Op::PutBackend(id, backend))
+    fn put_backends(&mut self, ids: &[u32], backends: &[Backend]) -> Batch {
+        self.ops_in_order(
+            ids.iter()
+                .zip(backends)
+                .map(|(id, b)| Op::PutBackend(*id, *b)),
+        )
     }
 
-    fn delete_backend(&mut self, id: u32) -> Result<()> {
-        self.op(Op::DeleteBackend(id))
+    fn delete_backends(&mut self, ids: &[u32]) -> Batch {
+        self.ops_in_order(ids.iter().map(|id| Op::DeleteBackend(*id)))
     }
 
-    fn put_rev_nat(&mut self, id: u16, rev_nat: RevNat) -> Result<()> {
-        self.op(Op::PutRevNat(id, rev_nat))
+    fn put_rev_nats(&mut self, ids: &[u16], rev_nats: &[RevNat]) -> Batch {
+        self.ops_in_order(
+            ids.iter()
+                .zip(rev_nats)
+                .map(|(id, r)| Op::PutRevNat(*id, *r)),
+        )
     }
 
-    fn delete_rev_nat(&mut self, id: u16) -> Result<()> {
-        self.op(Op::DeleteRevNat(id))
+    fn delete_rev_nats(&mut self, ids: &[u16]) -> Batch {
+        self.ops_in_order(ids.iter().map(|id| Op::DeleteRevNat(*id)))
     }
 
-    fn clear_backend_conns(&mut self, id: u32) -> Result<()> {
-        self.op(Op::ClearConns(id))
+    fn clear_backend_conns(&mut self, ids: &[u32]) -> Batch {
+        self.ops_in_order(ids.iter().map(|id| Op::ClearConns(*id)))
     }
 }

@@ -6,16 +6,23 @@
 use std::collections::HashMap as StdHashMap;
 use std::path::Path;
 
-use aya::maps::{HashMap, MapData, MapError, PerCpuHashMap};
+use std::os::fd::AsFd as _;
+
+use aya::maps::{HashMap, IterableMap, MapData, MapError, PerCpuHashMap};
+use aya::sys::SyscallError;
 use kestrel_ebpf_common::lb::{Backend, RevNat, ServiceKey, ServiceValue};
 use kestrel_ebpf_common::map_names;
 
 use crate::pins::{map_err, open_pinned};
+use crate::sys;
 use crate::{Error, Result};
 
-/// Reads and writes of the service load-balancing maps. Writes overwrite;
-/// deleting a missing key is not an error (the sync is level-based and
-/// retries after failures, so it may delete twice).
+/// Reads and writes of the service load-balancing maps. Writes come in
+/// batches, applied in order: a batch that fails says how many of its
+/// entries were applied ([`Stopped`]), so the caller's picture of the maps
+/// stays exact. Writes overwrite; deleting a missing key is not an error
+/// (the sync is level-based and retries after failures, so it may delete
+/// twice).
 pub trait LbMaps {
     /// Every entry of SERVICES.
     fn dump_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>>;
@@ -25,22 +32,34 @@ pub trait LbMaps {
     fn dump_rev_nat(&self) -> Result<Vec<(u16, RevNat)>>;
     /// New connections per backend id, summed over CPUs (BACKEND_CONNS).
     fn dump_backend_conns(&self) -> Result<StdHashMap<u32, u64>>;
-    /// Writes a SERVICES entry.
-    fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<()>;
-    /// Deletes a SERVICES entry.
-    fn delete_service(&mut self, key: ServiceKey) -> Result<()>;
-    /// Writes a BACKENDS entry.
-    fn put_backend(&mut self, id: u32, backend: Backend) -> Result<()>;
-    /// Deletes a BACKENDS entry.
-    fn delete_backend(&mut self, id: u32) -> Result<()>;
-    /// Writes a REV_NAT entry.
-    fn put_rev_nat(&mut self, id: u16, rev_nat: RevNat) -> Result<()>;
-    /// Deletes a REV_NAT entry.
-    fn delete_rev_nat(&mut self, id: u16) -> Result<()>;
-    /// Forgets the connection counters of a backend id being released, so
-    /// that the id's next owner starts from zero.
-    fn clear_backend_conns(&mut self, id: u32) -> Result<()>;
+    /// Writes SERVICES entries.
+    fn put_services(&mut self, keys: &[ServiceKey], values: &[ServiceValue]) -> Batch;
+    /// Deletes SERVICES entries.
+    fn delete_services(&mut self, keys: &[ServiceKey]) -> Batch;
+    /// Writes BACKENDS entries.
+    fn put_backends(&mut self, ids: &[u32], backends: &[Backend]) -> Batch;
+    /// Deletes BACKENDS entries.
+    fn delete_backends(&mut self, ids: &[u32]) -> Batch;
+    /// Writes REV_NAT entries.
+    fn put_rev_nats(&mut self, ids: &[u16], rev_nats: &[RevNat]) -> Batch;
+    /// Deletes REV_NAT entries.
+    fn delete_rev_nats(&mut self, ids: &[u16]) -> Batch;
+    /// Forgets the connection counters of backend ids being released, so
+    /// that each id's next owner starts from zero.
+    fn clear_backend_conns(&mut self, ids: &[u32]) -> Batch;
 }
+
+/// A batch of writes that stopped part-way.
+#[derive(Debug)]
+pub struct Stopped {
+    /// How many entries, from the first, were applied.
+    pub done: usize,
+    /// Why the next one was not.
+    pub error: Box<Error>,
+}
+
+/// The outcome of a batch of writes.
+pub type Batch = std::result::Result<(), Stopped>;
 
 /// The service maps pinned in a node's bpffs directory, opened by path.
 /// Opening needs no loaded object: the agent, and `kestrel bpf services`
@@ -77,54 +96,69 @@ impl PinnedMaps {
     }
 }
 
-/// Deleting a key that is not there is fine: see [`LbMaps`].
-fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
-    match result {
-        Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc_enoent()) => {
-            Ok(())
-        }
-        other => other,
+/// One batched write into `map`, whose key and value types are `K` and
+/// `V` (aya checked their sizes when it typed the map).
+fn put<K: aya::Pod, V: aya::Pod>(
+    map: &impl IterableMap<K, V>,
+    keys: &[K],
+    values: &[V],
+    name: &'static str,
+) -> Batch {
+    sys::map_update_batch(map.map().fd().as_fd(), keys, values)
+        .map_err(|s| stopped("writing", name, "bpf_map_update_batch", s))
+}
+
+/// One batched delete from `map`; keys already gone are skipped.
+fn delete<K: aya::Pod, V>(map: &impl IterableMap<K, V>, keys: &[K], name: &'static str) -> Batch {
+    sys::map_delete_batch(map.map().fd().as_fd(), keys)
+        .map_err(|s| stopped("deleting from", name, "bpf_map_delete_batch", s))
+}
+
+fn stopped(
+    what: &'static str,
+    name: &'static str,
+    call: &'static str,
+    s: sys::BatchStopped,
+) -> Stopped {
+    Stopped {
+        done: s.done,
+        error: Box::new(syscall_err(what, name, call, s.error)),
     }
 }
 
-/// ENOENT, without a libc dependency for one constant (it is 2 on every
-/// Linux architecture).
-const fn libc_enoent() -> i32 {
-    2
+/// A failed raw bpf(2) call on a map, as aya's own calls report one.
+fn syscall_err(
+    what: &'static str,
+    name: &'static str,
+    call: &'static str,
+    io_error: std::io::Error,
+) -> Error {
+    map_err(what, name)(MapError::SyscallError(SyscallError { call, io_error }))
 }
 
-fn dump<K: Copy + Ord, V, E>(
-    iter: impl Iterator<Item = Result<(K, V), E>>,
-    err: impl Fn(E) -> Error,
+/// Every entry of `map`, read in batches of thousands.
+fn dump<K: aya::Pod + Ord, V: aya::Pod>(
+    map: &impl IterableMap<K, V>,
+    name: &'static str,
 ) -> Result<Vec<(K, V)>> {
-    // A hash map iterated while the kernel changes it may yield a key twice
-    // (the walk restarts when its cursor key disappears): keep the last.
-    let mut out = std::collections::BTreeMap::new();
-    for item in iter {
-        let (k, v) = item.map_err(&err)?;
-        out.insert(k, v);
-    }
+    let entries = sys::map_lookup_batch(map.map().fd().as_fd())
+        .map_err(|e| syscall_err("reading", name, "bpf_map_lookup_batch", e))?;
+    // In key order, as the callers (and the CLI view) read them.
+    let out: std::collections::BTreeMap<K, V> = entries.into_iter().collect();
     Ok(out.into_iter().collect())
 }
 
 impl LbMaps for PinnedMaps {
     fn dump_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
-        dump(
-            self.services.iter(),
-            map_err("reading", map_names::SERVICES),
-        )
+        dump(&self.services, map_names::SERVICES)
     }
 
     fn dump_backends(&self) -> Result<Vec<(u32, Backend)>> {
-        dump(
-            self.backends.iter(),
-            map_err("reading", map_names::BACKENDS),
-        )
+        dump(&self.backends, map_names::BACKENDS)
     }
 
     fn dump_rev_nat(&self) -> Result<Vec<(u16, RevNat)>> {
-        dump(self.rev_nat.iter(), map_err("reading", map_names::REV_NAT))
+        dump(&self.rev_nat, map_names::REV_NAT)
     }
 
     fn dump_backend_conns(&self) -> Result<StdHashMap<u32, u64>> {
@@ -136,41 +170,31 @@ impl LbMaps for PinnedMaps {
         Ok(out)
     }
 
-    fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<()> {
-        self.services
-            .insert(key, value, 0)
-            .map_err(map_err("writing", map_names::SERVICES))
+    fn put_services(&mut self, keys: &[ServiceKey], values: &[ServiceValue]) -> Batch {
+        put(&self.services, keys, values, map_names::SERVICES)
     }
 
-    fn delete_service(&mut self, key: ServiceKey) -> Result<()> {
-        ignore_missing(self.services.remove(&key))
-            .map_err(map_err("deleting from", map_names::SERVICES))
+    fn delete_services(&mut self, keys: &[ServiceKey]) -> Batch {
+        delete(&self.services, keys, map_names::SERVICES)
     }
 
-    fn put_backend(&mut self, id: u32, backend: Backend) -> Result<()> {
-        self.backends
-            .insert(id, backend, 0)
-            .map_err(map_err("writing", map_names::BACKENDS))
+    fn put_backends(&mut self, ids: &[u32], backends: &[Backend]) -> Batch {
+        put(&self.backends, ids, backends, map_names::BACKENDS)
     }
 
-    fn delete_backend(&mut self, id: u32) -> Result<()> {
-        ignore_missing(self.backends.remove(&id))
-            .map_err(map_err("deleting from", map_names::BACKENDS))
+    fn delete_backends(&mut self, ids: &[u32]) -> Batch {
+        delete(&self.backends, ids, map_names::BACKENDS)
     }
 
-    fn put_rev_nat(&mut self, id: u16, rev_nat: RevNat) -> Result<()> {
-        self.rev_nat
-            .insert(id, rev_nat, 0)
-            .map_err(map_err("writing", map_names::REV_NAT))
+    fn put_rev_nats(&mut self, ids: &[u16], rev_nats: &[RevNat]) -> Batch {
+        put(&self.rev_nat, ids, rev_nats, map_names::REV_NAT)
     }
 
-    fn delete_rev_nat(&mut self, id: u16) -> Result<()> {
-        ignore_missing(self.rev_nat.remove(&id))
-            .map_err(map_err("deleting from", map_names::REV_NAT))
+    fn delete_rev_nats(&mut self, ids: &[u16]) -> Batch {
+        delete(&self.rev_nat, ids, map_names::REV_NAT)
     }
 
-    fn clear_backend_conns(&mut self, id: u32) -> Result<()> {
-        ignore_missing(self.backend_conns.remove(&id))
-            .map_err(map_err("deleting from", map_names::BACKEND_CONNS))
+    fn clear_backend_conns(&mut self, ids: &[u32]) -> Batch {
+        delete(&self.backend_conns, ids, map_names::BACKEND_CONNS)
     }
 }

@@ -829,10 +829,12 @@ fn shrinking_writes_the_master_first_then_deletes_slots_then_the_backend() {
     let stats = flush(&mut s);
     let ops = take_ops(&mut s);
     let f = fk("10.43.0.10", 80, proto::TCP);
+    let rev = s.rev_nat_id(&f).expect("rev");
+    let scopes = [scope::INTERNAL, scope::EXTERNAL];
     let mut expected = Vec::new();
-    for sc in [scope::INTERNAL, scope::EXTERNAL] {
-        let rev = s.rev_nat_id(&f).expect("rev");
-        // The last backend moves into the freed slot 1 ...
+    // Step by step, over both scopes: the last backend moves into the
+    // freed slot 1 ...
+    for sc in scopes {
         expected.push(Op::PutService(
             service_key(&f, sc, 1),
             ServiceValue {
@@ -841,7 +843,9 @@ fn shrinking_writes_the_master_first_then_deletes_slots_then_the_backend() {
                 ..ServiceValue::default()
             },
         ));
-        // ... the master shrinks ...
+    }
+    // ... the masters shrink ...
+    for sc in scopes {
         expected.push(Op::PutService(
             service_key(&f, sc, 0),
             ServiceValue {
@@ -850,7 +854,9 @@ fn shrinking_writes_the_master_first_then_deletes_slots_then_the_backend() {
                 ..ServiceValue::default()
             },
         ));
-        // ... and the surplus slot goes.
+    }
+    // ... and the surplus slots go.
+    for sc in scopes {
         expected.push(Op::DeleteService(service_key(&f, sc, 3)));
     }
     // The backend nothing names any more goes last, with its counters.
@@ -1239,6 +1245,54 @@ fn a_failed_write_leaves_a_consistent_state_and_the_next_flush_finishes() {
         assert_eq!(resolved(s.maps()), want, "fail at {fail_at} ({failed})");
         assert_eq!(s.maps().backends.len(), clean.maps().backends.len());
         assert_eq!(s.maps().rev_nat.len(), 1);
+        assert!(!s.is_pending());
+    }
+}
+
+#[test]
+fn a_failed_batch_from_scratch_is_finished_by_the_next_flush() {
+    // Two Services, so each step's batch holds several entries; fail at
+    // every point of the from-scratch sync.
+    let other = service("other", "10.43.0.11", vec![port("http", 80, "TCP")]);
+    let other_ref = ServiceRef::new("default", "other");
+    let other_slices = vec![slice(
+        "other",
+        "other-1",
+        &[("http", 8080, "TCP")],
+        three_ready(),
+    )];
+    let wanted = [
+        (web_ref(), state(&web(), &web_slices(three_ready()))),
+        (other_ref, state(&other, &other_slices)),
+    ];
+    let mut clean = syncer();
+    for (svc, st) in &wanted {
+        clean.set_service(svc, st.clone());
+    }
+    let full = flush(&mut clean);
+    let want = resolved(clean.maps());
+    assert!(full.writes > 20, "{full:?}");
+
+    for fail_at in 0..full.writes {
+        let mut s = syncer();
+        for (svc, st) in &wanted {
+            s.set_service(svc, st.clone());
+        }
+        s.maps_mut().fail_after = Some(fail_at);
+        assert!(s.flush().is_err(), "fail at {fail_at}");
+        assert!(
+            s.maps().violations.is_empty(),
+            "fail at {fail_at}: {:#?}",
+            s.maps().violations
+        );
+        s.maps_mut().fail_after = None;
+        let rest = flush(&mut s);
+        assert_eq!(
+            rest.writes,
+            full.writes - fail_at,
+            "fail at {fail_at}: only the rest is written"
+        );
+        assert_eq!(resolved(s.maps()), want, "fail at {fail_at}");
         assert!(!s.is_pending());
     }
 }

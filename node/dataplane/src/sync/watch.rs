@@ -19,31 +19,20 @@ use tokio::sync::{mpsc, watch};
 use super::desired::{NodeIdentity, ServiceRef, ServiceState, service_state, slice_service};
 use super::diff::{IdLimits, Syncer};
 use super::maps::PinnedMaps;
+use crate::batch::{AbortOnDrop, BatchConfig, BatchLoop, Batcher, blocking};
 use crate::{Error, Result};
 
+/// What a failed blocking task of this loop is called in errors.
+const BLOCKING: &str = "the service sync's blocking task";
+
 /// Tuning of the loop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyncConfig {
-    /// How long a batch collects watch events after its first one, so that
-    /// a burst (a Deployment rolling, a relist) is written once.
-    pub debounce: Duration,
-    /// The first wait after a failed write; it doubles up to `max_retry`.
-    pub retry: Duration,
-    /// The longest wait between retries.
-    pub max_retry: Duration,
+    /// The batching: a burst (a Deployment rolling, a relist) is written
+    /// once.
+    pub batch: BatchConfig,
     /// Id ranges.
     pub ids: IdLimits,
-}
-
-impl Default for SyncConfig {
-    fn default() -> Self {
-        Self {
-            debounce: Duration::from_millis(5),
-            retry: Duration::from_millis(100),
-            max_retry: Duration::from_secs(10),
-            ids: IdLimits::default(),
-        }
-    }
 }
 
 /// What one batch did.
@@ -127,7 +116,10 @@ impl ServiceSync {
             progress,
         } = self;
         let ids = config.ids;
-        let syncer = blocking(move || Syncer::adopt(PinnedMaps::open(&pin_dir)?, ids)).await??;
+        let syncer = blocking(BLOCKING, move || {
+            Syncer::adopt(PinnedMaps::open(&pin_dir)?, ids)
+        })
+        .await??;
 
         let (svc_store, svc_writer) = reflector::store();
         let (slice_store, slice_writer) = reflector::store();
@@ -147,37 +139,16 @@ impl ServiceSync {
             svc_store,
             slice_store,
             node,
-            config,
-            progress,
             listed: [false; 2],
             full: true,
             dirty: HashSet::new(),
             first_event: None,
-            retry: None,
-            backoff: config.retry,
         };
-        let result = state.run(rx, shutdown).await;
+        let mut batches = BatchLoop::new("service maps", config.batch, progress);
+        let result = batches.run(&mut state, rx, shutdown).await;
         drop((services, slices));
         result
     }
-}
-
-/// Aborts a spawned task when dropped, so the watchers end with the loop.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Runs map work on the blocking pool: a full sync is hundreds of
-/// thousands of syscalls, which must not stall the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Io {
-        what: "the service sync's blocking task",
-        source: std::io::Error::other(e),
-    })
 }
 
 /// From the watchers to the loop.
@@ -294,8 +265,6 @@ struct LoopState {
     svc_store: Store<Service>,
     slice_store: Store<EndpointSlice>,
     node: NodeIdentity,
-    config: SyncConfig,
-    progress: watch::Sender<Progress>,
     /// Whether each watcher has finished a full list.
     listed: [bool; 2],
     /// Whether the next batch must recompute every Service (first sync,
@@ -303,51 +272,18 @@ struct LoopState {
     full: bool,
     dirty: HashSet<ServiceRef>,
     first_event: Option<Instant>,
-    /// When to retry a failed write.
-    retry: Option<tokio::time::Instant>,
-    backoff: Duration,
 }
 
-impl LoopState {
-    async fn run(
-        &mut self,
-        mut rx: mpsc::UnboundedReceiver<Msg>,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<()> {
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            let retry_at = self.retry;
-            tokio::select! {
-                () = &mut shutdown => return Ok(()),
-                msg = rx.recv() => match msg {
-                    Some(msg) => self.absorb(msg),
-                    // Both watchers are gone: only an abort does that.
-                    None => return Ok(()),
-                },
-                () = sleep_until(retry_at), if retry_at.is_some() => {}
-            }
-            // Collect the rest of the burst.
-            let deadline = tokio::time::Instant::now() + self.config.debounce;
-            loop {
-                tokio::select! {
-                    () = &mut shutdown => return Ok(()),
-                    msg = rx.recv() => match msg {
-                        Some(msg) => self.absorb(msg),
-                        None => break,
-                    },
-                    () = tokio::time::sleep_until(deadline) => break,
-                }
-            }
-            if self.listed != [true, true] {
-                continue;
-            }
-            let retrying = self
-                .retry
-                .is_some_and(|at| at <= tokio::time::Instant::now());
-            if self.full || !self.dirty.is_empty() || retrying {
-                self.batch().await?;
-            }
-        }
+impl Batcher for LoopState {
+    type Msg = Msg;
+    type Report = BatchReport;
+
+    fn listed(&self) -> bool {
+        self.listed == [true; 2]
+    }
+
+    fn pending(&self) -> bool {
+        self.full || !self.dirty.is_empty()
     }
 
     fn absorb(&mut self, msg: Msg) {
@@ -367,9 +303,12 @@ impl LoopState {
     }
 
     /// Recomputes the touched Services (or all) and writes the difference.
-    async fn batch(&mut self) -> Result<()> {
+    async fn batch(&mut self) -> Result<Result<BatchReport>> {
         let Some(mut syncer) = self.syncer.take() else {
-            return Ok(());
+            return Err(Error::Io {
+                what: BLOCKING,
+                source: std::io::Error::other("a batch is already running"),
+            });
         };
         let full = std::mem::take(&mut self.full);
         let dirty = std::mem::take(&mut self.dirty);
@@ -377,7 +316,7 @@ impl LoopState {
         let svc_store = self.svc_store.clone();
         let slice_store = self.slice_store.clone();
         let node = self.node.clone();
-        let (syncer, outcome) = blocking(move || {
+        let (syncer, outcome) = blocking(BLOCKING, move || {
             let started = Instant::now();
             let services = recompute(&mut syncer, &svc_store, &slice_store, &node, full, dirty);
             let computed = Instant::now();
@@ -395,48 +334,7 @@ impl LoopState {
         })
         .await?;
         self.syncer = Some(syncer);
-        match outcome {
-            Ok(report) => {
-                self.retry = None;
-                self.backoff = self.config.retry;
-                tracing::debug!(
-                    services = report.services,
-                    writes = report.writes,
-                    deletes = report.deletes,
-                    latency_ms = report.latency.as_secs_f64() * 1e3,
-                    "service maps synced"
-                );
-                self.progress.send_modify(|p| {
-                    if !p.synced {
-                        tracing::info!(
-                            services = report.services,
-                            writes = report.writes,
-                            deletes = report.deletes,
-                            apply_ms = report.apply.as_secs_f64() * 1e3,
-                            "service maps: first full sync done"
-                        );
-                    }
-                    p.synced = true;
-                    p.batches += 1;
-                    p.last = Some(report);
-                    p.failing = false;
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %error_chain(&e), retry_in = ?self.backoff, "writing the service maps");
-                self.retry = Some(tokio::time::Instant::now() + self.backoff);
-                self.backoff = (self.backoff * 2).min(self.config.max_retry);
-                self.progress.send_modify(|p| p.failing = true);
-            }
-        }
-        Ok(())
-    }
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+        Ok(outcome)
     }
 }
 
@@ -481,16 +379,4 @@ fn recompute(
         syncer.set_service(&svc, state);
     }
     count
-}
-
-/// An error with its causes, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
 }
