@@ -221,11 +221,16 @@ mod tests {
 
     use super::*;
 
+    /// Long enough that a slow store commit on a loaded machine (each
+    /// renewal is a committed write) does not cost the leader its lease.
+    const LEASE: Duration = Duration::from_secs(6);
+    const RETRY: Duration = Duration::from_millis(300);
+
     fn fast(e: LeaderElector) -> LeaderElector {
         LeaderElector {
-            lease_duration: Duration::from_secs(2),
-            renew_deadline: Duration::from_millis(1500),
-            retry: Duration::from_millis(200),
+            lease_duration: LEASE,
+            renew_deadline: Duration::from_secs(4),
+            retry: RETRY,
             ..e
         }
     }
@@ -279,7 +284,7 @@ mod tests {
                 .and_then(|l| l.spec?.holder_identity)
         };
         // b stays a standby while a renews: several lease durations.
-        let until = Instant::now() + Duration::from_secs(5);
+        let until = Instant::now() + 2 * LEASE;
         while Instant::now() < until {
             assert_eq!(holder().await.as_deref(), Some("a"));
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -287,13 +292,13 @@ mod tests {
         // a dies without releasing (its task is aborted mid-lead).
         a.abort();
         let died = Instant::now();
-        eventually(Duration::from_secs(10), "b takes over", || async {
+        eventually(4 * LEASE, "b takes over", || async {
             (holder().await.as_deref() == Some("b")).then_some(())
         })
         .await;
         let took = died.elapsed();
         assert!(
-            took >= Duration::from_millis(1500),
+            took >= LEASE - 2 * RETRY,
             "b must wait out a's lease, took {took:?}"
         );
         assert_eq!(max_leading.load(Ordering::SeqCst), 1, "never two leaders");

@@ -285,17 +285,18 @@ async fn more_than_a_hundred_pods_split_into_slices_of_at_most_a_hundred() {
             }
         })
         .await;
-    let sizes = eventually(WAIT, "230 endpoints in slices", || async {
+    // Packed into full slices once the controller's cache has caught up
+    // with its own writes (a transient extra slice may come and go).
+    eventually(WAIT, "230 endpoints packed as 100 + 100 + 30", || async {
         let s = slices(client, "many").await;
         let mut sizes: Vec<usize> = s
             .iter()
             .map(|s| s.endpoints.as_ref().map_or(0, Vec::len))
             .collect();
         sizes.sort();
-        (sizes.iter().sum::<usize>() == N).then_some(sizes)
+        (sizes == [30, 100, 100]).then_some(())
     })
     .await;
-    assert_eq!(sizes, [30, 100, 100]);
     let eps: Api<Endpoints> = Api::namespaced(client.clone(), "default");
     let ep = eventually(WAIT, "Endpoints with every address", || async {
         let ep = eps.get_opt("many").await.ok()??;

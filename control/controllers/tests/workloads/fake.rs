@@ -35,28 +35,38 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start() -> Self {
+        let mut c = Self::without_controllers().await;
+        c.start_controllers();
+        c
+    }
+
+    /// The server and the fake kubelet only: objects created before
+    /// [`Cluster::start_controllers`] are in the controllers' first lists.
+    pub async fn without_controllers() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let server = TestServer::start_in(dir.path(), |_| {}).await;
         let client = server.client().await;
-        let cfg = kestrel_controllers::WorkloadConfig {
-            job_backoff: Duration::from_millis(100),
-        };
-        let controllers = {
-            let c = client.clone();
-            tokio::spawn(async move {
-                if let Err(e) = kestrel_controllers::run_workloads_with(c, cfg).await {
-                    panic!("workload controllers stopped: {e:#}");
-                }
-            })
-        };
         let kubelet = tokio::spawn(fake_kubelet(client.clone()));
         Self {
             kubeconfig: server.kubeconfig.clone(),
             client,
             server,
-            tasks: vec![controllers, kubelet],
+            tasks: vec![kubelet],
             _dir: dir,
         }
+    }
+
+    /// Starts the workload controllers.
+    pub fn start_controllers(&mut self) {
+        let cfg = kestrel_controllers::WorkloadConfig {
+            job_backoff: Duration::from_millis(100),
+        };
+        let c = self.client.clone();
+        self.tasks.push(tokio::spawn(async move {
+            if let Err(e) = kestrel_controllers::run_workloads_with(c, cfg).await {
+                panic!("workload controllers stopped: {e:#}");
+            }
+        }));
     }
 
     pub fn api<K>(&self) -> Api<K>

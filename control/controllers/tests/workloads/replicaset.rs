@@ -79,7 +79,11 @@ async fn a_replicaset_runs_its_replicas_and_reports_them() {
 
 #[tokio::test]
 async fn orphans_are_adopted_and_unselected_pods_released() {
-    let c = Cluster::start().await;
+    // The orphan and the ReplicaSet exist before the controllers start, so
+    // the controller sees the orphan in its first list rather than racing
+    // its creation (it would then create a third pod and, owning four,
+    // delete the not-ready orphan).
+    let mut c = Cluster::without_controllers().await;
     let rss = c.api::<ReplicaSet>();
     let pods = c.api::<Pod>();
     // An orphan that will never be ready: the cheapest to scale down.
@@ -94,6 +98,7 @@ async fn orphans_are_adopted_and_unselected_pods_released() {
     rss.create(&PostParams::default(), &replicaset("web", 3))
         .await
         .expect("create rs");
+    c.start_controllers();
     eventually(
         WAIT,
         "the orphan adopted and two more pods ready",

@@ -33,13 +33,18 @@ fn image_of(p: &Pod) -> &str {
 
 /// Every pod creation (by name) in the order the watch saw them, each with
 /// the names of the pods that were Running and Ready at that moment.
-fn record_creations(
+///
+/// Returns once the watch has listed, so that every pod created afterwards
+/// is seen as an event rather than in the first list.
+async fn record_creations(
     api: Api<Pod>,
 ) -> (
     tokio::task::JoinHandle<()>,
     tokio::sync::mpsc::UnboundedReceiver<(String, Vec<String>)>,
 ) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (listed_tx, listed) = tokio::sync::oneshot::channel();
+    let mut listed_tx = Some(listed_tx);
     let task = tokio::spawn(async move {
         let mut ready_now: HashMap<String, (String, bool)> = HashMap::new();
         let mut events = std::pin::pin!(watcher::watcher(api, watcher::Config::default()));
@@ -70,10 +75,19 @@ fn record_creations(
                 Ok(watcher::Event::Delete(p)) => {
                     ready_now.remove(&p.name_any());
                 }
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(tx) = listed_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
                 _ => {}
             }
         }
     });
+    tokio::time::timeout(WAIT, listed)
+        .await
+        .expect("the watch lists in time")
+        .expect("the watch task runs");
     (task, rx)
 }
 
@@ -82,7 +96,7 @@ async fn ordered_ready_creates_pods_one_after_another() {
     let c = Cluster::start().await;
     let sets = c.api::<StatefulSet>();
     let pods = c.api::<Pod>();
-    let (watch, mut created) = record_creations(pods.clone());
+    let (watch, mut created) = record_creations(pods.clone()).await;
     sets.create(&PostParams::default(), &statefulset("db", 3, json!({})))
         .await
         .expect("create");
@@ -174,7 +188,7 @@ async fn a_partitioned_rolling_update_goes_from_the_highest_ordinal_down() {
         (s.ready_replicas == Some(3)).then_some(s)
     })
     .await;
-    let (watch, mut created) = record_creations(pods.clone());
+    let (watch, mut created) = record_creations(pods.clone()).await;
     let image = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}}}});
     sets.patch("db", &PatchParams::default(), &Patch::Merge(image))
         .await
