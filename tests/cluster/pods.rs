@@ -448,4 +448,15 @@ pub fn agent_restart_adopts_running_containers(c: &Cluster) {
         want,
         "container IDs and restart counts must not change"
     );
+    // The status above is the API server's copy: also check that the new
+    // agent tore nothing down (a worker started before its pod list
+    // arrived once did, finding no pod).
+    let log = std::fs::read_to_string(c.node_dir("node-1").join("agent.log")).unwrap_or_default();
+    let since_restart = log
+        .rsplit_once("adopting the running containerd")
+        .map_or("", |(_, after)| after);
+    assert!(
+        !since_restart.contains("tearing it down"),
+        "the restarted agent tore down a pod:\n{since_restart}"
+    );
 }

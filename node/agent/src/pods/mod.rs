@@ -161,9 +161,7 @@ pub async fn run(
     let mut events = std::pin::pin!(events);
     while let Some(ev) = events.next().await {
         match ev {
-            Ok(
-                watcher::Event::Apply(p) | watcher::Event::InitApply(p) | watcher::Event::Delete(p),
-            ) => {
+            Ok(watcher::Event::Apply(p) | watcher::Event::Delete(p)) => {
                 if let (Some(uid), Some(ns), Some(name)) =
                     (&p.metadata.uid, &p.metadata.namespace, &p.metadata.name)
                 {
@@ -171,12 +169,24 @@ pub async fn run(
                 }
             }
             Ok(watcher::Event::InitDone) => {
-                // A relist may have dropped pods deleted while we were away.
+                // The store shows a (re)list only now: until then it holds
+                // the previous one, empty after a restart, and a worker
+                // started on a listed pod would find no pod and tear down
+                // its running containers. So every pod of the list gets
+                // its worker here, and the other workers look again: a
+                // relist may have dropped pods deleted while we were away.
                 for w in workers.lock().unwrap_or_else(|p| p.into_inner()).values() {
                     w.notify_one();
                 }
+                for p in shared.pods.state() {
+                    if let (Some(uid), Some(ns), Some(name)) =
+                        (&p.metadata.uid, &p.metadata.namespace, &p.metadata.name)
+                    {
+                        spawn_worker(&shared, &workers, uid, ns, name);
+                    }
+                }
             }
-            Ok(watcher::Event::Init) => {}
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
             Err(e) => tracing::warn!(error = %e, "watching pods"),
         }
     }

@@ -288,6 +288,7 @@ impl Worker {
     async fn sync(&mut self) -> anyhow::Result<Next> {
         let Some(pod) = self.pod() else {
             // Gone from the API (or never ours): tear down whatever is left.
+            tracing::info!(uid = %self.uid, pod = %format!("{}/{}", self.namespace, self.name), "pod gone from the API; tearing it down");
             self.kill_pod(None, 0, true).await?;
             volumes::cleanup(&volumes::pod_dir(&self.shared.pods_root, &self.uid));
             self.remove_logs();
