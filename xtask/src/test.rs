@@ -62,14 +62,32 @@ pub fn run_suite(root: &Path, args: &TestArgs) -> anyhow::Result<()> {
             "ci",
         ])
         .args(&args.nextest_args))?;
+    // The packet-path benchmark's quick mode, as a smoke test that every
+    // path still carries every workload (it fails when a cell fails). It
+    // needs root; without it the privileged tests above skipped too.
+    if args.nextest_args.is_empty() && is_root() {
+        sh(cargo().args([
+            "run",
+            "--package",
+            "kestrel-bench",
+            "--bin",
+            "dataplane-bench",
+            "--",
+            "--quick",
+        ]))?;
+    }
     Ok(())
 }
 
-pub fn run(root: &Path, args: &TestArgs) -> anyhow::Result<()> {
-    let root_user = Command::new("id")
+fn is_root() -> bool {
+    Command::new("id")
         .arg("-u")
         .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+pub fn run(root: &Path, args: &TestArgs) -> anyhow::Result<()> {
+    let root_user = is_root();
     let may_skip = std::env::var("KESTREL_SKIP_PRIVILEGED").is_ok_and(|v| v == "1");
     if !root_user && !may_skip {
         bail!(

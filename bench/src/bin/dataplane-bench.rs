@@ -6,7 +6,9 @@ use std::{net::SocketAddrV4, path::PathBuf};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use kestrel_bench::dataplane::{Options, PathKind, Workload, load, plot, report, run_bench};
+use kestrel_bench::dataplane::{
+    Options, PathKind, Workload, load, plot, program::IptablesBackend, report, run_bench,
+};
 
 /// Pod→pod, ClusterIP and NodePort paths: Kestrel's eBPF against
 /// kube-proxy's iptables and nftables layouts.
@@ -39,6 +41,9 @@ struct Args {
     /// seconds (then it is killed and reported as such).
     #[arg(long)]
     program_limit: Option<u64>,
+    /// The iptables build that loads kube-proxy's layout.
+    #[arg(long, value_enum)]
+    iptables: Option<IptablesBackend>,
     /// Write the report into this markdown file's "Dataplane" section.
     #[arg(long)]
     write: Option<PathBuf>,
@@ -97,6 +102,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = args.secs {
         options.secs = v;
     }
+    if let Some(v) = args.iptables {
+        options.iptables = v;
+    }
     if let Some(v) = args.program_limit {
         options.program_limit = std::time::Duration::from_secs(v);
     }
@@ -139,5 +147,15 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let section = report::to_markdown(&options, &results, &plots);
-    kestrel_bench::report::publish(&section, "## Dataplane", args.write.as_deref())
+    kestrel_bench::report::publish(&section, "## Dataplane", args.write.as_deref())?;
+    // The quick run is CI's smoke test: every cell and every programming
+    // must have worked.
+    if options.quick && !(results.failures.is_empty() && results.program_failures.is_empty()) {
+        anyhow::bail!(
+            "the quick run had {} failed cell(s) and {} failed programming(s) (see above)",
+            results.failures.len(),
+            results.program_failures.len()
+        );
+    }
+    Ok(())
 }

@@ -24,7 +24,10 @@
 //!   base32 of SHA-256(port name + protocol [+ endpoint]). A full sync is
 //!   one `iptables-restore --noflush --counters`; a partial sync (the
 //!   default since 1.27, `MinimizeIPTablesRestore`) rewrites the top-level
-//!   chains in full but only the changed service's own chains.
+//!   chains in full but only the changed service's own chains. Past 1,000
+//!   endpoints (`largeClusterEndpointsThreshold`) kube-proxy runs in "large
+//!   cluster mode" and drops the per-endpoint comments (the `-> endpoint`
+//!   jumps and the `KUBE-SEP-*` rules); so does this generator.
 //! - nftables mode, `pkg/proxy/nftables/proxier.go` and the `baseRules` and
 //!   expected output of its `proxier_test.go`: one `ip kube-proxy` table;
 //!   `nat-prerouting`/`nat-output` jump to `services`, which is two
@@ -221,8 +224,39 @@ fn nat_top(s: &mut String, services: &[Svc]) {
     );
 }
 
-/// One service's own chains (declarations and rules).
-fn iptables_service(decl: &mut String, rules: &mut String, node: &NodeRules, svc: &Svc) {
+/// kube-proxy's `largeClusterEndpointsThreshold`: past this many endpoints
+/// (summed over every service port) it runs in "large cluster mode".
+const LARGE_CLUSTER_ENDPOINTS: usize = 1000;
+
+/// Whether kube-proxy would be in large cluster mode for `services`: it
+/// then leaves the per-endpoint comments out (`appendServiceCommentLocked`),
+/// which shrinks the nat table by about 40 %.
+fn large_cluster(services: &[Svc]) -> bool {
+    let endpoints: usize = services
+        .iter()
+        .map(|s| s.endpoints.len() * s.ports.len())
+        .sum();
+    endpoints > LARGE_CLUSTER_ENDPOINTS
+}
+
+/// `-m comment --comment TEXT ` unless kube-proxy leaves it out.
+fn service_comment(large: bool, text: &str) -> String {
+    if large {
+        String::new()
+    } else {
+        format!("-m comment --comment {text} ")
+    }
+}
+
+/// One service's own chains (declarations and rules); `large` as
+/// [`large_cluster`] says.
+fn iptables_service(
+    decl: &mut String,
+    rules: &mut String,
+    node: &NodeRules,
+    svc: &Svc,
+    large: bool,
+) {
     let n = svc.endpoints.len();
     for port in &svc.ports {
         let p = port.proto.lower();
@@ -236,18 +270,15 @@ fn iptables_service(decl: &mut String, rules: &mut String, node: &NodeRules, svc
         );
         for (i, ep) in svc.endpoints.iter().enumerate() {
             let sep = sep_chain(svc, port, ep);
-            let target = endpoint(ep, port);
+            let comment = service_comment(large, &format!("\"{name} -> {}\"", endpoint(ep, port)));
             if i + 1 < n {
                 let probability = 1.0 / (n - i) as f64;
                 let _ = writeln!(
                     rules,
-                    "-A {chain} -m comment --comment \"{name} -> {target}\" -m statistic --mode random --probability {probability:.10} -j {sep}"
+                    "-A {chain} {comment}-m statistic --mode random --probability {probability:.10} -j {sep}"
                 );
             } else {
-                let _ = writeln!(
-                    rules,
-                    "-A {chain} -m comment --comment \"{name} -> {target}\" -j {sep}"
-                );
+                let _ = writeln!(rules, "-A {chain} {comment}-j {sep}");
             }
         }
         if port.node_port.is_some() {
@@ -259,13 +290,14 @@ fn iptables_service(decl: &mut String, rules: &mut String, node: &NodeRules, svc
                  -A {ext} -j {chain}"
             );
         }
+        let comment = service_comment(large, &name);
         for ep in &svc.endpoints {
             let sep = sep_chain(svc, port, ep);
             let _ = writeln!(decl, ":{sep} - [0:0]");
             let _ = writeln!(
                 rules,
-                "-A {sep} -m comment --comment {name} -s {ep}/32 -j KUBE-MARK-MASQ\n\
-                 -A {sep} -m comment --comment {name} -m {p} -p {p} -j DNAT --to-destination {}",
+                "-A {sep} {comment}-s {ep}/32 -j KUBE-MARK-MASQ\n\
+                 -A {sep} {comment}-m {p} -p {p} -j DNAT --to-destination {}",
                 endpoint(ep, port)
             );
         }
@@ -281,8 +313,9 @@ pub fn iptables_full(node: &NodeRules, services: &[Svc]) -> String {
     let mut top = String::new();
     nat_top(&mut top, services);
     let (mut decl, mut rules) = (String::new(), String::new());
+    let large = large_cluster(services);
     for svc in services {
-        iptables_service(&mut decl, &mut rules, node, svc);
+        iptables_service(&mut decl, &mut rules, node, svc, large);
     }
     // Declarations first, as kube-proxy writes them.
     let (top_decl, top_rules): (Vec<&str>, Vec<&str>) =
@@ -311,7 +344,7 @@ pub fn iptables_partial(node: &NodeRules, services: &[Svc], old: &Svc, new: &Svc
     let mut top = String::new();
     nat_top(&mut top, services);
     let (mut decl, mut rules) = (String::new(), String::new());
-    iptables_service(&mut decl, &mut rules, node, new);
+    iptables_service(&mut decl, &mut rules, node, new, large_cluster(services));
     // Stale endpoint chains are declared (which flushes them) and deleted.
     let mut stale = Vec::new();
     for port in &old.ports {
@@ -562,6 +595,24 @@ mod tests {
             .expect("rules");
         assert!(last.contains("KUBE-NODEPORTS"), "{last}");
         assert_eq!(text.matches("COMMIT").count(), 2);
+    }
+
+    #[test]
+    fn large_clusters_drop_the_endpoint_comments() {
+        let eps: Vec<Ipv4Addr> = (10..20).map(|h| Ipv4Addr::new(10, 200, 2, h)).collect();
+        // 2 Services: 10 + 3 × 10 endpoints per port, below the threshold.
+        let small = iptables_full(&node(), &[filler(0), measured(&eps)]);
+        assert!(small.contains("-m comment --comment bench/measured:rr -s 10.200.2.10/32"));
+        assert!(small.contains("-> 10.200.2.10:7000\" -m statistic"));
+        // 101 Services of 10 endpoints: past 1,000, large cluster mode.
+        let mut set: Vec<Svc> = (0..100).map(filler).collect();
+        set.push(measured(&eps));
+        let large = iptables_full(&node(), &set);
+        assert!(!large.contains(" -> "), "no endpoint comments");
+        let sep = sep_chain(&set[100], &set[100].ports[0], &eps[0]);
+        assert!(large.contains(&format!("-A {sep} -s 10.200.2.10/32 -j KUBE-MARK-MASQ")));
+        // The ClusterIP rules keep theirs.
+        assert!(large.contains("-m comment --comment \"bench/measured:rr cluster IP\""));
     }
 
     #[test]

@@ -103,9 +103,31 @@ impl PathKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Programmer {
     Kestrel,
-    Iptables,
+    Iptables(program::IptablesBackend),
     Nftables,
 }
+
+impl Programmer {
+    /// Every programmer, in the report's column order.
+    pub const ALL: [Self; 4] = [
+        Self::Kestrel,
+        Self::Iptables(program::IptablesBackend::Legacy),
+        Self::Iptables(program::IptablesBackend::Nft),
+        Self::Nftables,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Kestrel => "Kestrel maps",
+            Self::Iptables(b) => b.restore(),
+            Self::Nftables => "nft -f",
+        }
+    }
+}
+
+/// The longest the iptables build that carries no traffic (the one not
+/// chosen with `--iptables`) may take to program a scale from scratch.
+const OTHER_IPTABLES_LIMIT: Duration = Duration::from_secs(120);
 
 /// What the run does.
 #[derive(Clone, Debug)]
@@ -122,6 +144,8 @@ pub struct Options {
     /// The longest a from-scratch `iptables-restore` or `nft -f` may take;
     /// beyond it the tool is killed and the cell reads "timed out".
     pub program_limit: Duration,
+    /// The iptables build kube-proxy's layout is loaded with.
+    pub iptables: program::IptablesBackend,
 }
 
 impl Options {
@@ -141,6 +165,7 @@ impl Options {
             secs: 0.5,
             quick: true,
             program_limit: Duration::from_secs(120),
+            iptables: program::IptablesBackend::Legacy,
         }
     }
 
@@ -176,6 +201,8 @@ pub struct Results {
     pub program_full: BTreeMap<(usize, Programmer), Vec<Duration>>,
     /// (scale, programmer) → the limit a from-scratch programming ran into.
     pub program_timeouts: BTreeMap<(usize, Programmer), Duration>,
+    /// (scale, programmer) → why programming failed (a timeout included).
+    pub program_failures: BTreeMap<(usize, Programmer), String>,
     /// (scale, programmer) → one-endpoint-change durations.
     pub program_update: BTreeMap<(usize, Programmer), Vec<Duration>>,
     pub wall: Duration,
@@ -261,6 +288,16 @@ impl Runner<'_> {
         }
     }
 
+    /// Whether `p` already ran out of time at this scale or a smaller one
+    /// (in any repetition): it is not tried again, so one slow tool cannot
+    /// take the whole run.
+    fn gave_up(&self, p: Programmer, scale: usize) -> bool {
+        self.results
+            .program_timeouts
+            .keys()
+            .any(|&(s, q)| q == p && s <= scale)
+    }
+
     fn record(&mut self, full: bool, scale: usize, p: Programmer, d: Result<Duration>) {
         match d {
             Ok(d) => {
@@ -278,6 +315,9 @@ impl Runner<'_> {
             }
             Err(e) => {
                 eprintln!("  N={scale} programming {p:?}: FAILED {e:#}");
+                self.results
+                    .program_failures
+                    .insert((scale, p), format!("{e:#}"));
                 if let Some(t) = e.downcast_ref::<topo::TimedOut>() {
                     self.results.program_timeouts.insert((scale, p), t.0);
                 }
@@ -306,21 +346,42 @@ impl Runner<'_> {
         program::nft_clear(topo.node1())?;
         self.measure(topo, scale, PathKind::Direct);
 
-        if self.wants(PathKind::Iptables) || self.wants(PathKind::NodePortIptables) {
+        let ipt = Programmer::Iptables(self.options.iptables);
+        let wants_ipt = self.wants(PathKind::Iptables) || self.wants(PathKind::NodePortIptables);
+        if wants_ipt && !self.gave_up(ipt, scale) {
             let ns = topo.node1();
-            let d = program::iptables_program(ns, &node, &set, self.options.program_limit);
+            let limit = self.options.program_limit;
+            let d = program::iptables_program(ns, self.options.iptables, &node, &set, limit);
             let ok = d.is_ok();
-            self.record(true, scale, Programmer::Iptables, d);
+            self.record(true, scale, ipt, d);
             if ok {
                 self.measure(topo, scale, PathKind::Iptables);
                 self.measure(topo, scale, PathKind::NodePortIptables);
-                let d = program::iptables_update(topo.node1(), &node, &after, &measured, &changed);
-                self.record(false, scale, Programmer::Iptables, d);
+                let d = program::iptables_update(
+                    topo.node1(),
+                    self.options.iptables,
+                    &node,
+                    &after,
+                    &measured,
+                    &changed,
+                );
+                self.record(false, scale, ipt, d);
             }
             program::iptables_clear(topo.node1())?;
         }
-        if self.wants(PathKind::Nftables) {
-            let d = program::nft_program(topo.node1(), &node, &set, self.options.program_limit);
+        // The other build, programming only: the ratio users see depends
+        // on which one their hosts run.
+        let backend = self.options.iptables.other();
+        let other = Programmer::Iptables(backend);
+        if wants_ipt && !self.gave_up(other, scale) {
+            let limit = OTHER_IPTABLES_LIMIT.min(self.options.program_limit);
+            let d = program::iptables_program(topo.node1(), backend, &node, &set, limit);
+            self.record(true, scale, other, d);
+            program::iptables_clear(topo.node1())?;
+        }
+        if self.wants(PathKind::Nftables) && !self.gave_up(Programmer::Nftables, scale) {
+            let limit = self.options.program_limit;
+            let d = program::nft_program(topo.node1(), &node, &set, limit);
             let ok = d.is_ok();
             self.record(true, scale, Programmer::Nftables, d);
             if ok {

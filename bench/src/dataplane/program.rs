@@ -5,7 +5,8 @@
 //! - Kestrel: Services and EndpointSlices → `service_state` → `Syncer`
 //!   diff → BPF map writes, exactly as the agent's sync loop does;
 //! - kube-proxy iptables: the restore text → `iptables-restore --noflush
-//!   --counters`;
+//!   --counters`, with the legacy (x_tables) or the nf_tables build of
+//!   iptables (see [`IptablesBackend`]);
 //! - kube-proxy nftables: the transaction → `nft -f -`.
 
 use std::{
@@ -186,11 +187,52 @@ pub fn node_rules(topo: &Topology) -> NodeRules {
     }
 }
 
-/// Removes every iptables rule and chain in `ns` (untimed).
+/// Which build of iptables loads kube-proxy's layout. kube-proxy uses the
+/// one the host uses; Debian 12 defaults to `nft`, whose restore slows
+/// down sharply with size (1,000 Services took seconds, 10,000 did not
+/// finish in ten minutes on this benchmark's machine), so a run that goes
+/// to 10,000 Services and beyond needs `legacy` for path (d) to exist at
+/// all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
+pub enum IptablesBackend {
+    /// x_tables: the whole table is built in user space and swapped in.
+    Legacy,
+    /// nf_tables through the iptables syntax (`iptables-nft`).
+    Nft,
+}
+
+impl IptablesBackend {
+    pub fn iptables(self) -> &'static str {
+        match self {
+            Self::Legacy => "iptables-legacy",
+            Self::Nft => "iptables-nft",
+        }
+    }
+
+    /// The build not chosen.
+    pub fn other(self) -> Self {
+        match self {
+            Self::Legacy => Self::Nft,
+            Self::Nft => Self::Legacy,
+        }
+    }
+
+    pub fn restore(self) -> &'static str {
+        match self {
+            Self::Legacy => "iptables-legacy-restore",
+            Self::Nft => "iptables-nft-restore",
+        }
+    }
+}
+
+/// Removes every iptables rule and chain in `ns`, from both builds of
+/// iptables (untimed).
 pub fn iptables_clear(ns: &Netns) -> Result<()> {
-    for table in ["filter", "nat"] {
-        topo::ns_run(ns, &["iptables", "-t", table, "-F"])?;
-        topo::ns_run(ns, &["iptables", "-t", table, "-X"])?;
+    for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
+        for table in ["filter", "nat"] {
+            topo::ns_run(ns, &[backend.iptables(), "-t", table, "-F"])?;
+            topo::ns_run(ns, &[backend.iptables(), "-t", table, "-X"])?;
+        }
     }
     Ok(())
 }
@@ -199,6 +241,7 @@ pub fn iptables_clear(ns: &Netns) -> Result<()> {
 /// (untimed), then a full-sync restore (timed, generation included).
 pub fn iptables_program(
     ns: &Netns,
+    backend: IptablesBackend,
     node: &NodeRules,
     services: &[Svc],
     limit: Duration,
@@ -206,7 +249,7 @@ pub fn iptables_program(
     iptables_clear(ns)?;
     topo::ns_pipe(
         ns,
-        &["iptables-restore", "--noflush"],
+        &[backend.restore(), "--noflush"],
         &kubeproxy::iptables_base(),
         None,
     )
@@ -215,7 +258,7 @@ pub fn iptables_program(
     let text = kubeproxy::iptables_full(node, services);
     topo::ns_pipe(
         ns,
-        &["iptables-restore", "--noflush", "--counters"],
+        &[backend.restore(), "--noflush", "--counters"],
         &text,
         Some(limit),
     )?;
@@ -225,6 +268,7 @@ pub fn iptables_program(
 /// A partial sync for one changed Service (timed, generation included).
 pub fn iptables_update(
     ns: &Netns,
+    backend: IptablesBackend,
     node: &NodeRules,
     services: &[Svc],
     old: &Svc,
@@ -234,7 +278,7 @@ pub fn iptables_update(
     let text = kubeproxy::iptables_partial(node, services, old, new);
     topo::ns_pipe(
         ns,
-        &["iptables-restore", "--noflush", "--counters"],
+        &[backend.restore(), "--noflush", "--counters"],
         &text,
         None,
     )
