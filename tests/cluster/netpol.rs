@@ -542,7 +542,7 @@ spec:
     assert!(!closed, "the allowed connection was cut by a policy change");
     let before = before.expect("echoes");
     c.wait(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "the streamer still echoing",
         || (streamed(c).0? > before).then_some(()),
     );

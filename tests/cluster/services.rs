@@ -274,7 +274,7 @@ pub fn external_traffic_policy_local_keeps_the_client_ip(c: &Cluster) {
     let port = node_port(c, "TCP");
     let backends = backends(c);
     c.wait(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "only node-2's backends through node-2",
         || {
             let mut pods = std::collections::BTreeSet::new();
@@ -311,7 +311,7 @@ pub fn session_affinity_sticks(c: &Cluster) {
     ]);
     let vip = cluster_ip(c);
     c.wait(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "one backend for every connection",
         || {
             let counts = by_backend(&probe(c, "svc-client", "tcp", &format!("{vip}:9000"), 100));
@@ -326,7 +326,7 @@ pub fn session_affinity_sticks(c: &Cluster) {
         "-p",
         r#"{"spec":{"sessionAffinity":"None"}}"#,
     ]);
-    c.wait(Duration::from_secs(10), "balancing again", || {
+    c.wait(Duration::from_secs(30), "balancing again", || {
         let counts = by_backend(&probe(c, "svc-client", "tcp", &format!("{vip}:9000"), 100));
         (counts.len() > 1).then_some(())
     });
@@ -336,14 +336,14 @@ pub fn no_backend_refuses_then_recovers(c: &Cluster) {
     let vip = cluster_ip(c);
     c.kubectl(&["scale", "deployment", SVC, "--replicas=0"]);
     wait_ready_backends(c, 0);
-    c.wait(Duration::from_secs(10), "connections refused", || {
+    c.wait(Duration::from_secs(30), "connections refused", || {
         let seen = probe(c, "svc-client", "tcp", &format!("{vip}:9000"), 5);
         (by_backend(&seen).keys().collect::<Vec<_>>() == ["error=refused"]).then_some(())
     });
     c.kubectl(&["scale", "deployment", SVC, "--replicas=3"]);
     wait_ready_backends(c, 3);
     c.wait(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "the service answering again",
         || {
             let seen = probe(c, "svc-client", "tcp", &format!("{vip}:9000"), 30);
@@ -385,7 +385,18 @@ spec:
 }
 
 fn last_ping(c: &Cluster) -> Option<u64> {
-    let (_, out, _) = c.kubectl_raw(&["logs", "streamer"], None);
+    let (ok, out, err) = c.kubectl_raw(&["logs", "streamer"], None);
+    if !ok {
+        // Said once per distinct failure, for the log of a test that fails.
+        static LAST: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+        let mut last = LAST
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *last != err {
+            eprintln!("kubectl logs streamer: {}", err.trim());
+            last.clone_from(&err);
+        }
+    }
     out.lines()
         .filter_map(|l| l.strip_prefix("got ping-"))
         .filter_map(|n| n.trim().parse().ok())
@@ -492,7 +503,7 @@ pub fn introspection_shows_the_dataplane(c: &Cluster) {
     )
     .expect("NodePort connection");
     let local = held.local_addr().expect("local addr");
-    let flows = c.wait(Duration::from_secs(10), "the flow in conntrack", || {
+    let flows = c.wait(Duration::from_secs(30), "the flow in conntrack", || {
         let out = kestrel_bpf(c, "node-1", &["conntrack"]);
         out.lines()
             .find(|l| l.contains(&format!("{local} -> {}:{port}", node_ip(1))))
