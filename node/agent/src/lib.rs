@@ -97,22 +97,9 @@ pub async fn run(
     };
 
     let runtime = runtime::Runtime::start(&dir.join("containerd")).await?;
-    if let Some(images) = &config.images_dir {
-        let n = runtime.import_images(images).await?;
-        tracing::info!(count = n, dir = %images.display(), "images imported");
-    }
-    let facts = node::NodeFacts {
-        name: config.node_name.clone(),
-        ip: node_ip,
-        kubelet_port: config.kubelet_port,
-        runtime_version: runtime.version().await?,
-        data_dir: dir.clone(),
-    };
-    node::register(&client, &facts).await?;
-    let (net_ready, net_rx) = tokio::sync::watch::channel(false);
-    let heartbeat = tokio::spawn(node::heartbeat(client.clone(), facts, net_rx));
-
-    // The node API (logs, exec), for the API server only.
+    // The node API (logs, exec), for the API server only. It is up before
+    // the image import, so that after a restart the running pods' logs and
+    // exec come back at once.
     let tls = nodeapi::NodeApiTls::load_or_create(
         &dir.join("nodeapi"),
         ca_pem,
@@ -128,6 +115,21 @@ pub async fn run(
             tracing::error!(error = %e, "the node API stopped");
         }
     });
+
+    if let Some(images) = &config.images_dir {
+        let n = runtime.import_images(images).await?;
+        tracing::info!(count = n, dir = %images.display(), "images imported");
+    }
+    let facts = node::NodeFacts {
+        name: config.node_name.clone(),
+        ip: node_ip,
+        kubelet_port: config.kubelet_port,
+        runtime_version: runtime.version().await?,
+        data_dir: dir.clone(),
+    };
+    node::register(&client, &facts).await?;
+    let (net_ready, net_rx) = tokio::sync::watch::channel(false);
+    let heartbeat = tokio::spawn(node::heartbeat(client.clone(), facts, net_rx));
 
     let dp = dataplane::start(&config.dataplane)?;
 
