@@ -10,9 +10,11 @@
 
 /// Which traffic a set of backend slots serves.
 ///
-/// Every service has both scopes in the map; user space fills each with the
-/// backends that traffic may use, so that `internalTrafficPolicy` and
-/// `externalTrafficPolicy` cost nothing in the kernel.
+/// User space fills each scope with the backends that traffic may use, so
+/// that `internalTrafficPolicy` and `externalTrafficPolicy` cost nothing in
+/// the kernel. Every frontend has its INTERNAL scope; the EXTERNAL one is
+/// written only where its backends differ (`externalTrafficPolicy: Local`),
+/// and traffic from outside reads the INTERNAL scope where it is absent.
 pub mod scope {
     /// Traffic that starts inside the cluster: sockets on the node and its
     /// pods (the socket hooks), and pod packets seen on their veth.

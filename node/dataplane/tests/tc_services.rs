@@ -208,6 +208,13 @@ fn node_ports_and_external_ips_from_outside() {
         5,
         &[3],
     );
+    // Written only in the INTERNAL scope, as the sync writes a frontend
+    // whose two scopes hold the same backends: traffic from outside reads
+    // it. Where both scopes are written, it reads the EXTERNAL one.
+    let np = svc_flags::NODE_PORT;
+    c.nodes[0].put_service(any, 30084, TCP, scope::INTERNAL, np, 6, &[3], 0);
+    c.nodes[0].put_service(any, 30085, TCP, scope::INTERNAL, np, 7, &[1], 0);
+    ext(&mut c.nodes[0], any, 30085, TCP, np, 7, &[3]);
     in_ns(
         &c.outside,
         &[
@@ -250,6 +257,15 @@ fn node_ports_and_external_ips_from_outside() {
         .expect("eTP=Local NodePort");
     assert_eq!(g.server, "n2p8");
     assert_eq!(g.peer_ip(), outside, "eTP=Local keeps the client's address");
+
+    let (g, _) = out
+        .enter(|| greet(SocketAddrV4::new(n1, 30084)))
+        .expect("a NodePort with only the INTERNAL scope written");
+    assert_eq!(g.server, "n2p8");
+    let (g, _) = out
+        .enter(|| greet(SocketAddrV4::new(n1, 30085)))
+        .expect("a NodePort with both scopes written");
+    assert_eq!(g.server, "n2p8", "the EXTERNAL scope's backend");
 
     let (g, mut stream) = out
         .enter(|| greet(SocketAddrV4::new(external_ip, 80)))

@@ -1,7 +1,7 @@
 //! `tc_from_uplink`: the ingress of the node's uplink.
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use kestrel_ebpf_common::{ct::ct_flags, lb::scope, packet::IPPROTO_UDP, route::dest};
+use kestrel_ebpf_common::{ct::ct_flags, packet::IPPROTO_UDP, route::dest};
 
 use super::{PASS, admit, config, ct, drop_for, fwd, lb, pkt, service_flow, translated};
 
@@ -38,9 +38,9 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, i64> {
     }
     // externalIPs and LoadBalancer IPs by exact address; NodePorts on the
     // node's own address.
-    let mut fe = lb::frontend(p.daddr_be, p.dport_be, p.proto, scope::EXTERNAL);
+    let mut fe = lb::external_frontend(p.daddr_be, p.dport_be, p.proto);
     if fe.is_none() && p.daddr_be == cfg.node_ip_be && cfg.is_node_port(u16::from_be(p.dport_be)) {
-        fe = lb::frontend(0, p.dport_be, p.proto, scope::EXTERNAL);
+        fe = lb::external_frontend(0, p.dport_be, p.proto);
     }
     if let Some(fe) = fe {
         return service_flow(ctx, &p, &key, &fe, &cfg, now, true);

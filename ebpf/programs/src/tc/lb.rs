@@ -7,7 +7,7 @@ use kestrel_ebpf_common::{
     drop::DropReason,
     lb::{
         AffinityKey, AffinityValue, Backend, ServiceKey, ServiceValue, affinity_kind,
-        backend_flags, pick_slot, svc_flags,
+        backend_flags, pick_slot, scope, svc_flags,
     },
 };
 
@@ -36,6 +36,15 @@ pub fn frontend(addr_be: u32, port_be: u16, proto: u8, scope: u8) -> Option<Fron
     // SAFETY: from a successful lookup; plain integers.
     let master = unsafe { *master };
     Some(Frontend { key, master })
+}
+
+/// The frontend (`addr_be`, `port_be`, `proto`) as traffic from outside the
+/// node sees it: its EXTERNAL scope, or its INTERNAL one where user space
+/// wrote no EXTERNAL scope because the two would hold the same backends.
+#[inline(always)]
+pub fn external_frontend(addr_be: u32, port_be: u16, proto: u8) -> Option<Frontend> {
+    frontend(addr_be, port_be, proto, scope::EXTERNAL)
+        .or_else(|| frontend(addr_be, port_be, proto, scope::INTERNAL))
 }
 
 /// A backend may take new connections unless it is terminating.

@@ -10,7 +10,12 @@
 //! 2. reverse-NAT entries of new frontends;
 //! 3. per frontend and scope: slot entries `1..=count`, then the master
 //!    (whose count publishes them), then surplus slots beyond the new
-//!    count; a removed frontend loses its master first, then its slots;
+//!    count; a removed frontend loses its master first, then its slots.
+//!    The EXTERNAL scope is written only where its backends differ from
+//!    the INTERNAL scope's (`externalTrafficPolicy: Local` on a NodePort,
+//!    externalIP or LoadBalancer frontend); without it the per-packet
+//!    programs read the INTERNAL scope, so most frontends take half the
+//!    entries. A scope that stops differing is removed like a frontend;
 //! 4. reverse-NAT entries of removed frontends;
 //! 5. backends nothing refers to any more (their ids are released only
 //!    now, so an id is never reused while a map entry still names it).
@@ -611,7 +616,12 @@ impl<M: LbMaps> Syncer<M> {
         for (index, scope) in SCOPES.into_iter().enumerate() {
             let current = &programmed[index];
             let key = |slot: u16| service_key(fk, scope, slot);
-            let Some((template, ids)) = &target else {
+            // The EXTERNAL scope only where it differs (see the module
+            // docs); otherwise it is planned as removed.
+            let wanted = target
+                .as_ref()
+                .filter(|(_, ids)| index == 0 || ids[index] != ids[0]);
+            let Some((template, ids)) = wanted else {
                 // Removed: the master first, so the kernel stops choosing
                 // slots before they go.
                 if current.contains_key(&0) {

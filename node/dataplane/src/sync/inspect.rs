@@ -31,9 +31,11 @@ pub struct BackendView {
 pub struct FrontendView {
     /// Address, port, protocol.
     pub key: FrontendKey,
-    /// The master entry of each scope, if present.
+    /// The master entry each scope's traffic finds, if any. Where no
+    /// EXTERNAL scope is written, its traffic reads the INTERNAL one, and
+    /// so does this view.
     pub masters: [Option<ServiceValue>; 2],
-    /// The backends in the slots of each scope, in slot order.
+    /// The backends in the slots each scope's traffic finds, in slot order.
     pub scopes: [Vec<BackendView>; 2],
 }
 
@@ -85,6 +87,11 @@ pub fn read_services(maps: &impl LbMaps) -> Result<ServicesView> {
                 })
                 .collect::<Vec<_>>()
         });
+        let [internal, external] = lists;
+        let (masters, lists) = match masters {
+            [Some(int), None] => ([Some(int), Some(int)], [internal.clone(), internal]),
+            _ => (masters, [internal, external]),
+        };
         view.frontends.push(FrontendView {
             key,
             masters,

@@ -693,9 +693,16 @@ fn three_ready() -> Vec<Endpoint> {
     ]
 }
 
-/// The frontend's slots in one scope, as backend addresses, read back from
-/// the maps through the count of its master.
+/// The frontend's slots that traffic of one scope finds, as backend
+/// addresses, read back from the maps through the count of its master. As
+/// in the kernel, EXTERNAL traffic reads the INTERNAL scope where no
+/// EXTERNAL one is written.
 fn slots_of(maps: &FakeMaps, f: FrontendKey, sc: u8) -> Vec<BackendKey> {
+    let sc = if maps.services.contains_key(&service_key(&f, sc, 0)) {
+        sc
+    } else {
+        scope::INTERNAL
+    };
     let Some(master) = maps.services.get(&service_key(&f, sc, 0)) else {
         return Vec::new();
     };
@@ -718,22 +725,30 @@ fn a_service_is_programmed_backends_first_and_masters_last() {
     s.set_service(&web_ref(), state(&web(), &web_slices(three_ready())));
     let stats = flush(&mut s);
     let ops = take_ops(&mut s);
-    // 3 backends, 1 rev-nat, 2 scopes × (3 slots + master).
-    assert_eq!((stats.writes, stats.deletes), (3 + 1 + 8, 0));
-    assert_eq!(ops.len(), 12);
+    // 3 backends, 1 rev-nat, 3 slots + master. A ClusterIP's EXTERNAL
+    // scope would hold the same backends, so it is not written.
+    assert_eq!((stats.writes, stats.deletes), (3 + 1 + 4, 0));
+    assert_eq!(ops.len(), 8);
     assert!(ops[..3].iter().all(|o| matches!(o, Op::PutBackend(..))));
     assert!(matches!(ops[3], Op::PutRevNat(..)));
     let f = fk("10.43.0.10", 80, proto::TCP);
+    assert!(
+        !ops.iter()
+            .any(|o| matches!(o, Op::PutService(k, _) if k.scope == scope::EXTERNAL))
+    );
+    let master_at = ops
+        .iter()
+        .position(
+            |o| matches!(o, Op::PutService(k, _) if *k == service_key(&f, scope::INTERNAL, 0)),
+        )
+        .expect("master written");
+    let last_slot_at = ops
+        .iter()
+        .rposition(|o| matches!(o, Op::PutService(_, v) if v.backend_id != 0))
+        .expect("slots written");
+    assert!(last_slot_at < master_at);
+    // Both kinds of traffic find the three backends.
     for sc in [scope::INTERNAL, scope::EXTERNAL] {
-        let master_at = ops
-            .iter()
-            .position(|o| matches!(o, Op::PutService(k, _) if *k == service_key(&f, sc, 0)))
-            .expect("master written");
-        let last_slot_at = ops
-            .iter()
-            .rposition(|o| matches!(o, Op::PutService(k, _) if k.scope == sc && k.slot != 0))
-            .expect("slots written");
-        assert!(last_slot_at < master_at);
         assert_eq!(
             slots_of(s.maps(), f, sc),
             [
@@ -790,21 +805,22 @@ fn growing_writes_the_new_slot_before_the_master() {
     s.set_service(&web_ref(), state(&web(), &web_slices(four)));
     let stats = flush(&mut s);
     let ops = take_ops(&mut s);
-    // One backend, then per scope one slot and the master.
-    assert_eq!((stats.writes, stats.deletes), (5, 0));
+    // One backend, then one slot and the master (one scope: a ClusterIP).
+    assert_eq!((stats.writes, stats.deletes), (3, 0));
     assert!(matches!(ops[0], Op::PutBackend(..)));
     let f = fk("10.43.0.10", 80, proto::TCP);
-    for sc in [scope::INTERNAL, scope::EXTERNAL] {
-        let slot = ops
-            .iter()
-            .position(|o| matches!(o, Op::PutService(k, _) if *k == service_key(&f, sc, 4)))
-            .expect("slot 4 written");
-        let master = ops
-            .iter()
-            .position(|o| matches!(o, Op::PutService(k, v) if *k == service_key(&f, sc, 0) && v.count == 4))
-            .expect("master written");
-        assert!(slot < master);
-    }
+    let sc = scope::INTERNAL;
+    let slot = ops
+        .iter()
+        .position(|o| matches!(o, Op::PutService(k, _) if *k == service_key(&f, sc, 4)))
+        .expect("slot 4 written");
+    let master = ops
+        .iter()
+        .position(
+            |o| matches!(o, Op::PutService(k, v) if *k == service_key(&f, sc, 0) && v.count == 4),
+        )
+        .expect("master written");
+    assert!(slot < master);
 }
 
 #[test]
@@ -830,40 +846,108 @@ fn shrinking_writes_the_master_first_then_deletes_slots_then_the_backend() {
     let ops = take_ops(&mut s);
     let f = fk("10.43.0.10", 80, proto::TCP);
     let rev = s.rev_nat_id(&f).expect("rev");
-    let scopes = [scope::INTERNAL, scope::EXTERNAL];
-    let mut expected = Vec::new();
-    // Step by step, over both scopes: the last backend moves into the
-    // freed slot 1 ...
-    for sc in scopes {
-        expected.push(Op::PutService(
-            service_key(&f, sc, 1),
+    let key = |slot| service_key(&f, scope::INTERNAL, slot);
+    // Step by step (a ClusterIP: one written scope): the last backend
+    // moves into the freed slot 1, the master shrinks, and the surplus
+    // slot goes.
+    let mut expected = vec![
+        Op::PutService(
+            key(1),
             ServiceValue {
                 backend_id: moved,
                 rev_nat_id: rev,
                 ..ServiceValue::default()
             },
-        ));
-    }
-    // ... the masters shrink ...
-    for sc in scopes {
-        expected.push(Op::PutService(
-            service_key(&f, sc, 0),
+        ),
+        Op::PutService(
+            key(0),
             ServiceValue {
                 count: 2,
                 rev_nat_id: rev,
                 ..ServiceValue::default()
             },
-        ));
-    }
-    // ... and the surplus slots go.
-    for sc in scopes {
-        expected.push(Op::DeleteService(service_key(&f, sc, 3)));
-    }
+        ),
+        Op::DeleteService(key(3)),
+    ];
     // The backend nothing names any more goes last, with its counters.
     expected.push(Op::DeleteBackend(gone));
     expected.push(Op::ClearConns(gone));
     assert_eq!(ops, expected);
-    assert_eq!((stats.writes, stats.deletes), (4, 3));
+    assert_eq!((stats.writes, stats.deletes), (2, 2));
+}
+
+#[test]
+fn the_external_scope_is_written_only_while_it_differs() {
+    let mut s = syncer();
+    let mut svc = service("web", "10.43.0.10", vec![port("http", 80, "TCP")]);
+    spec(&mut svc).type_ = Some("NodePort".to_owned());
+    spec(&mut svc).ports.as_mut().expect("ports")[0].node_port = Some(30080);
+    let mut local_svc = svc.clone();
+    spec(&mut local_svc).external_traffic_policy = Some("Local".to_owned());
+    let slices = [slice(
+        "web",
+        "web-1",
+        &[("http", 8080, "TCP")],
+        vec![
+            ep("10.42.0.1", NODE, READY),
+            ep("10.42.1.1", "node-b", READY),
+        ],
+    )];
+    let np = fk("0.0.0.0", 30080, proto::TCP);
+    let local = vec![bk("10.42.0.1", 8080)];
+    let all = vec![bk("10.42.0.1", 8080), bk("10.42.1.1", 8080)];
+    let external = |s: &Syncer<FakeMaps>| -> Vec<ServiceKey> {
+        s.maps()
+            .services
+            .keys()
+            .filter(|k| k.scope == scope::EXTERNAL)
+            .copied()
+            .collect()
+    };
+    let at = |ops: &[Op], want: &Op| ops.iter().position(|o| o == want);
+
+    // Cluster policy: traffic from outside reads the INTERNAL scope.
+    s.set_service(&web_ref(), state(&svc, &slices));
+    flush(&mut s);
+    take_ops(&mut s);
+    assert_eq!(external(&s), []);
+    assert_eq!(slots_of(s.maps(), np, scope::EXTERNAL), all);
+
+    // Local: the NodePort gets an EXTERNAL scope, its slot before its
+    // master. The ClusterIP frontend still has none.
+    s.set_service(&web_ref(), state(&local_svc, &slices));
+    flush(&mut s);
+    let ops = take_ops(&mut s);
+    let (ext_master, ext_slot) = (
+        service_key(&np, scope::EXTERNAL, 0),
+        service_key(&np, scope::EXTERNAL, 1),
+    );
+    assert_eq!(external(&s), [ext_master, ext_slot]);
+    let slot_at = ops
+        .iter()
+        .position(|o| matches!(o, Op::PutService(k, _) if *k == ext_slot));
+    let master_at = ops
+        .iter()
+        .position(|o| matches!(o, Op::PutService(k, _) if *k == ext_master));
+    assert!(slot_at.is_some() && slot_at < master_at, "{ops:#?}");
+    assert_eq!(slots_of(s.maps(), np, scope::EXTERNAL), local);
+    assert_eq!(slots_of(s.maps(), np, scope::INTERNAL), all);
+
+    // Cluster again: the EXTERNAL master goes before its slot, and outside
+    // traffic reads the INTERNAL scope again.
+    s.set_service(&web_ref(), state(&svc, &slices));
+    flush(&mut s);
+    let ops = take_ops(&mut s);
+    let master_gone = at(&ops, &Op::DeleteService(ext_master));
+    let slot_gone = at(&ops, &Op::DeleteService(ext_slot));
+    assert!(master_gone.is_some() && master_gone < slot_gone, "{ops:#?}");
+    assert_eq!(external(&s), []);
+    assert_eq!(slots_of(s.maps(), np, scope::EXTERNAL), all);
+    assert_eq!(
+        s.maps().services[&service_key(&np, scope::INTERNAL, 0)].flags,
+        svc_flags::NODE_PORT,
+        "no EXT_LOCAL left"
+    );
 }
 
 #[test]
@@ -902,19 +986,18 @@ fn removing_a_service_deletes_masters_then_slots_then_rev_nat_then_backends() {
     s.set_service(&web_ref(), ServiceState::default());
     let stats = flush(&mut s);
     let ops = take_ops(&mut s);
-    assert_eq!(stats.deletes, 8 + 1 + 3);
+    assert_eq!(stats.deletes, 4 + 1 + 3);
     let f = fk("10.43.0.10", 80, proto::TCP);
-    for sc in [scope::INTERNAL, scope::EXTERNAL] {
-        let master = ops
-            .iter()
-            .position(|o| *o == Op::DeleteService(service_key(&f, sc, 0)))
-            .expect("master deleted");
-        let first_slot = ops
-            .iter()
-            .position(|o| matches!(o, Op::DeleteService(k) if k.scope == sc && k.slot != 0))
-            .expect("slots deleted");
-        assert!(master < first_slot);
-    }
+    let sc = scope::INTERNAL;
+    let master = ops
+        .iter()
+        .position(|o| *o == Op::DeleteService(service_key(&f, sc, 0)))
+        .expect("master deleted");
+    let first_slot = ops
+        .iter()
+        .position(|o| matches!(o, Op::DeleteService(k) if k.scope == sc && k.slot != 0))
+        .expect("slots deleted");
+    assert!(master < first_slot);
     let last_service = ops
         .iter()
         .rposition(|o| matches!(o, Op::DeleteService(_)))
@@ -1119,7 +1202,7 @@ fn adoption_repairs_leftovers_of_a_crash() {
     assert!(!m.backends.contains_key(&500));
     assert!(!m.rev_nat.contains_key(&77));
     assert_eq!(m.backends.len(), 3);
-    assert_eq!(m.services.len(), 8);
+    assert_eq!(m.services.len(), 4, "one scope: a master and 3 slots");
     assert_eq!(again.rev_nat_id(&f), Some(rev));
 }
 
@@ -1152,7 +1235,7 @@ fn running_out_of_reverse_nat_ids_is_an_error_that_spares_the_rest() {
     assert!(matches!(err, Error::IdsExhausted { max: 2, .. }), "{err}");
     assert!(s.maps().violations.is_empty());
     assert_eq!(s.maps().rev_nat.len(), 2);
-    assert_eq!(s.maps().services.len(), 4, "two frontends, two scopes");
+    assert_eq!(s.maps().services.len(), 2, "two frontends, a master each");
     assert!(s.is_pending());
     // One goes: the third gets its id.
     s.set_service(&refs[0], ServiceState::default());
@@ -1271,7 +1354,8 @@ fn a_failed_batch_from_scratch_is_finished_by_the_next_flush() {
     }
     let full = flush(&mut clean);
     let want = resolved(clean.maps());
-    assert!(full.writes > 20, "{full:?}");
+    // 3 shared backends, 2 reverse NATs, 2 × (master + 3 slots).
+    assert_eq!(full.writes, 13, "{full:?}");
 
     for fail_at in 0..full.writes {
         let mut s = syncer();
