@@ -346,19 +346,11 @@ fn the_fallback_is_made_per_scope() {
     // eTP=Local: this node only has a serving-terminating endpoint while
     // another node has a ready one. The cluster-wide set uses the ready one,
     // the local set falls back to the local terminating one.
-    let mut svc = web();
-    spec(&mut svc).type_ = Some("NodePort".to_owned());
-    spec(&mut svc).external_traffic_policy = Some("Local".to_owned());
-    spec(&mut svc).ports.as_mut().expect("ports")[0].node_port = Some(30080);
-    let slices = [slice(
-        "web",
-        "web-1",
-        &[("http", 8080, "TCP")],
-        vec![
-            ep("10.42.0.2", NODE, SERVING_TERMINATING),
-            ep("10.42.1.3", "node-b", READY),
-        ],
-    )];
+    let svc = web_node_port(true);
+    let slices = web_slices(vec![
+        ep("10.42.0.2", NODE, SERVING_TERMINATING),
+        ep("10.42.1.3", "node-b", READY),
+    ]);
     let s = state(&svc, &slices);
     let np = &s.frontends[&fk("0.0.0.0", 30080, proto::TCP)];
     assert_eq!(np.scope(scope::INTERNAL), [bk("10.42.1.3", 8080)]);
@@ -667,6 +659,18 @@ fn web_slices(endpoints: Vec<Endpoint>) -> Vec<EndpointSlice> {
     vec![slice("web", "web-1", &[("http", 8080, "TCP")], endpoints)]
 }
 
+/// `web` as a NodePort on 30080, with `externalTrafficPolicy: Local` if
+/// asked.
+fn web_node_port(etp_local: bool) -> Service {
+    let mut svc = web();
+    spec(&mut svc).type_ = Some("NodePort".to_owned());
+    spec(&mut svc).ports.as_mut().expect("ports")[0].node_port = Some(30080);
+    if etp_local {
+        spec(&mut svc).external_traffic_policy = Some("Local".to_owned());
+    }
+    svc
+}
+
 fn web_ref() -> ServiceRef {
     ServiceRef::new("default", "web")
 }
@@ -879,20 +883,11 @@ fn shrinking_writes_the_master_first_then_deletes_slots_then_the_backend() {
 #[test]
 fn the_external_scope_is_written_only_while_it_differs() {
     let mut s = syncer();
-    let mut svc = service("web", "10.43.0.10", vec![port("http", 80, "TCP")]);
-    spec(&mut svc).type_ = Some("NodePort".to_owned());
-    spec(&mut svc).ports.as_mut().expect("ports")[0].node_port = Some(30080);
-    let mut local_svc = svc.clone();
-    spec(&mut local_svc).external_traffic_policy = Some("Local".to_owned());
-    let slices = [slice(
-        "web",
-        "web-1",
-        &[("http", 8080, "TCP")],
-        vec![
-            ep("10.42.0.1", NODE, READY),
-            ep("10.42.1.1", "node-b", READY),
-        ],
-    )];
+    let (svc, local_svc) = (web_node_port(false), web_node_port(true));
+    let slices = web_slices(vec![
+        ep("10.42.0.1", NODE, READY),
+        ep("10.42.1.1", "node-b", READY),
+    ]);
     let np = fk("0.0.0.0", 30080, proto::TCP);
     let local = vec![bk("10.42.0.1", 8080)];
     let all = vec![bk("10.42.0.1", 8080), bk("10.42.1.1", 8080)];
