@@ -4,6 +4,8 @@
 //! dependency of what ships.
 #![forbid(unsafe_code)]
 
+pub mod dns;
+
 use std::{
     fs::File,
     process::Command,
