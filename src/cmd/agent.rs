@@ -44,6 +44,43 @@ pub struct AgentArgs {
     /// HTTP, as kube-proxy does; an empty value turns it off.
     #[arg(long, default_value = "127.0.0.1:10249")]
     metrics_bind_address: String,
+    /// The cluster DNS Service's address(es), written into the resolv.conf
+    /// of `dnsPolicy: ClusterFirst` pods (empty: pods fall back to Default).
+    #[arg(long, value_delimiter = ',', default_value = "10.43.0.10")]
+    cluster_dns: Vec<Ipv4Addr>,
+    /// The cluster domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// The host resolver configuration: `dnsPolicy: Default` pods get it,
+    /// and its nameservers answer names outside the cluster domain unless
+    /// --dns-upstream is given.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
+    /// Upstream resolvers (IP or IP:PORT, comma-separated) for names
+    /// outside the cluster domain.
+    #[arg(long, value_delimiter = ',', value_parser = parse_upstream)]
+    dns_upstream: Vec<std::net::SocketAddr>,
+    /// Serve cluster DNS on the node's address (UDP and TCP).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    dns: bool,
+    /// The port cluster DNS is served on.
+    #[arg(long, default_value_t = 53)]
+    dns_port: u16,
+    /// DNS queries a second allowed from one source address (0: no limit).
+    #[arg(long, default_value_t = 5000)]
+    dns_rate_limit: u32,
+    /// TTL of cluster DNS records, seconds.
+    #[arg(long, default_value_t = kestrel_dns::DEFAULT_TTL)]
+    dns_ttl: u32,
+}
+
+/// An upstream resolver: `IP` (port 53) or `IP:PORT`.
+fn parse_upstream(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(std::net::SocketAddr::new(ip, 53));
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?}: expected an IP address or IP:PORT"))
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -82,6 +119,16 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                     args.metrics_bind_address
                 )
             })?)
+        },
+        dns: kestrel_agent::dns::Options {
+            cluster_dns: args.cluster_dns,
+            cluster_domain: args.cluster_domain,
+            resolv_conf: args.resolv_conf,
+            upstreams: args.dns_upstream,
+            serve: args.dns,
+            port: args.dns_port,
+            rate_limit: args.dns_rate_limit,
+            ttl: args.dns_ttl,
         },
     };
     kestrel_agent::run(config, super::server::shutdown_signal()).await

@@ -1,5 +1,5 @@
-//! `kestrel observe`: the network policy verdicts of a cluster's nodes as
-//! they happen. Each agent serves its node's records on a unix socket
+//! `kestrel observe`: the network policy verdicts (or, with `--dns`, the
+//! DNS queries) of a cluster's nodes as they happen. Each agent serves its node's records on a unix socket
 //! (`<agent data dir>/observe.sock`); this command reads every node's of a
 //! `kestrel up` data dir (or the sockets given), filters, and prints one
 //! line per record, or the JSON lines themselves.
@@ -28,6 +28,10 @@ pub struct ObserveArgs {
     /// Only this verdict.
     #[arg(long, value_parser = ["allowed", "denied", "host"])]
     verdict: Option<String>,
+    /// Show the nodes' DNS queries and answers instead of policy verdicts
+    /// (--namespace and --pod then select the asking pod).
+    #[arg(long)]
+    dns: bool,
     /// Print the records as JSON lines.
     #[arg(long)]
     json: bool,
@@ -72,6 +76,7 @@ pub async fn run(args: ObserveArgs) -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         pod: args.pod.clone(),
         verdict: args.verdict.clone(),
+        dns: args.dns,
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(1024);
     for path in sockets {
@@ -114,7 +119,7 @@ pub async fn run(args: ObserveArgs) -> anyhow::Result<()> {
         } else {
             println!("{msg}");
         }
-        if matches!(msg, Message::Flow(_)) {
+        if matches!(msg, Message::Flow(_) | Message::Dns(_)) {
             printed += 1;
             if args.count != 0 && printed >= args.count {
                 return Ok(());

@@ -35,6 +35,8 @@ const FABRIC: &str = "10.41.0.0/24";
 const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 41, 0, 1);
 const CLUSTER_CIDR: &str = "10.42.0.0/16";
 const SERVICE_CIDR: &str = "10.43.0.0/16";
+/// The `kube-dns` Service's address: the service range's 10th.
+const CLUSTER_DNS: &str = "10.43.0.10";
 const CGROUP2: &str = "/sys/fs/cgroup/unified";
 /// How long `up` waits for every node to be Ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
@@ -50,6 +52,15 @@ pub struct UpArgs {
     /// Image archives every node imports (built by `cargo xtask images`).
     #[arg(long, env = "KESTREL_IMAGES_DIR", default_value = "target/images")]
     images_dir: PathBuf,
+    /// Upstream resolvers for names outside the cluster domain, passed to
+    /// every agent (IP or IP:PORT, comma-separated; they must be reachable
+    /// from the node namespaces, for example on the host's fabric address
+    /// 10.41.0.1). Default: the agents read /etc/resolv.conf.
+    #[arg(long)]
+    dns_upstream: Option<String>,
+    /// The cluster domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
 }
 
 #[derive(Debug, Args)]
@@ -383,7 +394,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         let node_dir = n.dir.join("nodes").join(Names::node_name(i));
         std::fs::create_dir_all(&node_dir)?;
         mount_bpffs(&node_dir.join("bpf"))?;
-        let argv: Vec<String> = [
+        let mut argv: Vec<String> = [
             exe.as_str(),
             "agent",
             "--server",
@@ -396,9 +407,16 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             &images.to_string_lossy(),
             "--node-ip",
             &Names::node_ip(i).to_string(),
+            "--cluster-dns",
+            CLUSTER_DNS,
+            "--cluster-domain",
+            &args.cluster_domain,
         ]
         .map(str::to_owned)
         .to_vec();
+        if let Some(up) = &args.dns_upstream {
+            argv.extend(["--dns-upstream".to_owned(), up.clone()]);
+        }
         let log = node_dir.join("agent.log");
         let pid = spawn(
             &argv,

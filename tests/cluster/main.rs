@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use kestrel_testkit::{images_dir, kubectl_path, privileged_test_can_run};
 use serde_json::Value;
 
+mod dns;
 mod netpol;
 mod pods;
 mod services;
@@ -41,6 +42,7 @@ impl Cluster {
             .arg(cluster.dir.path())
             .arg("--images-dir")
             .arg(images_dir())
+            .args(["--dns-upstream", dns::UPSTREAM])
             .output()
             .expect("run kestrel up");
         assert!(
@@ -247,7 +249,18 @@ fn two_node_cluster_end_to_end() {
     services::session_affinity_sticks(&c);
     services::no_backend_refuses_then_recovers(&c);
     services::start_long_lived_connection(&c);
+    let upstream = dns::setup(&c);
+    dns::pods_get_cluster_resolv_conf(&c);
+    dns::service_and_pod_records(&c);
+    dns::external_names_through_the_upstream(&c, &upstream);
+    dns::nxdomain_and_nodata(&c);
+    dns::new_services_resolve_within_a_second(&c);
+    dns::hostile_input_is_counted_and_others_still_answered(&c);
+    dns::kubectl_run_busybox_works_offline(&c);
+    dns::queries_are_observable(&c);
+    let resolving = dns::start_resolve_loop(&c);
     pods::agent_restart_adopts_running_containers(&c);
+    dns::resolve_loop_survived(resolving);
     services::long_lived_connection_survived(&c);
     let model = netpol::setup(&c);
     netpol::truth_tables(&c, &model);

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dataplane;
+pub mod dns;
 pub mod join;
 pub mod metrics;
 pub mod node;
@@ -45,6 +46,8 @@ pub struct Config {
     pub dataplane: dataplane::Options,
     /// Where `/metrics` is served (plain HTTP); `None` turns it off.
     pub metrics_addr: Option<SocketAddr>,
+    /// Cluster DNS: the node's server and the pods' resolv.conf.
+    pub dns: dns::Options,
 }
 
 /// The address this host uses to reach `server` (no packet is sent).
@@ -160,6 +163,8 @@ pub async fn run(
         &config.dataplane.pin_dir,
     )
     .await?;
+    let node_dns = dns::node_dns(&config.dns)?;
+    let dns_server = dns::start(client.clone(), &config.dns, &node_dns, node_ip).await?;
     let names: std::sync::Arc<dyn observe::Names> = std::sync::Arc::new(names);
     let metrics = match config.metrics_addr {
         Some(addr) => {
@@ -170,6 +175,7 @@ pub async fn run(
                 listener,
                 config.dataplane.pin_dir.clone(),
                 names.clone(),
+                dns_server.as_ref().map(|d| d.server.metrics().clone()),
             )))
         }
         None => None,
@@ -178,6 +184,14 @@ pub async fn run(
     let observe_socket = dir.join("observe.sock");
     let observe_node = config.node_name.clone();
     let observe_tx = flows.clone();
+    let dns_pump = dns_server.as_ref().map(|d| {
+        tokio::spawn(observe::pump_dns(
+            d.server.clone(),
+            config.node_name.clone(),
+            names.clone(),
+            flows.clone(),
+        ))
+    });
     let observe = tokio::spawn(async move {
         if let Err(e) = observe::serve(&observe_socket, observe_node, observe_tx).await {
             tracing::error!(error = %format!("{e:#}"), "the observe socket stopped");
@@ -208,6 +222,7 @@ pub async fn run(
             logs_root: dir.join("pod-logs"),
             cgroup_parent: format!("{}/pods", own_cgroup()),
             ipam: pod_cidr.parse().ok().map(|c| (dir.join("cni"), c)),
+            dns: node_dns,
         },
     );
     let result = tokio::select! {
@@ -226,6 +241,10 @@ pub async fn run(
     if let Some(m) = metrics {
         m.abort();
     }
+    if let Some(p) = dns_pump {
+        p.abort();
+    }
+    drop(dns_server);
     // containerd stops; the containers keep running in their shims, and a
     // restarted agent adopts them.
     runtime.stop().await?;

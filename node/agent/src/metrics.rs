@@ -25,7 +25,12 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `/metrics` for the dataplane pinned in `pin_dir` on `listener`
 /// until the task is dropped; `names` names policies in the labels.
-pub async fn serve(listener: TcpListener, pin_dir: PathBuf, names: Arc<dyn Names>) {
+pub async fn serve(
+    listener: TcpListener,
+    pin_dir: PathBuf,
+    names: Arc<dyn Names>,
+    dns: Option<Arc<kestrel_dns::metrics::Metrics>>,
+) {
     let pin_dir = Arc::new(pin_dir);
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -42,11 +47,13 @@ pub async fn serve(listener: TcpListener, pin_dir: PathBuf, names: Arc<dyn Names
         };
         let pin_dir = pin_dir.clone();
         let names = names.clone();
+        let dns = dns.clone();
         conns.spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let pin_dir = pin_dir.clone();
                 let names = names.clone();
-                async move { Ok::<_, Infallible>(respond(&req, &pin_dir, names).await) }
+                let dns = dns.clone();
+                async move { Ok::<_, Infallible>(respond(&req, &pin_dir, names, dns).await) }
             });
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(hyper_util::rt::TokioTimer::new())
@@ -62,6 +69,7 @@ async fn respond(
     req: &Request<Incoming>,
     pin_dir: &Arc<PathBuf>,
     names: Arc<dyn Names>,
+    dns: Option<Arc<kestrel_dns::metrics::Metrics>>,
 ) -> Response<Full<Bytes>> {
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
@@ -71,7 +79,10 @@ async fn respond(
         "/metrics" => {
             let dir = pin_dir.clone();
             match tokio::task::spawn_blocking(move || render(&dir, &*names)).await {
-                Ok(Ok(body)) => {
+                Ok(Ok(mut body)) => {
+                    if let Some(dns) = &dns {
+                        dns.render(&mut body);
+                    }
                     let mut r = text(StatusCode::OK, body);
                     r.headers_mut().insert(
                         header::CONTENT_TYPE,

@@ -66,12 +66,42 @@ pub struct FlowRecord {
     pub policy: Option<String>,
 }
 
+/// A DNS query the node's server answered.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsRecord {
+    /// When it was answered (RFC 3339).
+    pub time: String,
+    /// The node whose server answered.
+    pub node: String,
+    /// Who asked (the pod, when the address is one).
+    pub client: FlowEnd,
+    /// `udp` or `tcp`.
+    pub proto: String,
+    /// The name asked.
+    pub name: String,
+    /// The type asked (`A`, `SRV`, ...).
+    pub qtype: String,
+    /// The response code (`NOERROR`, `NXDOMAIN`, ...).
+    pub rcode: String,
+    /// The answers' data.
+    #[serde(default)]
+    pub answers: Vec<String>,
+    /// Answered by an upstream (or its cache) rather than the cluster zone.
+    #[serde(default)]
+    pub forwarded: bool,
+    /// Time to answer, microseconds.
+    #[serde(default)]
+    pub micros: u64,
+}
+
 /// One line of the stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Message {
     /// A verdict.
     Flow(Box<FlowRecord>),
+    /// A DNS query and its answer.
+    Dns(Box<DnsRecord>),
     /// Records that were not delivered, and where they were lost.
     Lost {
         /// The node.
@@ -257,6 +287,64 @@ pub async fn pump(
     }
 }
 
+/// Passes the node's DNS queries to `tx` while anyone watches: the DNS
+/// server makes query events only while subscribed to, so with no
+/// `kestrel observe` connected answering costs nothing extra.
+pub async fn pump_dns(
+    server: Arc<kestrel_dns::Server>,
+    node: String,
+    names: Arc<dyn Names>,
+    tx: Sender,
+) {
+    loop {
+        while tx.receiver_count() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        let mut rx = server.subscribe();
+        while tx.receiver_count() > 0 {
+            let e = match tokio::time::timeout(std::time::Duration::from_secs(1), rx.recv()).await {
+                Ok(Ok(e)) => e,
+                Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
+                    tracing::debug!(missed = n, "DNS query events dropped for observe");
+                    continue;
+                }
+                Ok(Err(broadcast::error::RecvError::Closed)) => return,
+                Err(_) => continue,
+            };
+            let mut client = FlowEnd {
+                ip: e.client.to_string(),
+                ..FlowEnd::default()
+            };
+            if let std::net::IpAddr::V4(ip) = e.client
+                && let Some((ns, pod)) = names.pod(ip)
+            {
+                client.namespace = Some(ns);
+                client.pod = Some(pod);
+            }
+            let time =
+                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(e.time_ms) * 1_000_000)
+                    .ok()
+                    .and_then(|t| {
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or_default();
+            let _ = tx.send(Arc::new(Message::Dns(Box::new(DnsRecord {
+                time,
+                node: node.clone(),
+                client,
+                proto: e.proto.to_owned(),
+                name: e.name,
+                qtype: e.qtype,
+                rcode: e.rcode,
+                answers: e.answers,
+                forwarded: e.forwarded,
+                micros: e.micros,
+            }))));
+        }
+    }
+}
+
 /// Filters `kestrel observe` applies to what it prints.
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
@@ -266,21 +354,28 @@ pub struct Filter {
     pub pod: Option<String>,
     /// Only this verdict.
     pub verdict: Option<String>,
+    /// DNS queries instead of flows.
+    pub dns: bool,
 }
 
 impl Filter {
     /// Whether `m` passes. Loss reports always pass: they are never hidden.
     pub fn passes(&self, m: &Message) -> bool {
-        let Message::Flow(f) = m else {
-            return true;
-        };
         let end_ok = |e: &FlowEnd| {
             self.namespace
                 .as_ref()
                 .is_none_or(|ns| e.namespace.as_ref() == Some(ns))
                 && self.pod.as_ref().is_none_or(|p| e.pod.as_ref() == Some(p))
         };
-        (end_ok(&f.src) || end_ok(&f.dst)) && self.verdict.as_ref().is_none_or(|v| &f.verdict == v)
+        match m {
+            Message::Flow(f) => {
+                !self.dns
+                    && (end_ok(&f.src) || end_ok(&f.dst))
+                    && self.verdict.as_ref().is_none_or(|v| &f.verdict == v)
+            }
+            Message::Dns(d) => self.dns && end_ok(&d.client),
+            Message::Lost { .. } => true,
+        }
     }
 }
 
@@ -309,6 +404,22 @@ impl std::fmt::Display for Message {
                     None if r.verdict == "denied" => write!(f, " (no policy allows it)"),
                     None => Ok(()),
                 }
+            }
+            Message::Dns(d) => {
+                write!(
+                    f,
+                    "{} {} dns {} {} {} {} -> {}",
+                    d.time, d.node, d.client, d.qtype, d.name, d.proto, d.rcode
+                )?;
+                if !d.answers.is_empty() {
+                    write!(f, " {}", d.answers.join(" "))?;
+                }
+                write!(
+                    f,
+                    " ({}{} us)",
+                    if d.forwarded { "upstream, " } else { "" },
+                    d.micros
+                )
             }
             Message::Lost {
                 node,
@@ -426,9 +537,42 @@ mod tests {
     }
 
     #[test]
+    fn dns_records_show_only_with_dns_and_round_trip() {
+        let m = Message::Dns(Box::new(DnsRecord {
+            node: "node-1".into(),
+            client: FlowEnd {
+                ip: "10.42.0.5".into(),
+                namespace: Some("x".into()),
+                pod: Some("a".into()),
+                ..FlowEnd::default()
+            },
+            name: "web.x.svc.cluster.local.".into(),
+            qtype: "A".into(),
+            rcode: "NOERROR".into(),
+            answers: vec!["10.43.0.9".into()],
+            ..DnsRecord::default()
+        }));
+        let dns = |ns: Option<&str>| Filter {
+            dns: true,
+            namespace: ns.map(Into::into),
+            ..Filter::default()
+        };
+        assert!(!Filter::default().passes(&m));
+        assert!(dns(None).passes(&m));
+        assert!(dns(Some("x")).passes(&m));
+        assert!(!dns(Some("y")).passes(&m));
+        assert!(!dns(None).passes(&flow("allowed", ("x", "a"), ("x", "b"))));
+        let line = serde_json::to_string(&m).expect("json");
+        assert!(line.contains(r#""kind":"dns""#), "{line}");
+        assert_eq!(serde_json::from_str::<Message>(&line).expect("parse"), m);
+        assert!(m.to_string().contains("-> NOERROR 10.43.0.9"), "{m}");
+    }
+
+    #[test]
     fn filters_match_either_end_and_never_hide_losses() {
         let m = flow("denied", ("y", "b"), ("x", "a"));
         let f = |ns: Option<&str>, pod: Option<&str>, v: Option<&str>| Filter {
+            dns: false,
             namespace: ns.map(Into::into),
             pod: pod.map(Into::into),
             verdict: v.map(Into::into),

@@ -3,6 +3,7 @@
 //! wakes the workers whose containers changed and finds orphaned sandboxes.
 
 mod cri;
+pub mod dns;
 mod env;
 mod probe;
 mod resources;
@@ -61,6 +62,7 @@ pub(crate) struct Shared {
     pub recorder: Recorder,
     pub status_tx: status::StatusTx,
     pub probe_results: probe::ResultMap,
+    pub dns: dns::NodeDns,
 }
 
 /// Where and how the pod manager runs.
@@ -79,6 +81,8 @@ pub struct Config {
     /// The CNI plugin's data dir and this node's pod CIDR, to release the
     /// addresses of sandboxes that are gone.
     pub ipam: Option<(PathBuf, ipnet::Ipv4Net)>,
+    /// What the pods' resolv.conf is made of.
+    pub dns: dns::NodeDns,
 }
 
 type Workers = Arc<Mutex<HashMap<String, Arc<Notify>>>>;
@@ -136,6 +140,7 @@ pub async fn run(
         recorder,
         status_tx,
         probe_results: Arc::default(),
+        dns: config.dns.clone(),
     });
     let workers: Workers = Arc::default();
 

@@ -385,12 +385,17 @@ impl Worker {
                     .await?;
                 }
                 let attempt = u32::try_from(sandboxes.len()).unwrap_or(0);
-                let cfg = build::sandbox(
+                let mut cfg = build::sandbox(
                     pod,
                     attempt,
                     &self.shared.logs_root,
                     &self.shared.cgroup_parent,
                 );
+                let (dns, warnings) = super::dns::config(pod, &self.shared.dns);
+                cfg.dns_config = Some(dns);
+                for (reason, msg) in warnings {
+                    self.event(pod, EventType::Warning, reason, &msg).await;
+                }
                 std::fs::create_dir_all(&cfg.log_directory)?;
                 match cri
                     .run_pod_sandbox(v1::RunPodSandboxRequest {
