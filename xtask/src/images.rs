@@ -8,6 +8,7 @@
 //! same digests.
 
 use std::{
+    collections::BTreeSet,
     fs,
     io::Write as _,
     path::{Path, PathBuf},
@@ -25,8 +26,9 @@ use crate::sh;
 struct ImageSpec<'a> {
     /// Archive file name, without `.tar`.
     file: &'a str,
-    /// The full reference containerd stores it under.
-    reference: &'a str,
+    /// The full references containerd stores it under, all naming the same
+    /// manifest; the first is the image's name.
+    references: &'a [&'a str],
     /// Entrypoint and default arguments.
     entrypoint: &'a [&'a str],
     cmd: &'a [&'a str],
@@ -34,8 +36,11 @@ struct ImageSpec<'a> {
 
 /// The pause image every pod sandbox runs.
 pub const PAUSE: &str = "docker.io/kestrel/pause:0.1.0";
-/// busybox from Debian's busybox-static 1.35; `image: busybox:1.35` resolves to it.
+/// busybox from Debian's busybox 1.35; `image: busybox:1.35` resolves to it.
 pub const BUSYBOX: &str = "docker.io/library/busybox:1.35";
+/// The same busybox image, so `image: busybox` (`kubectl run --image=busybox`)
+/// resolves offline too.
+pub const BUSYBOX_LATEST: &str = "docker.io/library/busybox:latest";
 /// The echo server tests and benchmarks use.
 pub const ECHO: &str = "docker.io/kestrel/echo:0.1.0";
 
@@ -62,7 +67,7 @@ pub fn run(root: &Path, args: &ImagesArgs) -> anyhow::Result<()> {
         let entrypoint = format!("/{path}");
         let spec = ImageSpec {
             file,
-            reference,
+            references: &[reference],
             entrypoint: &[&entrypoint],
             cmd: &[],
         };
@@ -73,13 +78,13 @@ pub fn run(root: &Path, args: &ImagesArgs) -> anyhow::Result<()> {
 
     let busybox = ImageSpec {
         file: "busybox",
-        reference: BUSYBOX,
+        references: &[BUSYBOX, BUSYBOX_LATEST],
         entrypoint: &[],
         cmd: &["sh"],
     };
     write_archive(&out, &busybox, busybox_layer()?)?;
     eprintln!(
-        "images: wrote {PAUSE}, {BUSYBOX} and {ECHO} to {}",
+        "images: wrote {PAUSE}, {BUSYBOX} (also {BUSYBOX_LATEST}) and {ECHO} to {}",
         out.display()
     );
     Ok(())
@@ -108,11 +113,33 @@ fn build_static_binaries(root: &Path) -> anyhow::Result<PathBuf> {
     Ok(target_dir.join(target).join("release"))
 }
 
-/// The busybox layer: the static binary, a link per applet, and the few
-/// files a shell expects.
+/// The busybox layer: Debian's dynamic busybox with the shared libraries it
+/// links (copied from the build host, found with `ldd`), a link per applet,
+/// and the few files a shell and the resolver expect.
+///
+/// This is how the official `busybox:glibc` image is made, and it is chosen
+/// over busybox-static for two reasons. busybox-static's shell runs its own
+/// applets in preference to `$PATH` (`FEATURE_SH_STANDALONE`), so every `sh`
+/// would bypass the [`NSLOOKUP`] wrapper; the dynamic build's shell searches
+/// `$PATH` like any other. And a static glibc loads
+/// any NSS module but its built-in ones with a static dlopen that needs
+/// exactly the glibc it was linked with, while dynamic NSS is glibc's
+/// supported setup. No `libnss_*.so.2` is copied: since glibc 2.34
+/// (bookworm has 2.36) `files` and `dns` live in libc.so.6 itself and those
+/// files are empty stubs, and nsswitch.conf names only those two sources, so
+/// nothing is ever dlopened and everything used at run time is in the image.
 fn busybox_layer() -> anyhow::Result<Layer> {
     let busybox = Path::new("/bin/busybox");
-    let binary = fs::read(busybox).context("reading /bin/busybox (install busybox-static)")?;
+    let binary = fs::read(busybox).context("reading /bin/busybox (install busybox)")?;
+    let ldd = Command::new("ldd")
+        .arg(busybox)
+        .output()
+        .context("ldd /bin/busybox")?;
+    if !ldd.status.success() {
+        bail!(
+            "ldd /bin/busybox failed: the image needs Debian's dynamic busybox, not busybox-static"
+        );
+    }
     let list = Command::new(busybox)
         .arg("--list-full")
         .output()
@@ -120,29 +147,157 @@ fn busybox_layer() -> anyhow::Result<Layer> {
     if !list.status.success() {
         bail!("busybox --list-full failed");
     }
+    // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)`, and the loader
+    // as `/lib64/ld-linux-x86-64.so.2 (0x...)`; the vDSO has no file.
+    let mut libraries = Vec::new();
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let line = line.trim();
+        if line.contains("not found") {
+            bail!("ldd /bin/busybox: {line}");
+        }
+        let path = line.split_once("=> ").map_or(line, |(_, path)| path);
+        if let Some((path, _)) = path.split_once(" (")
+            && path.starts_with('/')
+        {
+            libraries.push(path.trim_start_matches('/').to_owned());
+        }
+    }
     let mut layer = Layer::default();
+    let lib_dirs: BTreeSet<&str> = libraries
+        .iter()
+        .flat_map(|lib| Path::new(lib).ancestors().skip(1))
+        .filter_map(Path::to_str)
+        .filter(|dir| !dir.is_empty())
+        .collect();
     for dir in [
         "bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "root", "var", "home",
-    ] {
+    ]
+    .into_iter()
+    .chain(lib_dirs)
+    {
         layer.dir(dir, 0o755)?;
     }
     layer.dir("tmp", 0o1777)?;
     layer.file("bin/busybox", &binary, 0o755)?;
+    for lib in &libraries {
+        let data = fs::read(Path::new("/").join(lib)).with_context(|| format!("reading /{lib}"))?;
+        layer.file(lib, &data, 0o755)?;
+    }
     layer.file(
         "etc/passwd",
         b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n",
         0o644,
     )?;
     layer.file("etc/group", b"root:x:0:\nnobody:x:65534:\n", 0o644)?;
+    layer.file("etc/nsswitch.conf", NSSWITCH_CONF.as_bytes(), 0o644)?;
+    // In a pod the runtime mounts its own /etc/hosts (and resolv.conf) here.
+    layer.file(
+        "etc/hosts",
+        b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        0o644,
+    )?;
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         let applet = applet.trim().trim_start_matches('/');
         if applet.is_empty() || applet == "bin/busybox" {
             continue;
         }
-        layer.symlink(applet, "/bin/busybox")?;
+        if applet.ends_with("/nslookup") {
+            layer.file(applet, NSLOOKUP.as_bytes(), 0o755)?;
+        } else if applet.ends_with("/wget") {
+            layer.file(applet, WGET.as_bytes(), 0o755)?;
+        } else {
+            layer.symlink(applet, "/bin/busybox")?;
+        }
     }
     Ok(layer)
 }
+
+/// Only the NSS sources built into glibc; see [`busybox_layer`].
+const NSSWITCH_CONF: &str = "\
+passwd: files
+group: files
+shadow: files
+hosts: files dns
+networks: files
+protocols: files
+services: files
+";
+
+/// `wget` whose `-T SECS` works. Debian's busybox before 1.36.1-5 is built
+/// without `FEATURE_WGET_TIMEOUT`, yet still accepts `-T` and writes its
+/// value through a null pointer: `wget -T 5 URL` segfaults. This turns
+/// `-T SECS`, `-TSECS` and `--timeout=SECS` into busybox's `timeout SECS`
+/// around the real wget, which is what the flag means; every other argument
+/// passes through unchanged.
+const WGET: &str = r#"#!/bin/sh
+# wget [ARGS]: busybox wget, with -T/--timeout applied by `timeout`.
+t=
+n=$#
+while [ "$n" -gt 0 ]; do
+	a=$1; shift; n=$((n - 1))
+	case $a in
+	-T) t=$1; shift; n=$((n - 1)) ;;
+	-T*) t=${a#-T} ;;
+	--timeout=*) t=${a#--timeout=} ;;
+	*) set -- "$@" "$a" ;;
+	esac
+done
+[ -n "$t" ] && exec /bin/busybox timeout "$t" /bin/busybox wget "$@"
+exec /bin/busybox wget "$@"
+"#;
+
+/// `nslookup` with the resolver's search rules. busybox's own nslookup does
+/// its own DNS (it honours resolv.conf's nameserver) but appends the search
+/// domains only to names without a dot, asks all of them at once and fails
+/// if any fails, so in a pod `nslookup web` exits 1 and `nslookup
+/// kubernetes.default` finds nothing. This tries the candidates the way
+/// glibc's res_search does (search domains first unless the name has at
+/// least `ndots` dots, the name itself first otherwise), each alone so that
+/// busybox appends nothing, and stops at the first answer (as for busybox,
+/// an empty NOERROR counts as one). Names ending in a dot and IP addresses
+/// (PTR queries) go to busybox unchanged.
+const NSLOOKUP: &str = r#"#!/bin/sh
+# nslookup [-opt[=val]]... NAME [SERVER]: busybox nslookup, with search and
+# ndots from /etc/resolv.conf applied as the libc resolver applies them.
+opts=
+while [ "${1#-}" != "$1" ]; do opts="$opts $1"; shift; done
+name=$1
+case $name in
+'' | *. | *:*) exec /bin/busybox nslookup $opts "$@" ;;
+*[!0-9.]*) ;;
+*) exec /bin/busybox nslookup $opts "$@" ;; # an IPv4 address
+esac
+shift
+search= ndots=1
+if [ -r /etc/resolv.conf ]; then
+	while read -r key rest; do
+		case $key in
+		search | domain) search=$rest ;;
+		options) for o in $rest; do case $o in ndots:*) ndots=${o#ndots:} ;; esac; done ;;
+		esac
+	done </etc/resolv.conf
+fi
+dots=0 rest=$name
+while [ "${rest#*.}" != "$rest" ]; do rest=${rest#*.} dots=$((dots + 1)); done
+# A name without a dot gets a final one, or busybox would search again.
+self=$name
+[ "$dots" -gt 0 ] || self=$name.
+list=
+for d in $search; do list="$list $name.$d"; done
+if [ "$dots" -ge "$ndots" ]; then list="$self $list"; else list="$list $self"; fi
+failed=
+for fqdn in $list; do
+	if out=$(/bin/busybox nslookup $opts "$fqdn" "$@"); then
+		printf '%s\n' "$out"
+		exit 0
+	fi
+	[ "$fqdn" = "$self" ] && failed=$out
+	# Like res_search: only a server's "no such name" moves on to the next.
+	case $out in *"server can't find"*) ;; *) break ;; esac
+done
+printf '%s\n' "${failed:-$out}"
+exit 1
+"#;
 
 /// An uncompressed layer tar under construction.
 struct Layer {
@@ -207,7 +362,6 @@ fn write_archive(out: &Path, spec: &ImageSpec<'_>, layer: Layer) -> anyhow::Resu
     gz.write_all(&layer_tar)?;
     let layer_gz = gz.finish()?;
 
-    let tag = spec.reference.rsplit_once(':').map_or("latest", |(_, t)| t);
     let mut config = json!({
         "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
         "WorkingDir": "/",
@@ -239,19 +393,30 @@ fn write_archive(out: &Path, spec: &ImageSpec<'_>, layer: Layer) -> anyhow::Resu
             "size": layer_gz.len(),
         }],
     }))?;
+    // One index entry per reference, all the same manifest: `ctr images
+    // import` creates an image for every entry, named by its
+    // `io.containerd.image.name` (the OCI `ref.name` is only the tag).
+    let manifests: Vec<_> = spec
+        .references
+        .iter()
+        .map(|reference| {
+            let tag = reference.rsplit_once(':').map_or("latest", |(_, t)| t);
+            json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": digest(&manifest),
+                "size": manifest.len(),
+                "platform": { "architecture": "amd64", "os": "linux" },
+                "annotations": {
+                    "io.containerd.image.name": reference,
+                    "org.opencontainers.image.ref.name": tag,
+                },
+            })
+        })
+        .collect();
     let index = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": digest(&manifest),
-            "size": manifest.len(),
-            "platform": { "architecture": "amd64", "os": "linux" },
-            "annotations": {
-                "io.containerd.image.name": spec.reference,
-                "org.opencontainers.image.ref.name": tag,
-            },
-        }],
+        "manifests": manifests,
     }))?;
 
     let mut archive = Layer::default();
@@ -270,7 +435,7 @@ fn write_archive(out: &Path, spec: &ImageSpec<'_>, layer: Layer) -> anyhow::Resu
     fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
     eprintln!(
         "images: {} -> {} ({} bytes of layer)",
-        spec.reference,
+        spec.references.join(", "),
         path.display(),
         layer_gz.len()
     );
