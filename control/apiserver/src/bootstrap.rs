@@ -1,6 +1,7 @@
 //! What a fresh (or restarted) server puts in place before serving: the
-//! system namespaces, the `kubernetes` Service and Endpoints, allocator
-//! state rebuilt from stored Services.
+//! system namespaces, the `kubernetes` Service and Endpoints, the cluster
+//! DNS Service `kube-system/kube-dns`, allocator state rebuilt from stored
+//! Services.
 
 use std::sync::Arc;
 
@@ -86,6 +87,84 @@ pub async fn run(state: &Arc<AppState>) -> Result<(), Error> {
     })
     .await
     .map_err(|e| Error::Bootstrap(e.to_string()))?;
+    ensure_dns_service(state).await
+}
 
-    Ok(())
+/// Namespace and name of the cluster DNS Service.
+const DNS_SERVICE: (&str, &str) = ("kube-system", "kube-dns");
+
+/// The cluster DNS Service, as kubeadm's: the 10th address of the service
+/// range, no selector (the controller manager's cluster DNS controller
+/// makes the nodes its endpoints: every node agent serves DNS), and
+/// `internalTrafficPolicy: Local`, so a pod's queries stay on its node.
+/// Only created when absent: a user's changes are kept.
+fn dns_service(ip: &str) -> Value {
+    json!({
+        "metadata": {
+            "name": DNS_SERVICE.1,
+            "labels": {
+                "k8s-app": "kube-dns",
+                "kubernetes.io/cluster-service": "true",
+                "kubernetes.io/name": "KubeDNS",
+            },
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": ip,
+            "internalTrafficPolicy": "Local",
+            "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+            ],
+        },
+    })
+}
+
+async fn ensure_dns_service(state: &Arc<AppState>) -> Result<(), Error> {
+    let (ns, name) = DNS_SERVICE;
+    let Some(ip) = state.alloc.dns_service_ip().map(|ip| ip.to_string()) else {
+        tracing::warn!(
+            service_cidr = %state.config.service_cidr,
+            "the service CIDR has no 10th address: not creating the {ns}/{name} Service"
+        );
+        return Ok(());
+    };
+    let t = target("services", Some(ns), name)?;
+    if state.cache.get(&t.key()).is_some() {
+        return Ok(());
+    }
+    // A store from before the static band may have handed the address to
+    // a user's Service. Cluster DNS then waits, but the server starts.
+    if let Some(holder) = service_holding(state, &ip) {
+        tracing::warn!(
+            service = %format!("{ns}/{name}"),
+            cluster_ip = %ip,
+            held_by = %holder,
+            "not creating the cluster DNS Service: failed to allocate IP {ip}: provided IP is already allocated (to Service {holder}); delete or re-address that Service and restart the server, or create {ns}/{name} by hand"
+        );
+        return Ok(());
+    }
+    ensure(state, &t, dns_service(&ip)).await
+}
+
+/// The Service (`namespace/name`) whose ClusterIP is `ip`, if any.
+fn service_holding(state: &AppState, ip: &str) -> Option<String> {
+    let def = registry::lookup("", "v1", "services")?;
+    let (items, _) = state.cache.list(&def.key_prefix());
+    items.iter().find_map(|e| {
+        let spec = e.value.get("spec")?;
+        let holds = spec.get("clusterIP").and_then(Value::as_str) == Some(ip)
+            || spec
+                .get("clusterIPs")
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.iter().any(|v| v.as_str() == Some(ip)));
+        holds.then(|| {
+            let m = &e.value["metadata"];
+            format!(
+                "{}/{}",
+                m["namespace"].as_str().unwrap_or_default(),
+                m["name"].as_str().unwrap_or_default()
+            )
+        })
+    })
 }

@@ -1262,3 +1262,133 @@ async fn expired_continue_token_is_410() {
         6
     );
 }
+
+/// The cluster DNS Service is in place after start (10th address, no
+/// selector, node-local), survives a user's change across a restart, and
+/// the static band keeps dynamically allocated ClusterIPs away from it.
+#[tokio::test]
+async fn kube_dns_service_and_the_static_band() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = TestServer::start_in(dir.path(), |_| {}).await;
+    let client = s.client().await;
+    let system: Api<Service> = Api::namespaced(client.clone(), "kube-system");
+    let dns = system.get("kube-dns").await.expect("kube-dns service");
+    let labels = dns.metadata.labels.clone().unwrap_or_default();
+    for (k, v) in [
+        ("k8s-app", "kube-dns"),
+        ("kubernetes.io/cluster-service", "true"),
+        ("kubernetes.io/name", "KubeDNS"),
+    ] {
+        assert_eq!(labels.get(k).map(String::as_str), Some(v), "{k}");
+    }
+    let spec = dns.spec.clone().expect("spec");
+    assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+    assert_eq!(spec.cluster_ip.as_deref(), Some("10.43.0.10"));
+    assert_eq!(spec.cluster_ips, Some(vec!["10.43.0.10".to_owned()]));
+    assert_eq!(spec.selector.unwrap_or_default().len(), 0);
+    assert_eq!(spec.internal_traffic_policy.as_deref(), Some("Local"));
+    let ports: Vec<_> = spec
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| {
+            (
+                p.name.clone().unwrap_or_default(),
+                p.port,
+                p.protocol.clone().unwrap_or_default(),
+                p.target_port.clone(),
+            )
+        })
+        .collect();
+    let fifty_three = Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(53));
+    assert_eq!(
+        ports,
+        vec![
+            ("dns".to_owned(), 53, "UDP".to_owned(), fifty_three.clone()),
+            ("dns-tcp".to_owned(), 53, "TCP".to_owned(), fifty_three),
+        ]
+    );
+
+    // 300 dynamic allocations of a /16 never enter the static band
+    // (10.43.0.1-10.43.1.0) while the rest has room.
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let ips: Vec<String> = futures::stream::iter(0..300)
+        .map(|i| {
+            let svcs = svcs.clone();
+            async move {
+                let svc: Service = serde_json::from_value(
+                    json!({"metadata": {"name": format!("burst-{i}")}, "spec": {"ports": [{"port": 80}]}}),
+                )
+                .expect("svc");
+                let made = svcs
+                    .create(&PostParams::default(), &svc)
+                    .await
+                    .expect("create");
+                made.spec.and_then(|s| s.cluster_ip).expect("clusterIP")
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut unique = ips.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 300);
+    for ip in &ips {
+        let a: std::net::Ipv4Addr = ip.parse().expect("ipv4");
+        let off = u32::from(a) - u32::from(std::net::Ipv4Addr::new(10, 43, 0, 0));
+        assert!(
+            (257..65535).contains(&off),
+            "{ip} was allocated from the static band"
+        );
+    }
+
+    // A user's change to kube-dns is kept across a restart.
+    system
+        .patch(
+            "kube-dns",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {"mine": "yes"}}})),
+        )
+        .await
+        .expect("label kube-dns");
+    s.stop().await;
+    let s = TestServer::start_in(dir.path(), |_| {}).await;
+    let client = s.client().await;
+    let system: Api<Service> = Api::namespaced(client.clone(), "kube-system");
+    let dns = system.get("kube-dns").await.expect("kube-dns kept");
+    assert_eq!(
+        dns.metadata
+            .labels
+            .unwrap_or_default()
+            .get("mine")
+            .map(String::as_str),
+        Some("yes")
+    );
+
+    // An old store where a user's Service holds the address: the server
+    // still starts, without kube-dns, and the user's Service keeps it.
+    system
+        .delete("kube-dns", &DeleteParams::default())
+        .await
+        .expect("delete kube-dns");
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let squatter: Service = serde_json::from_value(
+        json!({"metadata": {"name": "squatter"}, "spec": {"clusterIP": "10.43.0.10", "ports": [{"port": 80}]}}),
+    )
+    .expect("svc");
+    svcs.create(&PostParams::default(), &squatter)
+        .await
+        .expect("a static claim of .10");
+    s.stop().await;
+    let s = TestServer::start_in(dir.path(), |_| {}).await;
+    let client = s.client().await;
+    let system: Api<Service> = Api::namespaced(client.clone(), "kube-system");
+    assert!(system.get_opt("kube-dns").await.expect("get").is_none());
+    let svcs: Api<Service> = Api::namespaced(client, "default");
+    let got = svcs.get("squatter").await.expect("squatter");
+    assert_eq!(
+        got.spec.and_then(|s| s.cluster_ip).as_deref(),
+        Some("10.43.0.10")
+    );
+}

@@ -40,7 +40,9 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
-use crate::manager::{Backoff, Error, Result, drive, is_conflict, is_not_found, only_uid, reflect};
+use crate::manager::{
+    Backoff, Error, Result, drive, is_conflict, is_not_found, only_uid, reflect, wait_ready,
+};
 
 /// Label naming the Service a slice belongs to.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -273,11 +275,11 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action> {
     if svc.metadata.deletion_timestamp.is_some() || external_name(&svc) {
         return Ok(Action::await_change());
     }
-    let stopped = |_| Error::Pending("a cache stopped".to_owned());
-    ctx.pods.wait_until_ready().await.map_err(stopped)?;
-    ctx.slices.wait_until_ready().await.map_err(stopped)?;
-    ctx.endpoints.wait_until_ready().await.map_err(stopped)?;
-    ctx.nodes.wait_until_ready().await.map_err(stopped)?;
+    // Many reconciles wait at once: see `wait_ready`.
+    wait_ready(&ctx.pods).await?;
+    wait_ready(&ctx.slices).await?;
+    wait_ready(&ctx.endpoints).await?;
+    wait_ready(&ctx.nodes).await?;
     ctx.settle(&key).await;
 
     let Some(sel) = selector(&svc) else {
@@ -994,7 +996,7 @@ async fn sweep_endpoints(
     mut gone: mpsc::UnboundedReceiver<Option<(String, String)>>,
 ) {
     while let Some(which) = gone.recv().await {
-        if ctx.endpoints.wait_until_ready().await.is_err() {
+        if wait_ready(&ctx.endpoints).await.is_err() {
             return;
         }
         // Only ours: hand-made Endpoints may exist without a Service.

@@ -18,6 +18,7 @@ mod workloads;
 pub use workload::WorkloadConfig;
 pub use workloads::{run_workloads, run_workloads_with};
 // Infrastructure controllers.
+pub mod clusterdns;
 pub mod endpointslice;
 pub mod gc;
 pub mod manager;

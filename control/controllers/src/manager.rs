@@ -24,7 +24,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use serde::de::DeserializeOwned;
 
-use crate::{endpointslice, gc, namespace, nodeipam, nodelifecycle, serviceaccount};
+use crate::{clusterdns, endpointslice, gc, namespace, nodeipam, nodelifecycle, serviceaccount};
 
 /// Namespace of the leader-election Lease.
 pub const LEASE_NAMESPACE: &str = "kube-system";
@@ -201,6 +201,7 @@ impl Manager {
         tokio::try_join!(
             nodeipam::run(c.clone(), o),
             endpointslice::run(c.clone()),
+            clusterdns::run(c.clone()),
             gc::run(c.clone()),
             namespace::run(c.clone()),
             serviceaccount::run(c.clone()),
@@ -246,6 +247,28 @@ where
         .touched_objects();
     (store, stream)
 }
+
+/// Wait until `store` has its first full list, like
+/// [`Store::wait_until_ready`], but safe for several tasks waiting at once:
+/// kube-runtime's readiness is a oneshot channel that keeps one waker, so
+/// of several concurrent waiters only the last one polled is woken and the
+/// others would wait forever (an EndpointSlice reconcile stuck for good at
+/// start). Re-polling every 100 ms picks the readiness up regardless.
+pub(crate) async fn wait_ready<K>(store: &Store<K>) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    loop {
+        match tokio::time::timeout(READY_POLL, store.wait_until_ready()).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(_)) => return Err(Error::Pending("a cache stopped".to_owned())),
+            Err(_) => {}
+        }
+    }
+}
+
+/// How often [`wait_ready`] looks again.
+const READY_POLL: Duration = Duration::from_millis(100);
 
 /// Keep a reflector running; watch errors are retried with backoff by the
 /// watcher and only logged here.
@@ -332,4 +355,34 @@ pub(crate) fn is_not_found(e: &kube::Error) -> bool {
 /// Whether `e` is the API's 409 (a stale resourceVersion or a name taken).
 pub(crate) fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Node;
+
+    /// Every one of several concurrent waiters sees the store turn ready
+    /// (with `Store::wait_until_ready` only the last one polled would).
+    #[tokio::test]
+    async fn concurrent_waiters_all_see_readiness() {
+        let (store, mut writer) = reflector::store::<Node>();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let s = store.clone();
+                tokio::spawn(async move { wait_ready(&s).await })
+            })
+            .collect();
+        // Let every waiter register before the store fills.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        for w in waiters {
+            tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .expect("a waiter was left waiting")
+                .expect("join")
+                .expect("ready");
+        }
+    }
 }

@@ -3,6 +3,7 @@
 //! test plays the kubelet through pods/status, nodes/status and the node
 //! Lease.
 
+mod clusterdns;
 mod common;
 mod endpointslice;
 mod gc;
