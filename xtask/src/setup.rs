@@ -39,7 +39,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "llvm-22-dev",
         "bpf-linker links eBPF objects with LLVM 22, as nightly does",
     ),
-    ("busybox-static", "the busybox image is built from it"),
+    (
+        "busybox",
+        "the busybox image is built from its dynamic binary (replaces busybox-static)",
+    ),
     (
         "protobuf-compiler",
         "protoc for the CRI and etcd gRPC bindings",
