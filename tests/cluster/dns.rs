@@ -201,7 +201,7 @@ pub fn external_names_through_the_upstream(c: &Cluster, up: &Upstream) {
     );
     resolves(c, "dns-b", &["ext.default.svc.cluster.local"], "192.0.2.10");
     assert!(up.queries() > before, "the upstream was asked");
-    let (ok, out) = exec(c, "dns-a", &["nslookup", "nope.example.test"]);
+    let (ok, out) = exec(c, "dns-a", &["nslookup", "nope.invalid"]);
     assert!(!ok && out.contains("NXDOMAIN"), "{out}");
 }
 
