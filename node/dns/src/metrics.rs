@@ -47,6 +47,15 @@ const RCODES: [(ResponseCode, &str); 6] = [
     (ResponseCode::NotImp, "NOTIMP"),
 ];
 
+/// A response code's conventional mnemonic (`NOERROR`, `NXDOMAIN`, ...),
+/// or its number.
+pub fn rcode_name(rcode: ResponseCode) -> String {
+    RCODES
+        .iter()
+        .find(|(c, _)| *c == rcode)
+        .map_or_else(|| u16::from(rcode).to_string(), |(_, n)| (*n).to_owned())
+}
+
 /// Upper bounds of the upstream latency histogram, in seconds.
 const BUCKETS: [f64; 10] = [
     0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 0.5, 2.0,

@@ -215,7 +215,7 @@ impl Server {
                 proto: if p.tcp { "tcp" } else { "udp" },
                 name: q.name().to_ascii(),
                 qtype: q.query_type().to_string(),
-                rcode: rcode.to_str().to_owned(),
+                rcode: crate::metrics::rcode_name(rcode),
                 answers: p
                     .response
                     .answers
