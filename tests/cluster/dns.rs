@@ -309,28 +309,33 @@ pub fn new_services_resolve_within_a_second(c: &Cluster) {
 }
 
 /// A resolver loop in `dns-a` (node-1), started before the agent restart
-/// and read after it: every 50 ms one `nslookup`, one line each.
-pub struct ResolveLoop(std::process::Child);
+/// and read after it: every 50 ms one `nslookup`, one line each, into a
+/// file in the pod (an exec's stream goes through the agent being killed).
+pub struct ResolveLoop;
 
 pub fn start_resolve_loop(c: &Cluster) -> ResolveLoop {
-    let script = "i=0; while [ $i -lt 400 ]; do \
-        if nslookup kubernetes.default.svc.cluster.local >/dev/null 2>&1; then echo ok; else echo fail; fi; \
-        i=$((i+1)); usleep 50000; done";
-    let child = std::process::Command::new(kestrel_testkit::kubectl_path())
-        .args(["exec", "dns-a", "--", "sh", "-c", script])
-        .env("KUBECONFIG", &c.kubeconfig)
-        .env("HOME", c.dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("the resolver loop");
-    ResolveLoop(child)
+    let script = "i=0; while [ $i -lt 300 ]; do \
+        if nslookup kubernetes.default.svc.cluster.local. >/dev/null 2>&1; then echo ok; else echo fail; fi; \
+        i=$((i+1)); usleep 50000; done; echo end";
+    let (ok, out) = exec(
+        c,
+        "dns-a",
+        &[
+            "sh",
+            "-c",
+            &format!("nohup sh -c '{script}' > /tmp/resolve.log 2>&1 &"),
+        ],
+    );
+    assert!(ok, "the resolver loop: {out}");
+    ResolveLoop
 }
 
-pub fn resolve_loop_survived(r: ResolveLoop) {
-    let out = r.0.wait_with_output().expect("the loop's output");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text.lines().collect();
+pub fn resolve_loop_survived(c: &Cluster, _r: ResolveLoop) {
+    let text = c.wait(Duration::from_secs(120), "the resolver loop's end", || {
+        let (ok, out) = exec(c, "dns-a", &["cat", "/tmp/resolve.log"]);
+        (ok && out.lines().any(|l| l == "end")).then_some(out)
+    });
+    let lines: Vec<&str> = text.lines().filter(|l| *l != "end").collect();
     let fails = lines.iter().filter(|l| **l == "fail").count();
     let longest = lines
         .split(|l| *l == "ok")
