@@ -6,6 +6,7 @@
 pub mod apiserver;
 pub mod cni;
 pub mod dataplane;
+pub mod dns;
 pub mod pods;
 pub mod policy;
 pub mod report;

@@ -36,6 +36,10 @@ enum Suite {
     /// eBPF and through kube-proxy's iptables and nftables layouts, at 1 to
     /// 50,000 Services, and the time to program them (needs root).
     Dataplane,
+    /// Cluster DNS: queries/s and latency under dnsperf against nsd on one
+    /// core, propagation from the API server, and RSS at 10,000 Services
+    /// (needs dnsperf and nsd; loopback only).
+    Dns,
 }
 
 pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
@@ -109,6 +113,10 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
         ),
         Suite::Dataplane => (
             &["--package", "kestrel-bench", "--bin", "dataplane-bench"],
+            vec!["--write".into(), docs.into()],
+        ),
+        Suite::Dns => (
+            &["--package", "kestrel-bench", "--bin", "dns-bench"],
             vec!["--write".into(), docs.into()],
         ),
     };

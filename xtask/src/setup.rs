@@ -56,6 +56,11 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "docker-registry",
         "a real image registry for the CRI pull tests (its packaged service is kept off)",
     ),
+    ("dnsperf", "the load generator of the DNS benchmark"),
+    (
+        "nsd",
+        "the authoritative baseline of the DNS benchmark (run on 127.0.0.1 with its own config)",
+    ),
 ];
 
 /// bpf-linker built against LLVM 22 (its default wants LLVM 23).
