@@ -308,55 +308,6 @@ pub fn new_services_resolve_within_a_second(c: &Cluster) {
     }
 }
 
-/// A resolver loop in `dns-a` (node-1), started before the agent restart
-/// and read after it: every 50 ms one `nslookup`, one line each, into a
-/// file in the pod (an exec's stream goes through the agent being killed).
-pub struct ResolveLoop;
-
-pub fn start_resolve_loop(c: &Cluster) -> ResolveLoop {
-    let script = "i=0; while [ $i -lt 300 ]; do \
-        if nslookup kubernetes.default.svc.cluster.local. >/dev/null 2>&1; then echo ok; else echo fail; fi; \
-        i=$((i+1)); usleep 50000; done; echo end";
-    let (ok, out) = exec(
-        c,
-        "dns-a",
-        &[
-            "sh",
-            "-c",
-            &format!("nohup sh -c '{script}' > /tmp/resolve.log 2>&1 &"),
-        ],
-    );
-    assert!(ok, "the resolver loop: {out}");
-    ResolveLoop
-}
-
-pub fn resolve_loop_survived(c: &Cluster, _r: ResolveLoop) {
-    let text = c.wait(Duration::from_secs(120), "the resolver loop's end", || {
-        let (ok, out) = exec(c, "dns-a", &["cat", "/tmp/resolve.log"]);
-        (ok && out.lines().any(|l| l == "end")).then_some(out)
-    });
-    let lines: Vec<&str> = text.lines().filter(|l| *l != "end").collect();
-    let fails = lines.iter().filter(|l| **l == "fail").count();
-    let longest = lines
-        .split(|l| *l == "ok")
-        .map(<[&str]>::len)
-        .max()
-        .unwrap_or(0);
-    eprintln!(
-        "dns: across the agent restart {} lookups, {fails} failed, the longest gap {longest} in a row (~{} ms)",
-        lines.len(),
-        longest * 50
-    );
-    assert!(lines.len() >= 100, "the loop ran: {text}");
-    assert!(
-        lines.last() == Some(&"ok"),
-        "resolving again at the end: {text}"
-    );
-    // The agent's restart (kill -9, start, rebind) takes a few seconds;
-    // nslookup retries for 5 s, so most lookups ride through it.
-    assert!(longest * 50 < 15_000, "a gap of {longest} lookups");
-}
-
 pub fn hostile_input_is_counted_and_others_still_answered(c: &Cluster) {
     let dropped = |node: &str| {
         let m = agent_http(c, node, "/metrics");
