@@ -398,3 +398,62 @@ pub fn queries_are_observable(c: &Cluster) {
     assert_eq!(r["name"], "web.default.svc.cluster.local.", "{r}");
     assert_eq!(r["rcode"], "NOERROR", "{r}");
 }
+
+/// A pod on node-1 whose own command resolves in a loop, every 50 ms one
+/// `nslookup`, one line each: started before the agent restart, its log
+/// read after it.
+pub fn start_resolve_loop(c: &Cluster) {
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: dns-loop}}
+spec:
+  nodeName: node-1
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command:
+    - sh
+    - -c
+    - |
+      i=0; while [ $i -lt 300 ]; do
+        if nslookup kubernetes.default.svc.cluster.local. >/dev/null 2>&1; then echo ok; else echo fail; fi
+        i=$((i+1)); usleep 50000
+      done; echo end
+"#
+    ));
+    c.wait(Duration::from_secs(60), "the resolver loop running", || {
+        let (ok, out, _) = c.kubectl_raw(&["logs", "dns-loop"], None);
+        (ok && out.lines().any(|l| l == "ok")).then_some(())
+    });
+}
+
+pub fn resolve_loop_survived(c: &Cluster) {
+    let text = c.wait(Duration::from_secs(120), "the resolver loop's end", || {
+        let (ok, out, _) = c.kubectl_raw(&["logs", "dns-loop"], None);
+        (ok && out.lines().any(|l| l == "end")).then_some(out)
+    });
+    let lines: Vec<&str> = text.lines().filter(|l| *l != "end").collect();
+    let fails = lines.iter().filter(|l| **l == "fail").count();
+    let longest = lines
+        .split(|l| *l == "ok")
+        .map(<[&str]>::len)
+        .max()
+        .unwrap_or(0);
+    eprintln!(
+        "dns: across the agent restart {} lookups, {fails} failed, at most {longest} in a row",
+        lines.len()
+    );
+    assert_eq!(lines.len(), 300, "{text}");
+    assert_eq!(
+        lines.last(),
+        Some(&"ok"),
+        "resolving again at the end: {text}"
+    );
+    // The restart (kill -9, start, rebind) takes a few seconds, and
+    // nslookup itself retries, so a failure streak stays short.
+    assert!(longest <= 20, "{longest} lookups in a row failed: {text}");
+    c.kubectl(&["delete", "pod", "dns-loop", "--wait=false"]);
+}

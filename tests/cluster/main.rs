@@ -258,7 +258,9 @@ fn two_node_cluster_end_to_end() {
     dns::hostile_input_is_counted_and_others_still_answered(&c);
     dns::kubectl_run_busybox_works_offline(&c);
     dns::queries_are_observable(&c);
+    dns::start_resolve_loop(&c);
     pods::agent_restart_adopts_running_containers(&c);
+    dns::resolve_loop_survived(&c);
     services::long_lived_connection_survived(&c);
     let model = netpol::setup(&c);
     netpol::truth_tables(&c, &model);
