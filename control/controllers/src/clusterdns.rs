@@ -38,7 +38,7 @@ use kube::runtime::utils::CancelableJoinHandle;
 use kube::runtime::{WatchStreamExt as _, watcher};
 use tokio::runtime::Handle;
 
-use crate::endpointslice::ENDPOINTS_MANAGED_BY_LABEL;
+use crate::endpointslice::{ENDPOINTS_MANAGED_BY_LABEL, rv};
 use crate::manager::{Backoff, Error, Result, drive, is_conflict, is_not_found, wait_ready};
 
 /// Namespace of the cluster DNS Service.
@@ -278,13 +278,6 @@ impl Ctx {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-}
-
-fn rv(m: &ObjectMeta) -> u64 {
-    m.resource_version
-        .as_deref()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(0)
 }
 
 fn count(ep: &Endpoints) -> usize {

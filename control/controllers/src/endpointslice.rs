@@ -371,7 +371,8 @@ impl Ctx {
     }
 }
 
-fn rv(m: &ObjectMeta) -> u64 {
+/// A resourceVersion as a number (0 when absent or not one).
+pub(crate) fn rv(m: &ObjectMeta) -> u64 {
     m.resource_version
         .as_deref()
         .and_then(|r| r.parse().ok())
