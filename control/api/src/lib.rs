@@ -12,6 +12,8 @@ pub mod fields;
 pub mod labels;
 pub mod meta;
 pub mod printers;
+pub mod quantity;
+pub mod quota;
 pub mod registry;
 pub mod status;
 pub mod validation;

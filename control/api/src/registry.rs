@@ -74,6 +74,9 @@ pub enum Subresource {
     Attach,
     /// `finalize`: namespaces only, updates `spec.finalizers`.
     Finalize,
+    /// `token`: serviceaccounts only, an authentication.k8s.io/v1
+    /// TokenRequest creates a token for the ServiceAccount.
+    Token,
 }
 
 impl Subresource {
@@ -88,6 +91,7 @@ impl Subresource {
             Self::Exec => "exec",
             Self::Attach => "attach",
             Self::Finalize => "finalize",
+            Self::Token => "token",
         }
     }
 
@@ -95,7 +99,7 @@ impl Subresource {
     pub fn verbs(self) -> &'static [&'static str] {
         match self {
             Self::Status | Self::Scale => &["get", "patch", "update"],
-            Self::Binding | Self::Eviction => &["create"],
+            Self::Binding | Self::Eviction | Self::Token => &["create"],
             Self::Log => &["get"],
             Self::Exec | Self::Attach => &["create", "get"],
             Self::Finalize => &["update"],
@@ -109,6 +113,7 @@ impl Subresource {
             Self::Scale => ("autoscaling", "v1", "Scale"),
             Self::Binding => ("", "v1", "Binding"),
             Self::Eviction => ("policy", "v1", "Eviction"),
+            Self::Token => ("authentication.k8s.io", "v1", "TokenRequest"),
             Self::Log | Self::Exec | Self::Attach => ("", "v1", "Pod"),
         }
     }
@@ -522,7 +527,41 @@ pub static RESOURCES: &[ResourceDef] = &[
         short_names: &["sa"],
         namespaced: true,
         verbs: ALL_VERBS,
+        subresources: &[Subresource::Token],
+        categories: &[],
+        columns: &[NAME, AGE],
+        field_selectors: &[],
+        name_rule: NameRule::Subdomain,
+    },
+    ResourceDef {
+        group: "",
+        version: "v1",
+        kind: "LimitRange",
+        types: TypeOps::of::<k8s::core::v1::LimitRange>(),
+        list_kind: "LimitRangeList",
+        plural: "limitranges",
+        singular: "limitrange",
+        short_names: &["limits"],
+        namespaced: true,
+        verbs: ALL_VERBS,
         subresources: &[],
+        categories: &[],
+        columns: &[NAME, CREATED_AT],
+        field_selectors: &[],
+        name_rule: NameRule::Subdomain,
+    },
+    ResourceDef {
+        group: "",
+        version: "v1",
+        kind: "ResourceQuota",
+        types: TypeOps::of::<k8s::core::v1::ResourceQuota>(),
+        list_kind: "ResourceQuotaList",
+        plural: "resourcequotas",
+        singular: "resourcequota",
+        short_names: &["quota"],
+        namespaced: true,
+        verbs: ALL_VERBS,
+        subresources: &[Subresource::Status],
         categories: &[],
         columns: &[NAME, AGE],
         field_selectors: &[],
@@ -902,7 +941,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         field_selectors: &["spec.signerName"],
         name_rule: NameRule::Subdomain,
     },
-    // ---- rbac.authorization.k8s.io/v1 (stored and served; enforced later)
+    // ---- rbac.authorization.k8s.io/v1 (enforced by the apiserver's authz)
     ResourceDef {
         group: "rbac.authorization.k8s.io",
         version: "v1",
@@ -979,7 +1018,147 @@ pub static RESOURCES: &[ResourceDef] = &[
         field_selectors: &[],
         name_rule: NameRule::PathSegment,
     },
+    // ---- authorization.k8s.io/v1 and authentication.k8s.io/v1 reviews:
+    // created and answered, never stored (served by the apiserver's authz).
+    ResourceDef {
+        group: "authorization.k8s.io",
+        version: "v1",
+        kind: "SelfSubjectAccessReview",
+        types: TypeOps::of::<k8s::authorization::v1::SelfSubjectAccessReview>(),
+        list_kind: "SelfSubjectAccessReviewList",
+        plural: "selfsubjectaccessreviews",
+        singular: "selfsubjectaccessreview",
+        short_names: &[],
+        namespaced: false,
+        verbs: CREATE_ONLY,
+        subresources: &[],
+        categories: &[],
+        columns: &[NAME],
+        field_selectors: &[],
+        name_rule: NameRule::PathSegment,
+    },
+    ResourceDef {
+        group: "authorization.k8s.io",
+        version: "v1",
+        kind: "SelfSubjectRulesReview",
+        types: TypeOps::of::<k8s::authorization::v1::SelfSubjectRulesReview>(),
+        list_kind: "SelfSubjectRulesReviewList",
+        plural: "selfsubjectrulesreviews",
+        singular: "selfsubjectrulesreview",
+        short_names: &[],
+        namespaced: false,
+        verbs: CREATE_ONLY,
+        subresources: &[],
+        categories: &[],
+        columns: &[NAME],
+        field_selectors: &[],
+        name_rule: NameRule::PathSegment,
+    },
+    ResourceDef {
+        group: "authorization.k8s.io",
+        version: "v1",
+        kind: "SubjectAccessReview",
+        types: TypeOps::of::<k8s::authorization::v1::SubjectAccessReview>(),
+        list_kind: "SubjectAccessReviewList",
+        plural: "subjectaccessreviews",
+        singular: "subjectaccessreview",
+        short_names: &[],
+        namespaced: false,
+        verbs: CREATE_ONLY,
+        subresources: &[],
+        categories: &[],
+        columns: &[NAME],
+        field_selectors: &[],
+        name_rule: NameRule::PathSegment,
+    },
+    ResourceDef {
+        group: "authorization.k8s.io",
+        version: "v1",
+        kind: "LocalSubjectAccessReview",
+        types: TypeOps::of::<k8s::authorization::v1::LocalSubjectAccessReview>(),
+        list_kind: "LocalSubjectAccessReviewList",
+        plural: "localsubjectaccessreviews",
+        singular: "localsubjectaccessreview",
+        short_names: &[],
+        namespaced: true,
+        verbs: CREATE_ONLY,
+        subresources: &[],
+        categories: &[],
+        columns: &[NAME],
+        field_selectors: &[],
+        name_rule: NameRule::PathSegment,
+    },
+    ResourceDef {
+        group: "authentication.k8s.io",
+        version: "v1",
+        kind: "SelfSubjectReview",
+        types: TypeOps::of::<k8s::authentication::v1::SelfSubjectReview>(),
+        list_kind: "SelfSubjectReviewList",
+        plural: "selfsubjectreviews",
+        singular: "selfsubjectreview",
+        short_names: &[],
+        namespaced: false,
+        verbs: CREATE_ONLY,
+        subresources: &[],
+        categories: &[],
+        columns: &[NAME],
+        field_selectors: &[],
+        name_rule: NameRule::PathSegment,
+    },
+    // ---- admissionregistration.k8s.io/v1: the webhooks the admission
+    // chain calls (control/apiserver/src/admission/webhook.rs).
+    ResourceDef {
+        group: "admissionregistration.k8s.io",
+        version: "v1",
+        kind: "MutatingWebhookConfiguration",
+        types: TypeOps::of::<k8s::admissionregistration::v1::MutatingWebhookConfiguration>(),
+        list_kind: "MutatingWebhookConfigurationList",
+        plural: "mutatingwebhookconfigurations",
+        singular: "mutatingwebhookconfiguration",
+        short_names: &[],
+        namespaced: false,
+        verbs: ALL_VERBS,
+        subresources: &[],
+        categories: &["api-extensions"],
+        columns: &[NAME, WEBHOOKS, AGE],
+        field_selectors: &[],
+        name_rule: NameRule::Subdomain,
+    },
+    ResourceDef {
+        group: "admissionregistration.k8s.io",
+        version: "v1",
+        kind: "ValidatingWebhookConfiguration",
+        types: TypeOps::of::<k8s::admissionregistration::v1::ValidatingWebhookConfiguration>(),
+        list_kind: "ValidatingWebhookConfigurationList",
+        plural: "validatingwebhookconfigurations",
+        singular: "validatingwebhookconfiguration",
+        short_names: &[],
+        namespaced: false,
+        verbs: ALL_VERBS,
+        subresources: &[],
+        categories: &["api-extensions"],
+        columns: &[NAME, WEBHOOKS, AGE],
+        field_selectors: &[],
+        name_rule: NameRule::Subdomain,
+    },
 ];
+
+/// Webhook configurations: how many webhooks they hold.
+const WEBHOOKS: Column = col(
+    "Webhooks",
+    "integer",
+    0,
+    Cell::Func(|v| {
+        serde_json::json!(
+            v.get("webhooks")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len)
+        )
+    }),
+);
+
+/// Verbs of the review kinds, which are only ever created.
+const CREATE_ONLY: &[&str] = &["create"];
 
 /// Find a resource by group, version and plural.
 pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static ResourceDef> {

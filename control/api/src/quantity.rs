@@ -1,6 +1,6 @@
 //! Kubernetes resource quantities (`100m`, `1.5Gi`, `2e3`) as integers.
 //!
-//! The scheduler compares requests against allocatable in integers, as
+//! The scheduler, LimitRanger and ResourceQuota compare in integers, as
 //! upstream does: CPU in millicores, everything else in units (bytes,
 //! pods). Fractions round up, as `Quantity.MilliValue()`/`Value()` do.
 
@@ -86,9 +86,40 @@ pub fn units(s: &str) -> Result<i64, InvalidQuantity> {
     parse_scaled(s, 1)
 }
 
+/// A milli-unit value as a quantity string: `500m`, `2`, or with the
+/// largest binary suffix that divides it exactly (`1Gi`), as a sum of
+/// quantities is shown in ResourceQuota status.
+pub fn format_milli(v: i64) -> String {
+    if v % 1000 != 0 {
+        return format!("{v}m");
+    }
+    let mut u = v / 1000;
+    if u == 0 {
+        return "0".to_owned();
+    }
+    let mut suffix = "";
+    for s in ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"] {
+        if u % 1024 != 0 {
+            break;
+        }
+        u /= 1024;
+        suffix = s;
+    }
+    format!("{u}{suffix}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formatting() {
+        assert_eq!(format_milli(500), "500m");
+        assert_eq!(format_milli(2000), "2");
+        assert_eq!(format_milli(1024 * 1024 * 1024 * 1000), "1Gi");
+        assert_eq!(format_milli(1536 * 1000), "1536");
+        assert_eq!(format_milli(0), "0");
+    }
 
     #[test]
     fn cpu_in_millicores() {
