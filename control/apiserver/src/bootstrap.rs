@@ -32,6 +32,7 @@ async fn ensure(state: &Arc<AppState>, t: &Target, obj: Value) -> Result<(), Err
 
 /// Run the bootstrap steps.
 pub async fn run(state: &Arc<AppState>) -> Result<(), Error> {
+    crate::serviceaccount::install(state)?;
     // Allocations first, so the kubernetes Service's IP cannot collide.
     if let Some(svc) = registry::lookup("", "v1", "services") {
         let (items, _) = state.cache.list(&svc.key_prefix());
@@ -39,6 +40,7 @@ pub async fn run(state: &Arc<AppState>) -> Result<(), Error> {
             admission::reclaim_service(state, &e.value);
         }
     }
+    crate::authz::roles::reconcile_bootstrap(state).await?;
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let t = target("namespaces", None, ns)?;
         ensure(state, &t, json!({"metadata": {"name": ns}})).await?;

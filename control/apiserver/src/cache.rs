@@ -70,6 +70,14 @@ struct State {
 /// cache revision at the moment of subscribing.
 pub type WatchStart = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>, Revision);
 
+/// Keyed objects under some prefixes, the receiver for what follows, and
+/// the revision they were taken at.
+pub type KeyedSnapshot = (
+    Vec<(String, Arc<Entry>)>,
+    broadcast::Receiver<Arc<Change>>,
+    Revision,
+);
+
 /// Errors of the cache.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -349,6 +357,23 @@ impl Cache {
             .cloned()
             .collect();
         Ok((past, rx, st.revision))
+    }
+
+    /// A consistent snapshot of several prefixes, with keys, plus a receiver
+    /// for the changes after it (for indexes that follow the cache).
+    pub fn keyed_snapshot_and_watch(&self, prefixes: &[&str]) -> KeyedSnapshot {
+        let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let rx = self.fanout.subscribe();
+        let items = prefixes
+            .iter()
+            .flat_map(|&prefix| {
+                st.objects
+                    .range(prefix.to_owned()..)
+                    .take_while(move |(k, _)| k.starts_with(prefix))
+                    .map(|(k, e)| (k.clone(), e.clone()))
+            })
+            .collect();
+        (items, rx, st.revision)
     }
 
     /// A consistent snapshot of `prefix` plus a receiver for changes after it

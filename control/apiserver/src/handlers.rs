@@ -15,7 +15,7 @@ use kestrel_api::{ApiError, ObjectRef, meta};
 use kestrel_store::{RangeOptions, Revision};
 use serde_json::{Value, json};
 
-use crate::admission;
+use crate::admission::{self, chain::Operation};
 use crate::body::{self, PatchType};
 use crate::cache::{self, Entry};
 use crate::patch;
@@ -234,6 +234,9 @@ pub async fn resource(
         }
         ("create", None) => create(state, &ctx, &t).await,
         ("create", Some(Subresource::Binding)) => bind(state, &ctx, &t).await,
+        ("create", Some(Subresource::Token)) => {
+            crate::serviceaccount::token_request(state, &ctx, &t).await
+        }
         ("create", Some(Subresource::Eviction)) => {
             let obj = delete_one(state, &t, &DeleteOpts::default(), dry_run(&ctx)?).await?;
             drop(obj);
@@ -655,6 +658,24 @@ fn check_namespace_exists(state: &AppState, t: &Target, for_create: bool) -> Res
     }
 }
 
+/// What the admission chain sees of a request.
+fn admission_attrs<'a>(
+    ctx: Option<&'a Ctx>,
+    t: &'a Target,
+    operation: Operation,
+    subresource: Option<Subresource>,
+    dry_run: bool,
+) -> admission::chain::Attributes<'a> {
+    admission::chain::Attributes {
+        user: ctx.map(|c| &*c.user),
+        operation,
+        target: t,
+        subresource,
+        dry_run,
+        warnings: ctx.map(|c| &c.warnings),
+    }
+}
+
 /// Create `obj` (already decoded) at `t`: the path shared by POST, apply and
 /// server bootstrap.
 pub async fn create_object(
@@ -727,9 +748,8 @@ pub async fn create_object(
     }
     obj = normalize(&t, ctx, obj)?;
     admission::set_defaults(t.def, &mut obj);
-    if t.def.kind == "Pod" && t.def.group.is_empty() {
-        admission::default_tolerations(&state.config, &mut obj);
-    }
+    let attrs = admission_attrs(ctx, &t, Operation::Create, None, dry);
+    admission::chain::mutate(state, &attrs, &mut obj, None).await?;
     admission::validate(t.def, &obj, None)?;
     check_namespace_exists(state, &t, true)?;
     if str_at(&obj, "/metadata/name").is_some_and(|n| n.len() > 253) {
@@ -744,6 +764,7 @@ pub async fn create_object(
             )],
         ));
     }
+    admission::chain::validate(state, &attrs, &obj, None).await?;
     let allocated = if t.def.kind == "Service" && t.def.group.is_empty() && !dry {
         if state.cache.get(&t.key()).is_some() {
             return Err(ApiError::AlreadyExists(ObjectRef::new(
@@ -930,7 +951,10 @@ pub async fn update_with(
         let mut new = merge_update(t, &cur.value, desired, sub);
         new = normalize(t, ctx, new)?;
         admission::set_defaults(t.def, &mut new);
+        let attrs = admission_attrs(ctx, t, Operation::Update, sub, dry);
+        admission::chain::mutate(state, &attrs, &mut new, Some(&cur.value)).await?;
         admission::validate(t.def, &new, Some(&cur.value))?;
+        admission::chain::validate(state, &attrs, &new, Some(&cur.value)).await?;
         let mut allocated = None;
         if t.def.kind == "Service" && t.def.group.is_empty() && sub.is_none() && !dry {
             allocated = Some(admission::allocate_service(
@@ -1188,10 +1212,16 @@ pub struct DeleteOpts {
     pub propagation: Option<String>,
     /// `gracePeriodSeconds`.
     pub grace: Option<i64>,
+    /// Who asks (`None` for the server's own deletes) and where admission's
+    /// warnings go: validating webhooks see deletes.
+    pub requester: Option<(Arc<crate::auth::User>, admission::chain::Warnings)>,
 }
 
 fn delete_opts(ctx: &Ctx) -> Result<DeleteOpts, ApiError> {
-    let mut o = DeleteOpts::default();
+    let mut o = DeleteOpts {
+        requester: Some((ctx.user.clone(), ctx.warnings.clone())),
+        ..DeleteOpts::default()
+    };
     if !ctx.body.iter().all(u8::is_ascii_whitespace) {
         let b = body::parse_json(&ctx.body)?;
         o.uid = str_at(&b, "/preconditions/uid").map(str::to_owned);
@@ -1297,6 +1327,15 @@ pub async fn delete_one(
                 t.name.as_deref().unwrap_or(""),
             ));
         }
+        let attrs = admission::chain::Attributes {
+            user: opts.requester.as_ref().map(|r| &*r.0),
+            operation: Operation::Delete,
+            target: t,
+            subresource: None,
+            dry_run: dry,
+            warnings: opts.requester.as_ref().map(|r| &r.1),
+        };
+        admission::chain::validate_delete(state, &attrs, obj).await?;
         if t.def.kind == "Namespace" && t.def.group.is_empty() {
             return crate::namespace::begin_delete(state, t, &cur, dry).await;
         }

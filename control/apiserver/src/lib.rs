@@ -9,7 +9,9 @@
 mod admission;
 mod alloc;
 mod apply;
+mod audit;
 pub mod auth;
+pub mod authz;
 mod body;
 mod bootstrap;
 mod cache;
@@ -22,6 +24,7 @@ pub mod pki;
 mod proto;
 mod proxy;
 mod server;
+pub mod serviceaccount;
 mod table;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -29,6 +32,7 @@ mod watch;
 
 use std::net::SocketAddr;
 
+pub use admission::chain::PLUGINS as ADMISSION_PLUGINS;
 pub use handlers::JOIN_PATH;
 pub use proxy::node_api_client_config;
 pub use server::{ApiServer, Config, MAX_BODY_BYTES};

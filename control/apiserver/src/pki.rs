@@ -6,9 +6,14 @@
 //! DIR/tls/serving.crt, serving.key    API server serving cert (1 year)
 //! DIR/tls/serving.sans                the SANs it was issued for
 //! DIR/tls/admin.crt, admin.key        CN=admin, O=system:masters
-//! DIR/tls/kubelet-client.crt, .key    CN=kube-apiserver-kubelet-client, O=system:masters:
+//! DIR/tls/kubelet-client.crt, .key    CN=kube-apiserver-kubelet-client:
 //!                                     the API server's identity towards node APIs
+//! DIR/tls/kube-scheduler.crt, .key    CN=system:kube-scheduler
+//! DIR/tls/kube-controller-manager.crt, .key
+//!                                     CN=system:kube-controller-manager
 //! DIR/admin.kubeconfig                kubeconfig with the admin cert
+//! DIR/scheduler.kubeconfig, controller-manager.kubeconfig
+//!                                     the components' own, least-privilege ones
 //! DIR/node-token                      join token an agent trades for a node cert
 //! DIR/tokens.csv                      static bearer tokens: token,user,uid,"g1,g2"
 //! ```
@@ -65,6 +70,10 @@ const CA_DAYS: i64 = 3650;
 /// nobody else.
 pub const KUBELET_CLIENT_CN: &str = "kube-apiserver-kubelet-client";
 const LEAF_DAYS: i64 = 365;
+/// The scheduler's user, bound to the `system:kube-scheduler` ClusterRole.
+pub const SCHEDULER_USER: &str = "system:kube-scheduler";
+/// The controller manager's user, bound to `system:kube-controller-manager`.
+pub const CONTROLLER_MANAGER_USER: &str = "system:kube-controller-manager";
 
 /// The credentials loaded from (or created in) the data dir.
 #[derive(Debug)]
@@ -85,6 +94,10 @@ pub struct Pki {
     pub kubelet_client_cert_pem: String,
     /// Its key, PEM.
     pub kubelet_client_key_pem: String,
+    /// The scheduler's client certificate and key, PEM.
+    pub scheduler: (String, String),
+    /// The controller manager's client certificate and key, PEM.
+    pub controller_manager: (String, String),
     /// The join token agents present to get a node certificate.
     pub node_token: String,
     /// Static bearer tokens.
@@ -104,7 +117,7 @@ fn read_opt(path: &Path) -> Result<Option<String>> {
 }
 
 /// Write a file readable only by its owner: these are private keys and tokens.
-fn write_private(path: &Path, contents: &str) -> Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let io = |source| PkiError::Io {
@@ -206,6 +219,8 @@ impl Pki {
             admin_key_pem: String::new(),
             kubelet_client_cert_pem: String::new(),
             kubelet_client_key_pem: String::new(),
+            scheduler: Default::default(),
+            controller_manager: Default::default(),
             node_token: String::new(),
             tokens: Vec::new(),
         };
@@ -243,41 +258,19 @@ impl Pki {
             }
         }
 
-        // Admin client certificate.
-        match (
-            read_opt(&tls.join("admin.crt"))?,
-            read_opt(&tls.join("admin.key"))?,
-        ) {
-            (Some(c), Some(k)) => {
-                pki.admin_cert_pem = c;
-                pki.admin_key_pem = k;
-            }
-            _ => {
-                let (c, k) = pki.issue_client("admin", &["system:masters"])?;
-                write_private(&tls.join("admin.key"), &k)?;
-                write_private(&tls.join("admin.crt"), &c)?;
-                pki.admin_cert_pem = c;
-                pki.admin_key_pem = k;
-            }
-        }
-
-        // The API server's client certificate for node APIs (logs, exec).
-        match (
-            read_opt(&tls.join("kubelet-client.crt"))?,
-            read_opt(&tls.join("kubelet-client.key"))?,
-        ) {
-            (Some(c), Some(k)) => {
-                pki.kubelet_client_cert_pem = c;
-                pki.kubelet_client_key_pem = k;
-            }
-            _ => {
-                let (c, k) = pki.issue_client(KUBELET_CLIENT_CN, &["system:masters"])?;
-                write_private(&tls.join("kubelet-client.key"), &k)?;
-                write_private(&tls.join("kubelet-client.crt"), &c)?;
-                pki.kubelet_client_cert_pem = c;
-                pki.kubelet_client_key_pem = k;
-            }
-        }
+        (pki.admin_cert_pem, pki.admin_key_pem) =
+            pki.load_or_issue_client(&tls, "admin", "admin", &["system:masters"])?;
+        // The API server's client certificate for node APIs (logs, exec):
+        // the node API knows it by its CN; it needs no group here.
+        (pki.kubelet_client_cert_pem, pki.kubelet_client_key_pem) =
+            pki.load_or_issue_client(&tls, "kubelet-client", KUBELET_CLIENT_CN, &[])?;
+        pki.scheduler = pki.load_or_issue_client(&tls, "kube-scheduler", SCHEDULER_USER, &[])?;
+        pki.controller_manager = pki.load_or_issue_client(
+            &tls,
+            "kube-controller-manager",
+            CONTROLLER_MANAGER_USER,
+            &[],
+        )?;
 
         // Node join token.
         let token_path = dir.join("node-token");
@@ -334,6 +327,71 @@ impl Pki {
         Ok((cert.pem(), key.serialize_pem()))
     }
 
+    /// A kubeconfig for `server` with a fresh client certificate for `user`
+    /// in `groups`, signed by the CA under `dir` (what an administrator
+    /// does by hand with openssl; tests use it to act as other users).
+    pub fn user_kubeconfig(
+        dir: &Path,
+        server: &str,
+        user: &str,
+        groups: &[&str],
+    ) -> Result<String> {
+        let tls = dir.join("tls");
+        let read =
+            |f: &str| read_opt(&tls.join(f))?.ok_or_else(|| PkiError::Malformed(tls.join(f)));
+        let pki = Pki {
+            dir: dir.to_owned(),
+            ca_pem: read("ca.crt")?,
+            ca_key_pem: read("ca.key")?,
+            serving_cert_pem: String::new(),
+            serving_key_pem: String::new(),
+            admin_cert_pem: String::new(),
+            admin_key_pem: String::new(),
+            kubelet_client_cert_pem: String::new(),
+            kubelet_client_key_pem: String::new(),
+            scheduler: Default::default(),
+            controller_manager: Default::default(),
+            node_token: String::new(),
+            tokens: Vec::new(),
+        };
+        let (c, k) = pki.issue_client(user, groups)?;
+        Ok(pki.kubeconfig(server, user, &c, &k))
+    }
+
+    /// `TLS/STEM.crt` and `.key`, issued anew when missing or when they say
+    /// another identity than `user` in `groups` (older data dirs gave the
+    /// kubelet-client certificate `system:masters`).
+    fn load_or_issue_client(
+        &self,
+        tls: &Path,
+        stem: &str,
+        user: &str,
+        groups: &[&str],
+    ) -> Result<(String, String)> {
+        let (crt, key) = (
+            tls.join(format!("{stem}.crt")),
+            tls.join(format!("{stem}.key")),
+        );
+        if let (Some(c), Some(k)) = (read_opt(&crt)?, read_opt(&key)?) {
+            let same = pem_der(&c)
+                .and_then(|der| crate::auth::user_from_cert(&der))
+                .is_some_and(|u| {
+                    u.name == user
+                        && u.groups
+                            .iter()
+                            .filter(|g| *g != crate::auth::AUTHENTICATED)
+                            .eq(groups.iter())
+                });
+            if same {
+                return Ok((c, k));
+            }
+        }
+        let (c, k) = self.issue_client(user, groups)?;
+        write_private(&key, &k)?;
+        write_private(&crt, &c)?;
+        Ok((c, k))
+    }
+
     /// Issue a client certificate and key for `user` in `groups`.
     pub fn issue_client(&self, user: &str, groups: &[&str]) -> Result<(String, String)> {
         let mut p = leaf_params(user, groups, LEAF_DAYS)?;
@@ -376,6 +434,18 @@ impl Pki {
         )?;
         Ok(path)
     }
+
+    /// Write `DIR/scheduler.kubeconfig` and `DIR/controller-manager.kubeconfig`
+    /// pointing at `server`, with the components' own certificates.
+    pub fn write_component_kubeconfigs(&self, server: &str) -> Result<(PathBuf, PathBuf)> {
+        let sched = self.dir.join("scheduler.kubeconfig");
+        let (c, k) = &self.scheduler;
+        write_private(&sched, &self.kubeconfig(server, SCHEDULER_USER, c, k))?;
+        let cm = self.dir.join("controller-manager.kubeconfig");
+        let (c, k) = &self.controller_manager;
+        write_private(&cm, &self.kubeconfig(server, CONTROLLER_MANAGER_USER, c, k))?;
+        Ok((sched, cm))
+    }
 }
 
 /// The DER bytes of the first PEM block.
@@ -401,7 +471,7 @@ fn parse_tokens(s: &str) -> Option<Vec<(String, User)>> {
         let token = parts.next()?.trim().to_owned();
         let name = parts.next()?.trim().to_owned();
         let _uid = parts.next()?;
-        let groups = parts
+        let groups: Vec<String> = parts
             .next()
             .map(|g| {
                 g.trim()
@@ -415,7 +485,7 @@ fn parse_tokens(s: &str) -> Option<Vec<(String, User)>> {
         if token.is_empty() || name.is_empty() {
             return None;
         }
-        out.push((token, User { name, groups }));
+        out.push((token, User::new(name, groups)));
     }
     Some(out)
 }
@@ -439,7 +509,7 @@ mod tests {
             crate::auth::user_from_cert(&pem_der(&a.kubelet_client_cert_pem).expect("der"))
                 .expect("identity");
         assert_eq!(kubelet_client.name, KUBELET_CLIENT_CN);
-        assert_eq!(kubelet_client.groups, vec!["system:masters".to_owned()]);
+        assert_eq!(kubelet_client.groups, ["system:authenticated"]);
         assert_eq!(a.node_token, b.node_token);
         assert_eq!(a.tokens, b.tokens);
         assert!(
@@ -465,7 +535,7 @@ mod tests {
         let der = pem_der(&cert).expect("der");
         let user = crate::auth::user_from_cert(&der).expect("identity");
         assert_eq!(user.name, "system:node:n1");
-        assert_eq!(user.groups, vec!["system:nodes".to_owned()]);
+        assert_eq!(user.groups, ["system:nodes", "system:authenticated"]);
     }
 
     #[test]

@@ -67,6 +67,14 @@ pub struct Config {
     /// The same for `node.kubernetes.io/unreachable:NoExecute`
     /// (`--default-unreachable-toleration-seconds`).
     pub default_unreachable_toleration_seconds: i64,
+    /// Admission plugins to skip (`--disable-admission-plugins`), by
+    /// upstream's names (`ServiceAccount`, `PodSecurity`, ...).
+    pub disable_admission_plugins: Vec<String>,
+    /// Where audit events go, one JSON line each (`--audit-log-path`, `-`
+    /// for stdout). Auditing needs this and `audit_policy_file`.
+    pub audit_log_path: Option<PathBuf>,
+    /// The audit.k8s.io/v1 Policy, YAML or JSON (`--audit-policy-file`).
+    pub audit_policy_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -85,6 +93,9 @@ impl Config {
             watch_history: 20_000,
             default_not_ready_toleration_seconds: 300,
             default_unreachable_toleration_seconds: 300,
+            disable_admission_plugins: Vec::new(),
+            audit_log_path: None,
+            audit_policy_file: None,
         }
     }
 }
@@ -105,6 +116,10 @@ pub struct AppState {
     pub alloc: alloc::Allocators,
     /// Where clients reach this server (for the `kubernetes` Service).
     pub local_addr: SocketAddr,
+    /// The authorizer chain (Node, RBAC) and its indexes.
+    pub authz: Arc<crate::authz::Authorizer>,
+    /// The audit log, when `--audit-log-path` and `--audit-policy-file` are set.
+    pub audit: Option<Arc<crate::audit::Auditor>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -122,6 +137,8 @@ pub struct ApiServer {
     listeners: Vec<TcpListener>,
     acceptor: TlsAcceptor,
     kubeconfig: PathBuf,
+    scheduler_kubeconfig: PathBuf,
+    controller_manager_kubeconfig: PathBuf,
 }
 
 impl std::fmt::Debug for ApiServer {
@@ -147,6 +164,7 @@ impl ApiServer {
     /// cache from `store`, create the default namespaces and the `kubernetes`
     /// Service, bind the port and write `DATA_DIR/admin.kubeconfig`.
     pub async fn bind(store: Arc<dyn Store>, config: Config) -> Result<Self, Error> {
+        let audit = crate::audit::Auditor::from_config(&config)?;
         let alloc = alloc::Allocators::new(&config.service_cidr, config.node_port_range)?;
         let mut ips: Vec<IpAddr> = vec![IpAddr::V4(Ipv4Addr::LOCALHOST), alloc.first_service_ip()];
         ips.extend(config.advertise_addresses.iter().copied());
@@ -195,9 +213,14 @@ impl ApiServer {
         };
         let server_url = format!("https://{}", SocketAddr::new(host, local_addr.port()));
         let kubeconfig = pki.write_admin_kubeconfig(&server_url)?;
+        let (scheduler_kubeconfig, controller_manager_kubeconfig) =
+            pki.write_component_kubeconfigs(&server_url)?;
 
         let cache = Cache::start(store.clone(), config.watch_history).await?;
+        let authz = crate::authz::Authorizer::start(&cache);
         let state = Arc::new(AppState {
+            audit,
+            authz,
             store,
             cache,
             config,
@@ -213,6 +236,8 @@ impl ApiServer {
             listeners,
             acceptor,
             kubeconfig,
+            scheduler_kubeconfig,
+            controller_manager_kubeconfig,
         })
     }
 
@@ -224,6 +249,18 @@ impl ApiServer {
     /// `DATA_DIR/admin.kubeconfig`.
     pub fn admin_kubeconfig(&self) -> &std::path::Path {
         &self.kubeconfig
+    }
+
+    /// `DATA_DIR/scheduler.kubeconfig`: the scheduler's own identity,
+    /// `system:kube-scheduler`.
+    pub fn scheduler_kubeconfig(&self) -> &std::path::Path {
+        &self.scheduler_kubeconfig
+    }
+
+    /// `DATA_DIR/controller-manager.kubeconfig`: the controllers' identity,
+    /// `system:kube-controller-manager`.
+    pub fn controller_manager_kubeconfig(&self) -> &std::path::Path {
+        &self.controller_manager_kubeconfig
     }
 
     /// The join token agents present (also in `DATA_DIR/node-token`).
@@ -300,7 +337,9 @@ impl ApiServer {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let state = state.clone();
                     let identity = identity.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handle(state, identity, req).await) }
+                    async move {
+                        Ok::<_, std::convert::Infallible>(handle(state, identity, peer, req).await)
+                    }
                 });
                 let mut builder =
                     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -372,6 +411,8 @@ pub struct Ctx {
     pub user: Arc<User>,
     /// Body, already size-checked.
     pub body: Bytes,
+    /// Warnings admission raised, sent back as `Warning` headers.
+    pub warnings: crate::admission::chain::Warnings,
 }
 
 impl Ctx {
@@ -446,15 +487,17 @@ async fn to_yaml(resp: Response<Body>) -> Response<Body> {
 async fn handle(
     state: Arc<AppState>,
     identity: PeerIdentity,
+    peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let started = std::time::Instant::now();
     let yaml = prefers_yaml(&req);
-    let mut resp = match handle_inner(state, identity, req).await {
-        Ok(r) => r,
-        Err(e) => error_response(&e),
+    let mut audit = crate::audit::Request::new(state.audit.as_ref(), &req, peer);
+    let mut resp = match handle_inner(state, identity, req, &mut audit).await {
+        Ok(r) => audit.finish(r, None).await,
+        Err(e) => audit.finish(error_response(&e), Some(&e)).await,
     };
     if yaml {
         resp = to_yaml(resp).await;
@@ -467,6 +510,7 @@ async fn handle_inner(
     state: Arc<AppState>,
     identity: PeerIdentity,
     req: Request<Incoming>,
+    audit: &mut crate::audit::Request,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
@@ -476,40 +520,28 @@ async fn handle_inner(
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
 
-    // Authenticate. Anonymous requests only reach the public endpoints.
-    let token = auth::bearer(
-        parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok()),
-    );
-    let user: Option<Arc<User>> = match (identity.0, token) {
-        (Some(u), _) => Some(u),
-        (None, Some(t)) => {
-            if t == state.pki.node_token && path == handlers::JOIN_PATH {
-                Some(Arc::new(User {
-                    name: "kestrel:node-bootstrap".into(),
-                    groups: vec!["system:bootstrappers".into()],
-                }))
-            } else {
-                match state.tokens.lookup(t) {
-                    Some(u) => Some(u),
-                    // A token that is present but wrong is always 401, even on public paths.
-                    None => return Err(ApiError::Unauthorized),
-                }
-            }
-        }
-        (None, None) => None,
-    };
-    let public = auth::is_public_path(&path);
-    let user = match user {
-        Some(u) => u,
-        None if public => Arc::new(User {
-            name: "system:anonymous".into(),
-            groups: vec!["system:unauthenticated".into()],
-        }),
-        None => return Err(ApiError::Unauthorized),
-    };
+    let user = auth::authenticate(
+        &state.tokens,
+        &state.pki.node_token,
+        auth::Credentials {
+            peer: identity.0.as_ref(),
+            authorization: parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+            path: &path,
+        },
+    )?;
+
+    let attrs =
+        crate::authz::request::from_request(&parts.method, path.trim_end_matches('/'), &query);
+    audit.received(&user, &attrs);
+    let user = crate::authz::impersonate::resolve(&state.authz, &state.cache, user, &parts.headers)
+        .await?;
+    let decision = state.authz.authorize(&state.cache, &user, &attrs).await;
+    audit.authorized(&user, decision.is_ok());
+    decision?;
+    crate::authz::node::restrict(&user, &attrs, current_object(&state, &attrs).as_deref())?;
 
     // pods/log, exec and attach go to the node API; exec and attach keep
     // the connection for its upgrade, so they never read a body.
@@ -545,6 +577,8 @@ async fn handle_inner(
             )));
         }
     };
+    audit.request_body(&parts.headers, &body);
+    let warnings = crate::admission::chain::Warnings::default();
     let ctx = Ctx {
         method: parts.method,
         path,
@@ -552,8 +586,39 @@ async fn handle_inner(
         headers: parts.headers,
         user,
         body,
+        warnings: warnings.clone(),
     };
-    route(&state, ctx).await
+    let mut result = route(&state, ctx).await;
+    let ws = warnings.take();
+    if !ws.is_empty() {
+        let add = |r: &mut Response<Body>| {
+            for w in &ws {
+                // RFC 7234 warn-code 299, agent "-", as upstream sends them.
+                let v = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
+                if let Ok(h) = header::HeaderValue::from_str(&v) {
+                    r.headers_mut().append(header::WARNING, h);
+                }
+            }
+        };
+        if let Ok(r) = &mut result {
+            add(r);
+        }
+    }
+    result
+}
+
+/// The object a named request points at, as the cache has it (for checks
+/// that depend on it, such as NodeRestriction on a pod's node).
+fn current_object(state: &AppState, a: &crate::authz::Attributes) -> Option<Arc<Value>> {
+    if !a.resource_request || a.name.is_empty() || a.resource != "pods" {
+        return None;
+    }
+    let def = kestrel_api::registry::lookup(&a.api_group, &a.api_version, &a.resource)?;
+    let ns = (!a.namespace.is_empty()).then_some(a.namespace.as_str());
+    state
+        .cache
+        .get(&def.key(ns, &a.name))
+        .map(|e| e.value.clone())
 }
 
 /// Whether the client accepts an answer we produce (JSON, or YAML). A missing
@@ -599,6 +664,8 @@ async fn route(state: &Arc<AppState>, ctx: Ctx) -> Result<Response<Body>, ApiErr
         }
         "/version" => return Ok(json_response(StatusCode::OK, &version_info())),
         auth::CACERTS_PATH => return Ok(text(StatusCode::OK, &state.pki.ca_pem)),
+        crate::serviceaccount::OIDC_PATH => return crate::serviceaccount::discovery(state, &ctx),
+        crate::serviceaccount::JWKS_PATH => return crate::serviceaccount::jwks(state, &ctx),
         "/api" | "/apis" => return discovery::root(&ctx, &path),
         "/openapi/v2" => return openapi::v2(&ctx),
         "/openapi/v3" => return openapi::v3_root(&ctx),
@@ -617,6 +684,12 @@ async fn route(state: &Arc<AppState>, ctx: Ctx) -> Result<Response<Body>, ApiErr
         ["api", v] => Err(ApiError::NotFound(kestrel_api::ObjectRef::new("", "", v)).route()),
         ["apis", g] => discovery::group(g),
         ["apis", g, v] => discovery::resource_list(g, v),
+        ["apis", g, "v1", plural] if crate::authz::review::serves(g, plural) => {
+            crate::authz::review::serve(state, &ctx, g, None, plural).await
+        }
+        ["apis", g, "v1", "namespaces", ns, plural] if crate::authz::review::serves(g, plural) => {
+            crate::authz::review::serve(state, &ctx, g, Some(ns), plural).await
+        }
         ["api", "v1", rest @ ..] => handlers::resource(state, ctx, "", "v1", rest).await,
         ["apis", g, v, rest @ ..] => handlers::resource(state, ctx, g, v, rest).await,
         _ => Err(ApiError::RouteNotFound),

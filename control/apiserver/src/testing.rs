@@ -27,7 +27,22 @@ pub struct TestServer {
 
 impl TestServer {
     /// Start a server whose data (store and credentials) live in `dir`.
+    /// Without a controller manager no namespace gets its `default`
+    /// ServiceAccount, so this server runs with
+    /// `--disable-admission-plugins=ServiceAccount`, as upstream's
+    /// integration test servers do.
     pub async fn start_in(dir: &Path, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_with_admission(dir, |cfg| {
+            cfg.disable_admission_plugins
+                .push("ServiceAccount".to_owned());
+            tweak(cfg);
+        })
+        .await
+    }
+
+    /// [`Self::start_in`] with every admission plugin, ServiceAccount
+    /// admission included (pods then need their ServiceAccount to exist).
+    pub async fn start_with_admission(dir: &Path, tweak: impl FnOnce(&mut Config)) -> Self {
         let store = SqliteStore::open(SqliteConfig::new(dir.join("state.db")))
             .await
             .expect("open the SQLite store");
@@ -83,6 +98,33 @@ impl TestServer {
         kube::Client::try_from(cfg).expect("client")
     }
 
+    /// Write a kubeconfig for `user` in `groups` (a client certificate from
+    /// the cluster CA) and return its path.
+    pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> PathBuf {
+        let kc = crate::pki::Pki::user_kubeconfig(
+            &self.dir,
+            &format!("https://{}", self.addr),
+            user,
+            groups,
+        )
+        .expect("issue a user certificate");
+        let path = self
+            .dir
+            .join(format!("{}.kubeconfig", user.replace(':', "_")));
+        std::fs::write(&path, kc).expect("write kubeconfig");
+        path
+    }
+
+    /// A kube-rs client for `user` in `groups`.
+    pub async fn user_client(&self, user: &str, groups: &[&str]) -> kube::Client {
+        let path = self.user_kubeconfig(user, groups);
+        let kc = kube::config::Kubeconfig::read_from(&path).expect("read kubeconfig");
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .expect("kubeconfig");
+        kube::Client::try_from(cfg).expect("client")
+    }
+
     /// A client that trusts the CA but presents no credentials.
     pub fn anonymous(&self) -> kube::Client {
         let mut cfg = kube::Config::new(format!("https://{}", self.addr).parse().expect("url"));
@@ -105,6 +147,35 @@ impl Drop for TestServer {
             let _ = s.send(());
         }
     }
+}
+
+/// Send `method path` through `client` with `body` as JSON; the status code
+/// and the answer as JSON (`Null` when it is not JSON).
+pub async fn request(
+    client: &kube::Client,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(body.map(|b| b.to_string().into_bytes()).unwrap_or_default())
+        .expect("request");
+    let resp = client
+        .send(req.map(kube::client::Body::from))
+        .await
+        .expect("send");
+    let code = resp.status().as_u16();
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    (
+        code,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 /// DER of the first PEM block.

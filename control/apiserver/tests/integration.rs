@@ -129,7 +129,7 @@ async fn node_join_issues_a_node_certificate_that_authenticates() {
     let der = testing::pem_der(&cert);
     let user = kestrel_apiserver::auth::user_from_cert(&der).expect("identity");
     assert_eq!(user.name, "system:node:node-1");
-    assert_eq!(user.groups, vec!["system:nodes".to_owned()]);
+    assert_eq!(user.groups, ["system:nodes", "system:authenticated"]);
     // Without the token: 401.
     let (code, _) = raw(
         &s.anonymous(),

@@ -35,8 +35,15 @@ PACKAGES = [
     "api/rbac/v1",
     "api/policy/v1",
     "api/autoscaling/v1",
+    "api/authorization/v1",
+    "api/authentication/v1",
+    "api/admissionregistration/v1",
 ]
-EXTRA_ROOTS = [("api/autoscaling/v1", "Scale"), ("api/policy/v1", "Eviction")]
+EXTRA_ROOTS = [
+    ("api/autoscaling/v1", "Scale"),
+    ("api/policy/v1", "Eviction"),
+    ("api/authentication/v1", "TokenRequest"),
+]
 
 # Messages with a JSON form of their own, written by hand in proto.rs.
 SPECIAL = {
@@ -48,6 +55,8 @@ SPECIAL = {
     ("apimachinery/pkg/api/resource", "Quantity"),
     ("apimachinery/pkg/runtime", "RawExtension"),
     ("api/certificates/v1", "ExtraValue"),
+    ("api/authorization/v1", "ExtraValue"),
+    ("api/authentication/v1", "ExtraValue"),
 }
 
 
@@ -202,6 +211,8 @@ def api_version(key):
     if pb_resources.get(key):
         return pb_resources[key]
     _, group, version = key[0].split("/")
+    if group in ("authentication", "authorization", "admissionregistration"):
+        group = f"{group}.k8s.io"
     return version if group == "core" else f"{group}/{version}"
 
 

@@ -14,6 +14,18 @@ pub(super) fn decode_kind(
     raw: &[u8],
 ) -> Option<Result<Value, ProtoError>> {
     Some(match (api_version, kind) {
+        ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration") => {
+            decode_as::<k8s_pb::api::admissionregistration::v1::MutatingWebhookConfiguration>(raw)
+        }
+        ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy") => {
+            decode_as::<k8s_pb::api::admissionregistration::v1::ValidatingAdmissionPolicy>(raw)
+        }
+        ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding") => decode_as::<
+            k8s_pb::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding,
+        >(raw),
+        ("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration") => {
+            decode_as::<k8s_pb::api::admissionregistration::v1::ValidatingWebhookConfiguration>(raw)
+        }
         ("apps/v1", "ControllerRevision") => {
             decode_as::<k8s_pb::api::apps::v1::ControllerRevision>(raw)
         }
@@ -21,6 +33,24 @@ pub(super) fn decode_kind(
         ("apps/v1", "Deployment") => decode_as::<k8s_pb::api::apps::v1::Deployment>(raw),
         ("apps/v1", "ReplicaSet") => decode_as::<k8s_pb::api::apps::v1::ReplicaSet>(raw),
         ("apps/v1", "StatefulSet") => decode_as::<k8s_pb::api::apps::v1::StatefulSet>(raw),
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => {
+            decode_as::<k8s_pb::api::authentication::v1::SelfSubjectReview>(raw)
+        }
+        ("authentication.k8s.io/v1", "TokenReview") => {
+            decode_as::<k8s_pb::api::authentication::v1::TokenReview>(raw)
+        }
+        ("authorization.k8s.io/v1", "LocalSubjectAccessReview") => {
+            decode_as::<k8s_pb::api::authorization::v1::LocalSubjectAccessReview>(raw)
+        }
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => {
+            decode_as::<k8s_pb::api::authorization::v1::SelfSubjectAccessReview>(raw)
+        }
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => {
+            decode_as::<k8s_pb::api::authorization::v1::SelfSubjectRulesReview>(raw)
+        }
+        ("authorization.k8s.io/v1", "SubjectAccessReview") => {
+            decode_as::<k8s_pb::api::authorization::v1::SubjectAccessReview>(raw)
+        }
         ("autoscaling/v1", "HorizontalPodAutoscaler") => {
             decode_as::<k8s_pb::api::autoscaling::v1::HorizontalPodAutoscaler>(raw)
         }
@@ -86,8 +116,257 @@ pub(super) fn decode_kind(
         }
         ("autoscaling/v1", "Scale") => decode_as::<k8s_pb::api::autoscaling::v1::Scale>(raw),
         ("policy/v1", "Eviction") => decode_as::<k8s_pb::api::policy::v1::Eviction>(raw),
+        ("authentication.k8s.io/v1", "TokenRequest") => {
+            decode_as::<k8s_pb::api::authentication::v1::TokenRequest>(raw)
+        }
         _ => return None,
     })
+}
+
+impl ToJson for k8s_pb::api::admissionregistration::v1::AuditAnnotation {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("key", &self.key);
+        o.str("valueExpression", &self.value_expression);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::admissionregistration::v1::ExpressionWarning {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("fieldRef", &self.field_ref);
+        o.str("warning", &self.warning);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::admissionregistration::v1::MatchCondition {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("name", &self.name);
+        o.str("expression", &self.expression);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::admissionregistration::v1::MatchResources {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("namespaceSelector", &self.namespace_selector)?;
+        o.msg("objectSelector", &self.object_selector)?;
+        o.msgs("resourceRules", &self.resource_rules)?;
+        o.msgs("excludeResourceRules", &self.exclude_resource_rules)?;
+        o.str("matchPolicy", &self.match_policy);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::admissionregistration::v1::MutatingWebhook {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("name", &self.name);
+        o.msg("clientConfig", &self.client_config)?;
+        o.msgs("rules", &self.rules)?;
+        o.str("failurePolicy", &self.failure_policy);
+        o.str("matchPolicy", &self.match_policy);
+        o.msg("namespaceSelector", &self.namespace_selector)?;
+        o.msg("objectSelector", &self.object_selector)?;
+        o.str("sideEffects", &self.side_effects);
+        o.int("timeoutSeconds", self.timeout_seconds.map(i64::from));
+        o.strs("admissionReviewVersions", &self.admission_review_versions);
+        o.str("reinvocationPolicy", &self.reinvocation_policy);
+        o.msgs("matchConditions", &self.match_conditions)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::admissionregistration::v1::MutatingWebhookConfiguration {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("metadata", &self.metadata)?;
+        o.msgs("webhooks", &self.webhooks)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::admissionregistration::v1::NamedRuleWithOperations {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.strs("resourceNames", &self.resource_names);
+        o.msg("ruleWithOperations", &self.rule_with_operations)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::admissionregistration::v1::ParamKind {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("apiVersion", &self.api_version);
+        o.str("kind", &self.kind);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::admissionregistration::v1::ParamRef {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("name", &self.name);
+        o.str("namespace", &self.namespace);
+        o.msg("selector", &self.selector)?;
+        o.str("parameterNotFoundAction", &self.parameter_not_found_action);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::admissionregistration::v1::Rule {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.strs("apiGroups", &self.api_groups);
+        o.strs("apiVersions", &self.api_versions);
+        o.strs("resources", &self.resources);
+        o.str("scope", &self.scope);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::admissionregistration::v1::RuleWithOperations {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.strs("operations", &self.operations);
+        o.inline(&self.rule)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::admissionregistration::v1::ServiceReference {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("namespace", &self.namespace);
+        o.str("name", &self.name);
+        o.str("path", &self.path);
+        o.int("port", self.port.map(i64::from));
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::admissionregistration::v1::TypeChecking {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msgs("expressionWarnings", &self.expression_warnings)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::admissionregistration::v1::ValidatingAdmissionPolicy {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("metadata", &self.metadata)?;
+        o.msg("spec", &self.spec)?;
+        o.msg("status", &self.status)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("metadata", &self.metadata)?;
+        o.msg("spec", &self.spec)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::admissionregistration::v1::ValidatingAdmissionPolicyBindingSpec {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("policyName", &self.policy_name);
+        o.msg("paramRef", &self.param_ref)?;
+        o.msg("matchResources", &self.match_resources)?;
+        o.strs("validationActions", &self.validation_actions);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::admissionregistration::v1::ValidatingAdmissionPolicySpec {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("paramKind", &self.param_kind)?;
+        o.msg("matchConstraints", &self.match_constraints)?;
+        o.msgs("validations", &self.validations)?;
+        o.str("failurePolicy", &self.failure_policy);
+        o.msgs("auditAnnotations", &self.audit_annotations)?;
+        o.msgs("matchConditions", &self.match_conditions)?;
+        o.msgs("variables", &self.variables)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::admissionregistration::v1::ValidatingAdmissionPolicyStatus {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.int("observedGeneration", self.observed_generation);
+        o.msg("typeChecking", &self.type_checking)?;
+        o.msgs("conditions", &self.conditions)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::admissionregistration::v1::ValidatingWebhook {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("name", &self.name);
+        o.msg("clientConfig", &self.client_config)?;
+        o.msgs("rules", &self.rules)?;
+        o.str("failurePolicy", &self.failure_policy);
+        o.str("matchPolicy", &self.match_policy);
+        o.msg("namespaceSelector", &self.namespace_selector)?;
+        o.msg("objectSelector", &self.object_selector)?;
+        o.str("sideEffects", &self.side_effects);
+        o.int("timeoutSeconds", self.timeout_seconds.map(i64::from));
+        o.strs("admissionReviewVersions", &self.admission_review_versions);
+        o.msgs("matchConditions", &self.match_conditions)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::admissionregistration::v1::ValidatingWebhookConfiguration {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("metadata", &self.metadata)?;
+        o.msgs("webhooks", &self.webhooks)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::admissionregistration::v1::Validation {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("expression", &self.expression);
+        o.str("message", &self.message);
+        o.str("reason", &self.reason);
+        o.str("messageExpression", &self.message_expression);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::admissionregistration::v1::Variable {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("name", &self.name);
+        o.str("expression", &self.expression);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::admissionregistration::v1::WebhookClientConfig {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("url", &self.url);
+        o.msg("service", &self.service)?;
+        o.bytes("caBundle", &self.ca_bundle);
+        Ok(o.done())
+    }
 }
 
 impl ToJson for k8s_pb::api::apps::v1::ControllerRevision {
@@ -415,6 +694,259 @@ impl ToJson for k8s_pb::api::apps::v1::StatefulSetUpdateStrategy {
         let mut o = Obj::default();
         o.str("type", &self.r#type);
         o.msg("rollingUpdate", &self.rolling_update)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::authentication::v1::BoundObjectReference {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("kind", &self.kind);
+        o.str("apiVersion", &self.api_version);
+        o.str("name", &self.name);
+        o.str("uid", &self.u_id);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::authentication::v1::SelfSubjectReview {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("metadata", &self.metadata)?;
+        o.msg("status", &self.status)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::authentication::v1::SelfSubjectReviewStatus {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("userInfo", &self.user_info)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::authentication::v1::TokenRequest {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("metadata", &self.metadata)?;
+        o.msg("spec", &self.spec)?;
+        o.msg("status", &self.status)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::authentication::v1::TokenRequestSpec {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.strs("audiences", &self.audiences);
+        o.int("expirationSeconds", self.expiration_seconds);
+        o.msg("boundObjectRef", &self.bound_object_ref)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::authentication::v1::TokenRequestStatus {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("token", &self.token);
+        o.msg("expirationTimestamp", &self.expiration_timestamp)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::authentication::v1::TokenReview {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("metadata", &self.metadata)?;
+        o.msg("spec", &self.spec)?;
+        o.msg("status", &self.status)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::authentication::v1::TokenReviewSpec {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("token", &self.token);
+        o.strs("audiences", &self.audiences);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::authentication::v1::TokenReviewStatus {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.bool("authenticated", self.authenticated);
+        o.msg("user", &self.user)?;
+        o.strs("audiences", &self.audiences);
+        o.str("error", &self.error);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::authentication::v1::UserInfo {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("username", &self.username);
+        o.str("uid", &self.uid);
+        o.strs("groups", &self.groups);
+        o.map_msg("extra", &self.extra)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::authorization::v1::FieldSelectorAttributes {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("rawSelector", &self.raw_selector);
+        o.msgs("requirements", &self.requirements)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::authorization::v1::LabelSelectorAttributes {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("rawSelector", &self.raw_selector);
+        o.msgs("requirements", &self.requirements)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::authorization::v1::LocalSubjectAccessReview {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("metadata", &self.metadata)?;
+        o.msg("spec", &self.spec)?;
+        o.msg("status", &self.status)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::authorization::v1::NonResourceAttributes {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("path", &self.path);
+        o.str("verb", &self.verb);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::authorization::v1::NonResourceRule {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.strs("verbs", &self.verbs);
+        o.strs("nonResourceURLs", &self.non_resource_ur_ls);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::authorization::v1::ResourceAttributes {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("namespace", &self.namespace);
+        o.str("verb", &self.verb);
+        o.str("group", &self.group);
+        o.str("version", &self.version);
+        o.str("resource", &self.resource);
+        o.str("subresource", &self.subresource);
+        o.str("name", &self.name);
+        o.msg("fieldSelector", &self.field_selector)?;
+        o.msg("labelSelector", &self.label_selector)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::authorization::v1::ResourceRule {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.strs("verbs", &self.verbs);
+        o.strs("apiGroups", &self.api_groups);
+        o.strs("resources", &self.resources);
+        o.strs("resourceNames", &self.resource_names);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::authorization::v1::SelfSubjectAccessReview {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("metadata", &self.metadata)?;
+        o.msg("spec", &self.spec)?;
+        o.msg("status", &self.status)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::authorization::v1::SelfSubjectAccessReviewSpec {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("resourceAttributes", &self.resource_attributes)?;
+        o.msg("nonResourceAttributes", &self.non_resource_attributes)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::authorization::v1::SelfSubjectRulesReview {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("metadata", &self.metadata)?;
+        o.msg("spec", &self.spec)?;
+        o.msg("status", &self.status)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::authorization::v1::SelfSubjectRulesReviewSpec {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("namespace", &self.namespace);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::authorization::v1::SubjectAccessReview {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("metadata", &self.metadata)?;
+        o.msg("spec", &self.spec)?;
+        o.msg("status", &self.status)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::authorization::v1::SubjectAccessReviewSpec {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("resourceAttributes", &self.resource_attributes)?;
+        o.msg("nonResourceAttributes", &self.non_resource_attributes)?;
+        o.str("user", &self.user);
+        o.strs("groups", &self.groups);
+        o.map_msg("extra", &self.extra)?;
+        o.str("uid", &self.uid);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::authorization::v1::SubjectAccessReviewStatus {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.bool("allowed", self.allowed);
+        o.bool("denied", self.denied);
+        o.str("reason", &self.reason);
+        o.str("evaluationError", &self.evaluation_error);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::authorization::v1::SubjectRulesReviewStatus {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msgs("resourceRules", &self.resource_rules)?;
+        o.msgs("nonResourceRules", &self.non_resource_rules)?;
+        o.bool("incomplete", self.incomplete);
+        o.str("evaluationError", &self.evaluation_error);
         Ok(o.done())
     }
 }
@@ -3695,6 +4227,16 @@ impl ToJson for k8s_pb::apimachinery::pkg::apis::meta::v1::DeleteOptions {
             "ignoreStoreReadErrorWithClusterBreakingPotential",
             self.ignore_store_read_error_with_cluster_breaking_potential,
         );
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::apimachinery::pkg::apis::meta::v1::FieldSelectorRequirement {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("key", &self.key);
+        o.str("operator", &self.operator);
+        o.strs("values", &self.values);
         Ok(o.done())
     }
 }

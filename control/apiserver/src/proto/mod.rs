@@ -341,12 +341,22 @@ impl ToJson for resource::Quantity {
     }
 }
 
-impl ToJson for k8s_pb::api::certificates::v1::ExtraValue {
-    /// A Go `[]string` type: a plain list in JSON.
-    fn to_json(&self) -> Result<Value, ProtoError> {
-        Ok(Value::from(self.items.clone()))
-    }
+/// Go `[]string` types (a user's extra values): plain lists in JSON.
+macro_rules! extra_value {
+    ($($t:ty),*) => {$(
+        impl ToJson for $t {
+            fn to_json(&self) -> Result<Value, ProtoError> {
+                Ok(Value::from(self.items.clone()))
+            }
+        }
+    )*};
 }
+
+extra_value!(
+    k8s_pb::api::certificates::v1::ExtraValue,
+    k8s_pb::api::authorization::v1::ExtraValue,
+    k8s_pb::api::authentication::v1::ExtraValue
+);
 
 /// Decode `raw` as `T` and convert it.
 fn decode_as<T: Message + Default + ToJson>(raw: &[u8]) -> Result<Value, ProtoError> {

@@ -1,5 +1,12 @@
-//! Per-kind defaulting and validation, run on every create and update before
-//! anything is stored, plus Service IP and NodePort allocation.
+//! Admission: per-kind defaulting and validation, run on every create and
+//! update before anything is stored, Service IP and NodePort allocation, and
+//! the admission plugins ([`chain`]).
+
+pub mod chain;
+pub mod limitranger;
+pub mod podsecurity;
+pub mod quota;
+pub mod webhook;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kestrel_api::registry::ResourceDef;
@@ -303,6 +310,7 @@ pub fn set_defaults(def: &ResourceDef, obj: &mut Value) {
                 default(o, "type", json!("Opaque"));
             }
         }
+        (webhook::GROUP, kind) => webhook::set_config_defaults(kind, obj),
         _ => {}
     }
 }
@@ -564,6 +572,7 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Result<(
                 ));
             }
         }
+        (webhook::GROUP, kind) => webhook::check_config(kind, obj, &mut errs),
         _ => {}
     }
     if errs.is_empty() {
