@@ -19,12 +19,16 @@ pub use workload::WorkloadConfig;
 pub use workloads::{run_workloads, run_workloads_with};
 // Infrastructure controllers.
 pub mod clusterdns;
+pub mod clusterroleaggregation;
 pub mod endpointslice;
 pub mod gc;
+pub mod legacytoken;
 pub mod manager;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod resourcequota;
+pub mod rootca;
 pub mod serviceaccount;
 
 pub use manager::{Manager, Options};

@@ -24,7 +24,13 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use serde::de::DeserializeOwned;
 
-use crate::{clusterdns, endpointslice, gc, namespace, nodeipam, nodelifecycle, serviceaccount};
+use crate::legacytoken::{self, LegacyTokenSigner};
+use crate::rootca;
+
+use crate::{
+    clusterdns, clusterroleaggregation, endpointslice, gc, namespace, nodeipam, nodelifecycle,
+    resourcequota, serviceaccount,
+};
 
 /// Namespace of the leader-election Lease.
 pub const LEASE_NAMESPACE: &str = "kube-system";
@@ -104,6 +110,15 @@ pub struct Options {
     pub leader_timings: LeaderTimings,
     /// This candidate's identity (default: host name, pid and a nonce).
     pub identity: Option<String>,
+    /// The cluster CA bundle (PEM) the root CA publisher puts in every
+    /// namespace's `kube-root-ca.crt` and the token controller in token
+    /// Secrets (`--root-ca-file`, else the kubeconfig's CA). Without it the
+    /// publisher does not run.
+    pub root_ca: Option<String>,
+    /// Signs legacy ServiceAccount tokens with the service account private
+    /// key (`--service-account-private-key-file`). Without it the token
+    /// controller does not run, as upstream.
+    pub legacy_token_signer: Option<Arc<dyn LegacyTokenSigner>>,
 }
 
 impl Default for Options {
@@ -116,6 +131,8 @@ impl Default for Options {
             leader_elect: false,
             leader_timings: LeaderTimings::default(),
             identity: None,
+            root_ca: None,
+            legacy_token_signer: None,
         }
     }
 }
@@ -195,26 +212,66 @@ impl Manager {
         }
         self.leading.store(true, Ordering::SeqCst);
         let _leading = Leading(&self.leading);
-        let c = &self.client;
-        let o = &self.opts;
         tracing::info!("starting controllers");
-        tokio::try_join!(
-            nodeipam::run(c.clone(), o),
-            endpointslice::run(c.clone()),
-            clusterdns::run(c.clone()),
-            gc::run(c.clone()),
-            namespace::run(c.clone()),
-            serviceaccount::run(c.clone()),
-            nodelifecycle::run(c.clone(), o),
-            async {
-                crate::workloads::run_workloads(c.clone())
-                    .await
-                    .map_err(|e| Error::Stopped {
-                        controller: "workloads",
+        // One task per controller: each polls its own watch streams and
+        // decodes its own objects from a fresh stack (one task joining them
+        // all nested every controller's poll frames on one stack, which a
+        // debug build's Pod decoding overflowed). Dropping the set (lost
+        // leadership, shutdown, one failing) aborts the others.
+        let mut set: tokio::task::JoinSet<Result<()>> = tokio::task::JoinSet::new();
+        macro_rules! spawn {
+            (|$c:ident, $o:ident| $fut:expr) => {{
+                let $c = self.client.clone();
+                let $o = self.opts.clone();
+                set.spawn(async move {
+                    let _ = &$o;
+                    $fut.await
+                });
+            }};
+        }
+        spawn!(|c, o| nodeipam::run(c, &o));
+        spawn!(|c, _o| endpointslice::run(c));
+        spawn!(|c, _o| clusterdns::run(c));
+        spawn!(|c, _o| clusterroleaggregation::run(c));
+        spawn!(|c, _o| resourcequota::run(c));
+        spawn!(|c, _o| gc::run(c));
+        spawn!(|c, _o| namespace::run(c));
+        spawn!(|c, _o| serviceaccount::run(c));
+        spawn!(|c, o| async move {
+            let Some(ca) = &o.root_ca else {
+                tracing::warn!("no root CA: kube-root-ca.crt is not published");
+                return Ok(());
+            };
+            rootca::run(c, ca.clone()).await
+        });
+        spawn!(|c, o| async move {
+            let Some(signer) = &o.legacy_token_signer else {
+                tracing::warn!("no service account private key: token Secrets are not filled");
+                return Ok(());
+            };
+            legacytoken::run(c, signer.clone(), o.root_ca.clone()).await
+        });
+        spawn!(|c, o| nodelifecycle::run(c, &o));
+        spawn!(|c, _o| async move {
+            crate::workloads::run_workloads(c)
+                .await
+                .map_err(|e| Error::Stopped {
+                    controller: "workloads",
+                    source: e.into(),
+                })
+        });
+        while let Some(done) = set.join_next().await {
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(e) => {
+                    return Err(Error::Stopped {
+                        controller: "a controller task",
                         source: e.into(),
-                    })
-            },
-        )?;
+                    });
+                }
+            }
+        }
         Ok(())
     }
 }

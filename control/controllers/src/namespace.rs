@@ -330,3 +330,37 @@ async fn finalize(ctx: &Ctx, ns: &Namespace) -> Result<()> {
         Err(e) => Err(e.into()),
     }
 }
+
+/// Whether a namespace takes new content (not being deleted).
+pub(crate) fn is_active(ns: &Namespace) -> bool {
+    ns.metadata.deletion_timestamp.is_none()
+        && ns.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Terminating")
+}
+
+/// A controller of Namespaces that also wakes a namespace when its object
+/// of kind `K` named `name` changes: the shape of the controllers that keep
+/// one object in every namespace (the `default` ServiceAccount,
+/// `kube-root-ca.crt`).
+pub(crate) fn each_namespace_keeps<K>(client: &kube::Client, name: &str) -> Controller<Namespace>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    Controller::new(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .watches(
+        Api::<K>::all(client.clone()),
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+        |o| {
+            o.namespace()
+                .map(|ns| kube::runtime::reflector::ObjectRef::new(&ns))
+        },
+    )
+}

@@ -9,10 +9,9 @@ use kestrel_client::events::{EventType, Recorder};
 use kube::ResourceExt as _;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
 
 use crate::manager::{Backoff, Error, Result, drive, is_conflict};
+use crate::namespace::{each_namespace_keeps, is_active};
 
 /// The ServiceAccount every namespace gets.
 pub const DEFAULT: &str = "default";
@@ -30,15 +29,7 @@ pub async fn run(client: kube::Client) -> Result<()> {
         recorder: Recorder::new(client.clone(), "service-account-controller", None),
         backoff: Backoff::default(),
     });
-    let controller = Controller::new(
-        Api::<Namespace>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .watches(
-        Api::<ServiceAccount>::all(client),
-        watcher::Config::default().fields(&format!("metadata.name={DEFAULT}")),
-        |sa| sa.namespace().map(|ns| ObjectRef::new(&ns)),
-    );
+    let controller = each_namespace_keeps::<ServiceAccount>(&client, DEFAULT);
     drive(
         controller.run(reconcile, error_policy, ctx),
         "service-account-controller",
@@ -54,9 +45,7 @@ fn error_policy(ns: Arc<Namespace>, e: &Error, ctx: Arc<Ctx>) -> Action {
 
 async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> Result<Action> {
     let name = ns.name_any();
-    let active = ns.metadata.deletion_timestamp.is_none()
-        && ns.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Terminating");
-    if !active {
+    if !is_active(&ns) {
         return Ok(Action::await_change());
     }
     let api: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &name);

@@ -4,6 +4,7 @@
 //! Lease.
 
 mod clusterdns;
+mod clusterroleaggregation;
 mod common;
 mod endpointslice;
 mod gc;
@@ -11,3 +12,5 @@ mod leader;
 mod namespace;
 mod nodeipam;
 mod nodelifecycle;
+mod resourcequota;
+mod serviceaccounttokens;
