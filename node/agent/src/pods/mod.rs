@@ -8,6 +8,7 @@ mod env;
 mod probe;
 mod resources;
 mod status;
+mod tokens;
 mod volumes;
 mod worker;
 
@@ -63,6 +64,7 @@ pub(crate) struct Shared {
     pub status_tx: status::StatusTx,
     pub probe_results: probe::ResultMap,
     pub dns: dns::NodeDns,
+    pub tokens: tokens::TokenManager,
 }
 
 /// Where and how the pod manager runs.
@@ -141,6 +143,7 @@ pub async fn run(
         status_tx,
         probe_results: Arc::default(),
         dns: config.dns.clone(),
+        tokens: tokens::TokenManager::new(client.clone()),
     });
     let workers: Workers = Arc::default();
 

@@ -1,5 +1,6 @@
 //! Pod volumes on the node: emptyDir (disk or tmpfs), configMap, secret,
-//! downwardAPI, projected and hostPath, under `<pods>/<uid>/volumes/`.
+//! downwardAPI, projected (ServiceAccount tokens included, see
+//! [`super::tokens`]) and hostPath, under `<pods>/<uid>/volumes/`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::PermissionsExt as _;
@@ -11,6 +12,7 @@ use kestrel_cri::v1;
 
 use super::env::{ConfigError, Sources, field_ref};
 use super::resources;
+use super::tokens::TokenManager;
 
 /// Where a pod's volumes live.
 pub fn pod_dir(pods_root: &Path, uid: &str) -> PathBuf {
@@ -118,6 +120,7 @@ pub async fn prepare(
     pod: &Pod,
     dir: &Path,
     sources: &mut Sources,
+    tokens: &TokenManager,
     pod_ip: &str,
     host_ip: &str,
 ) -> anyhow::Result<HashMap<String, PathBuf>> {
@@ -235,13 +238,14 @@ pub async fn prepare(
                         pod_ip,
                         host_ip,
                     )?;
-                } else if src.service_account_token.is_some() {
-                    // Kestrel issues no service account tokens yet (no
-                    // TokenRequest API); say so instead of mounting nothing.
-                    return Err(ConfigError(
-                        "projected serviceAccountToken volumes are not supported: this cluster has no TokenRequest API".into(),
-                    )
-                    .into());
+                } else if let Some(t) = &src.service_account_token {
+                    // A bound token from the TokenRequest API, refreshed by
+                    // the token manager; a failure is the volume's, retried.
+                    let token = tokens
+                        .token(pod, t.audience.as_deref(), t.expiration_seconds)
+                        .await
+                        .map_err(|e| ConfigError(format!("{e:#}")))?;
+                    write_file(&path, &t.path, token.as_bytes(), mode)?;
                 }
             }
         } else if let Some(h) = &v.host_path {

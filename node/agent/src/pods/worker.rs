@@ -449,29 +449,37 @@ impl Worker {
         // 2. Volumes and config sources, once per sync.
         let mut sources = Sources::new(self.shared.client.clone(), &self.namespace);
         let dir = volumes::pod_dir(&self.shared.pods_root, &self.uid);
-        let vols =
-            match volumes::prepare(pod, &dir, &mut sources, &pod_ip, &self.shared.node_ip).await {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    let msg = format!("{e:#}");
-                    if e.downcast_ref::<ConfigError>().is_some() {
-                        self.event(pod, EventType::Warning, "FailedMount", &msg)
-                            .await;
-                        for c in spec
-                            .init_containers
-                            .iter()
-                            .flatten()
-                            .chain(&spec.containers)
-                        {
-                            self.waiting
-                                .insert(c.name.clone(), ("ContainerCreating".into(), msg.clone()));
-                        }
-                        None
-                    } else {
-                        return Err(e);
+        let vols = match volumes::prepare(
+            pod,
+            &dir,
+            &mut sources,
+            &self.shared.tokens,
+            &pod_ip,
+            &self.shared.node_ip,
+        )
+        .await
+        {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let msg = format!("{e:#}");
+                if e.downcast_ref::<ConfigError>().is_some() {
+                    self.event(pod, EventType::Warning, "FailedMount", &msg)
+                        .await;
+                    for c in spec
+                        .init_containers
+                        .iter()
+                        .flatten()
+                        .chain(&spec.containers)
+                    {
+                        self.waiting
+                            .insert(c.name.clone(), ("ContainerCreating".into(), msg.clone()));
                     }
+                    None
+                } else {
+                    return Err(e);
                 }
-            };
+            }
+        };
         let mut next = RESYNC;
         let Some(vols) = vols else {
             self.report(pod, &seen, &pod_ip, "").await;
