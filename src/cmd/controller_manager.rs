@@ -59,15 +59,100 @@ pub struct ControllerManagerArgs {
     /// --default-not-ready-toleration-seconds.
     #[arg(long, default_value_t = 300)]
     default_unreachable_toleration_seconds: i64,
+    /// CA bundle (PEM) published as `kube-root-ca.crt` in every namespace
+    /// and put in token Secrets (default: the kubeconfig's CA).
+    #[arg(long)]
+    root_ca_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, P-256) legacy ServiceAccount tokens are
+    /// signed with: `kestrel server`'s `DATA_DIR/tls/service-account.key`.
+    /// Without it token Secrets are not filled.
+    #[arg(long)]
+    service_account_private_key_file: Option<PathBuf>,
+}
+
+/// Signs legacy ServiceAccount tokens with the API server's key, as
+/// upstream's token controller does with `--service-account-private-key-file`.
+#[derive(Debug)]
+struct LegacySigner(kestrel_apiserver::serviceaccount::SigningKey);
+
+impl kestrel_controllers::legacytoken::LegacyTokenSigner for LegacySigner {
+    fn legacy_token(
+        &self,
+        namespace: &str,
+        sa_name: &str,
+        sa_uid: &str,
+        secret_name: &str,
+    ) -> Result<String, String> {
+        self.0
+            .sign(&kestrel_apiserver::serviceaccount::token::legacy_claims(
+                namespace,
+                sa_name,
+                sa_uid,
+                secret_name,
+            ))
+    }
+}
+
+/// The legacy token signer for the key at `path`.
+pub fn legacy_signer(
+    path: &std::path::Path,
+) -> anyhow::Result<std::sync::Arc<dyn kestrel_controllers::legacytoken::LegacyTokenSigner>> {
+    let key = kestrel_apiserver::serviceaccount::SigningKey::load(path)
+        .context("loading the service account private key")?;
+    Ok(std::sync::Arc::new(LegacySigner(key)))
+}
+
+/// The CA of the kubeconfig's current cluster, PEM: inline
+/// (`certificate-authority-data`) or from its file.
+fn kubeconfig_ca(path: &std::path::Path) -> anyhow::Result<Option<String>> {
+    let kc = kube::config::Kubeconfig::read_from(path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let context = kc.current_context.as_deref().and_then(|c| {
+        kc.contexts
+            .iter()
+            .find(|n| n.name == c)
+            .and_then(|n| n.context.as_ref())
+    });
+    let cluster = context
+        .and_then(|c| kc.clusters.iter().find(|n| n.name == c.cluster))
+        .or(kc.clusters.first())
+        .and_then(|n| n.cluster.as_ref());
+    let Some(cluster) = cluster else {
+        return Ok(None);
+    };
+    if let Some(data) = &cluster.certificate_authority_data {
+        use base64::Engine as _;
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .context("decoding certificate-authority-data")?;
+        return Ok(Some(String::from_utf8_lossy(&pem).into_owned()));
+    }
+    match &cluster.certificate_authority {
+        Some(file) => Ok(Some(
+            std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?,
+        )),
+        None => Ok(None),
+    }
 }
 
 pub async fn run(args: ControllerManagerArgs) -> anyhow::Result<()> {
-    let client = kestrel_client::connect(args.kubeconfig.as_deref())
+    let kubeconfig = kestrel_client::kubeconfig_path(args.kubeconfig.as_deref())?;
+    let client = kestrel_client::client_from(&kubeconfig)
         .await
         .context("connecting to the API server")?;
+    let mut options = args.manager.options(args.leader_elect);
+    options.root_ca = match &args.root_ca_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading --root-ca-file {}", p.display()))?,
+        ),
+        None => kubeconfig_ca(&kubeconfig)?,
+    };
+    if let Some(p) = &args.service_account_private_key_file {
+        options.legacy_token_signer = Some(legacy_signer(p)?);
+    }
     let manager =
-        kestrel_controllers::Manager::new(client, args.manager.options(args.leader_elect))
-            .context("invalid controller options")?;
+        kestrel_controllers::Manager::new(client, options).context("invalid controller options")?;
     tracing::info!(
         leader_elect = args.leader_elect,
         not_ready_toleration_seconds = args.default_not_ready_toleration_seconds,
@@ -103,6 +188,29 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_root_ca_comes_from_the_kubeconfig() {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir().expect("tmp");
+        let pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let data = base64::engine::general_purpose::STANDARD.encode(pem);
+        let kc = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: other\n  cluster: {{server: https://x}}\n- name: k\n  cluster: {{server: https://k, certificate-authority-data: {data}}}\ncontexts:\n- name: c\n  context: {{cluster: k, user: u}}\nusers:\n- name: u\n  user: {{}}\n"
+        );
+        let path = dir.path().join("kubeconfig");
+        std::fs::write(&path, kc).expect("write");
+        assert_eq!(kubeconfig_ca(&path).expect("read").as_deref(), Some(pem));
+        // A CA file instead of inline data.
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(&ca, pem).expect("write");
+        let kc = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: k\n  cluster: {{server: https://k, certificate-authority: {}}}\ncontexts:\n- name: c\n  context: {{cluster: k, user: u}}\nusers:\n- name: u\n  user: {{}}\n",
+            ca.display()
+        );
+        std::fs::write(&path, kc).expect("write");
+        assert_eq!(kubeconfig_ca(&path).expect("read").as_deref(), Some(pem));
+    }
 
     #[test]
     fn durations() {

@@ -56,8 +56,33 @@ pub struct ServerArgs {
     /// Seconds new pods tolerate node.kubernetes.io/unreachable:NoExecute.
     #[arg(long, default_value_t = 300)]
     default_unreachable_toleration_seconds: i64,
+    /// Admission plugins to turn off, comma-separated, by upstream's names
+    /// (NamespaceLifecycle is always on): LimitRanger, ServiceAccount,
+    /// DefaultTolerationSeconds, MutatingAdmissionWebhook, NodeRestriction,
+    /// PodSecurity, ValidatingAdmissionWebhook, ResourceQuota.
+    #[arg(long, value_delimiter = ',', value_parser = admission_plugin)]
+    disable_admission_plugins: Vec<String>,
+    /// Write audit events (audit.k8s.io/v1, one JSON line each) to this
+    /// file, or `-` for stdout. Needs --audit-policy-file.
+    #[arg(long)]
+    audit_log_path: Option<PathBuf>,
+    /// The audit Policy (audit.k8s.io/v1, YAML or JSON) saying what is
+    /// recorded at which level. Needs --audit-log-path.
+    #[arg(long)]
+    audit_policy_file: Option<PathBuf>,
     #[command(flatten)]
     controllers: crate::cmd::controller_manager::ManagerArgs,
+}
+
+fn admission_plugin(s: &str) -> Result<String, String> {
+    if kestrel_apiserver::ADMISSION_PLUGINS.contains(&s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "unknown admission plugin {s:?}; known: {}",
+            kestrel_apiserver::ADMISSION_PLUGINS.join(", ")
+        ))
+    }
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -80,6 +105,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     config.advertise_addresses = args.advertise_addresses;
     config.default_not_ready_toleration_seconds = args.default_not_ready_toleration_seconds;
     config.default_unreachable_toleration_seconds = args.default_unreachable_toleration_seconds;
+    config.disable_admission_plugins = args.disable_admission_plugins;
+    config.audit_log_path = args.audit_log_path;
+    config.audit_policy_file = args.audit_policy_file;
     let server = kestrel_apiserver::ApiServer::bind(store, config)
         .await
         .context("starting the API server")?;
@@ -92,17 +120,24 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         server.local_addr(),
         server.admin_kubeconfig().display()
     );
-    let kubeconfig = server.admin_kubeconfig().to_owned();
+    let kubeconfig = server.scheduler_kubeconfig().to_owned();
     let scheduler = tokio::spawn(async move { super::scheduler::in_server(&kubeconfig).await });
-    // The controllers are the server's clients like any other, through
-    // its admin kubeconfig. They campaign on the Lease as a standalone
-    // controller manager does, so several servers (on etcd) or a separate
-    // `kestrel controller-manager` never act at once.
-    let client = kestrel_client::client_from(server.admin_kubeconfig())
+    // The controllers are the server's clients like any other, under their
+    // own identity (system:kube-controller-manager, not system:masters).
+    // They campaign on the Lease as a standalone controller manager does, so
+    // several servers (on etcd) or a separate `kestrel controller-manager`
+    // never act at once.
+    let client = kestrel_client::client_from(server.controller_manager_kubeconfig())
         .await
         .context("client for the controllers")?;
-    let controllers = kestrel_controllers::Manager::new(client, args.controllers.options(true))
-        .context("invalid controller options")?;
+    let mut options = args.controllers.options(true);
+    // The CA and the service account key are this server's own.
+    options.root_ca = Some(server.ca_pem().to_owned());
+    options.legacy_token_signer = Some(super::controller_manager::legacy_signer(
+        &kestrel_apiserver::serviceaccount::key_path(&args.data_dir),
+    )?);
+    let controllers =
+        kestrel_controllers::Manager::new(client, options).context("invalid controller options")?;
     tokio::spawn(async move {
         if let Err(e) = controllers.run(std::future::pending()).await {
             tracing::error!(error = %e, "controller manager stopped");
