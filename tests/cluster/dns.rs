@@ -83,7 +83,7 @@ spec:
     up
 }
 
-fn exec(c: &Cluster, pod: &str, cmd: &[&str]) -> (bool, String) {
+pub(super) fn exec(c: &Cluster, pod: &str, cmd: &[&str]) -> (bool, String) {
     let mut args = vec!["exec", pod, "--"];
     args.extend_from_slice(cmd);
     let (ok, out, err) = c.kubectl_raw(&args, None);

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use kestrel_testkit::{images_dir, kubectl_path, privileged_test_can_run};
 use serde_json::Value;
 
+mod access;
 mod dns;
+mod identity;
 mod netpol;
 mod pods;
 mod services;
@@ -119,7 +121,8 @@ impl Cluster {
             }
             if Instant::now() > deadline {
                 panic!(
-                    "timed out after {timeout:?} waiting for {what}\nnode-1 agent:\n{}\nnode-2 agent:\n{}",
+                    "timed out after {timeout:?} waiting for {what}\nserver:\n{}\nnode-1 agent:\n{}\nnode-2 agent:\n{}",
+                    self.log("server.log"),
                     self.log("nodes/node-1/agent.log"),
                     self.log("nodes/node-2/agent.log")
                 );
@@ -232,6 +235,9 @@ fn two_node_cluster_end_to_end() {
         assert!(!str_at(n, "/spec/podCIDR").is_empty(), "{n}");
     }
 
+    access::a_node_credential_is_not_an_admin(&c);
+    access::components_hold_only_their_roles(&c);
+    access::view_edit_admin(&c);
     pods::deployment_spreads_and_turns_ready(&c);
     pods::readiness_failure_leaves_the_endpointslice(&c);
     pods::pod_to_pod_across_nodes_keeps_the_client_ip(&c);
@@ -240,6 +246,9 @@ fn two_node_cluster_end_to_end() {
     pods::liveness_failure_restarts(&c);
     pods::oom_is_reported(&c);
     pods::deleting_a_pod_removes_sandbox_veth_and_ip(&c);
+    identity::setup(&c);
+    identity::pods_read_their_token_ca_and_namespace(&c);
+    identity::in_cluster_kubectl_uses_the_mounted_token(&c);
     services::setup(&c);
     services::cluster_ip_spreads_tcp_evenly(&c);
     services::cluster_ip_answers_udp(&c);

@@ -43,6 +43,10 @@ pub const BUSYBOX: &str = "docker.io/library/busybox:1.35";
 pub const BUSYBOX_LATEST: &str = "docker.io/library/busybox:latest";
 /// The echo server tests and benchmarks use.
 pub const ECHO: &str = "docker.io/kestrel/echo:0.1.0";
+/// busybox plus the real kubectl 1.35 (`cargo xtask setup` puts it in
+/// `.cache/bin/`): an in-cluster client for tests, using the pod's
+/// ServiceAccount token.
+pub const KUBECTL: &str = "docker.io/kestrel/kubectl:0.1.0";
 
 #[derive(Debug, Default, clap::Args)]
 pub struct ImagesArgs {
@@ -83,8 +87,16 @@ pub fn run(root: &Path, args: &ImagesArgs) -> anyhow::Result<()> {
         cmd: &["sh"],
     };
     write_archive(&out, &busybox, busybox_layer()?)?;
+
+    let kubectl = ImageSpec {
+        file: "kubectl",
+        references: &[KUBECTL],
+        entrypoint: &[],
+        cmd: &["sh"],
+    };
+    write_archive(&out, &kubectl, kubectl_layer(root)?)?;
     eprintln!(
-        "images: wrote {PAUSE}, {BUSYBOX} (also {BUSYBOX_LATEST}) and {ECHO} to {}",
+        "images: wrote {PAUSE}, {BUSYBOX} (also {BUSYBOX_LATEST}), {ECHO} and {KUBECTL} to {}",
         out.display()
     );
     Ok(())
@@ -209,6 +221,19 @@ fn busybox_layer() -> anyhow::Result<Layer> {
             layer.symlink(applet, "/bin/busybox")?;
         }
     }
+    Ok(layer)
+}
+
+/// The busybox layer with kubectl (a static Go binary) at
+/// `/usr/local/bin/kubectl`, on busybox's `$PATH`.
+fn kubectl_layer(root: &Path) -> anyhow::Result<Layer> {
+    let path = root.join(".cache/bin/kubectl");
+    let binary = fs::read(&path)
+        .with_context(|| format!("reading {} (run `cargo xtask setup`)", path.display()))?;
+    let mut layer = busybox_layer()?;
+    layer.dir("usr/local", 0o755)?;
+    layer.dir("usr/local/bin", 0o755)?;
+    layer.file("usr/local/bin/kubectl", &binary, 0o755)?;
     Ok(layer)
 }
 
