@@ -6,13 +6,17 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt as _;
+use futures::stream;
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
 use kube::ResourceExt as _;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::SelectorExt as _;
-use kube::runtime::controller::Action;
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::controller::{Action, ReconcileRequest, applier};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::utils::CancelableJoinHandle;
+use kube::runtime::{WatchStreamExt as _, watcher};
+use tokio::runtime::Handle;
 
 use crate::manager::{Backoff, Error, Result, drive};
 
@@ -25,28 +29,50 @@ struct Ctx {
 /// Run the ClusterRole aggregation controller.
 pub async fn run(client: kube::Client) -> Result<()> {
     let api: Api<ClusterRole> = Api::all(client);
-    let controller = Controller::new(api.clone(), watcher::Config::default());
-    let roles = controller.store();
+    // One watch feeds both the store and the triggers: the store has taken
+    // in a change before the change triggers the aggregated roles, so their
+    // reconcile sees it (two watches of the same kind race each other).
+    let (roles, writer) = reflector::store();
     let trigger = roles.clone();
-    // Any ClusterRole change may change what an aggregated role selects.
-    let controller = controller.watches(api.clone(), watcher::Config::default(), move |_| {
-        trigger
-            .state()
-            .into_iter()
-            .filter(|r| r.aggregation_rule.is_some())
-            .map(|r| ObjectRef::from_obj(&*r))
-            .collect::<Vec<_>>()
-    });
+    let queue = watcher(api.clone(), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .flat_map(move |event| {
+            // A relist is in the store only once it is done: trigger then,
+            // and on every change after it.
+            let fire = match &event {
+                Ok(
+                    watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone,
+                ) => true,
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => false,
+                Err(_) => false,
+            };
+            let refs: Vec<Result<ReconcileRequest<ClusterRole>, watcher::Error>> = match event {
+                Err(e) => vec![Err(e)],
+                Ok(_) if fire => trigger
+                    .state()
+                    .into_iter()
+                    .filter(|r| r.aggregation_rule.is_some())
+                    .map(|r| Ok(ReconcileRequest::from(ObjectRef::from_obj(&*r))))
+                    .collect(),
+                Ok(_) => Vec::new(),
+            };
+            stream::iter(refs)
+        });
     let ctx = Arc::new(Ctx {
         api,
-        roles,
+        roles: roles.clone(),
         backoff: Backoff::default(),
     });
-    drive(
-        controller.run(reconcile, error_policy, ctx),
-        "clusterrole-aggregation-controller",
-    )
-    .await;
+    let results = applier(
+        |r, ctx| CancelableJoinHandle::spawn(reconcile(r, ctx), &Handle::current()),
+        error_policy,
+        ctx,
+        roles,
+        queue,
+        kube::runtime::controller::Config::default(),
+    );
+    drive(results, "clusterrole-aggregation-controller").await;
     Ok(())
 }
 
