@@ -1105,6 +1105,23 @@ pub static RESOURCES: &[ResourceDef] = &[
         field_selectors: &[],
         name_rule: NameRule::PathSegment,
     },
+    ResourceDef {
+        group: "authentication.k8s.io",
+        version: "v1",
+        kind: "TokenReview",
+        types: TypeOps::of::<k8s::authentication::v1::TokenReview>(),
+        list_kind: "TokenReviewList",
+        plural: "tokenreviews",
+        singular: "tokenreview",
+        short_names: &[],
+        namespaced: false,
+        verbs: CREATE_ONLY,
+        subresources: &[],
+        categories: &[],
+        columns: &[NAME],
+        field_selectors: &[],
+        name_rule: NameRule::PathSegment,
+    },
     // ---- admissionregistration.k8s.io/v1: the webhooks the admission
     // chain calls (control/apiserver/src/admission/webhook.rs).
     ResourceDef {

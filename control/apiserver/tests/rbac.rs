@@ -441,3 +441,73 @@ async fn a_node_reaches_only_what_its_pods_use() {
     }
     s.stop().await;
 }
+
+async fn post(
+    client: &kube::Client,
+    path: &str,
+    body: serde_json::Value,
+) -> Result<serde_json::Value, kube::Error> {
+    let req = http::Request::post(path)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&body).expect("json"))
+        .expect("request");
+    client.request::<serde_json::Value>(req).await
+}
+
+/// TokenReview, as an auth-delegating server (metrics, aggregated APIs)
+/// uses it: allowed through system:auth-delegator, answering who a token is.
+#[tokio::test]
+async fn token_reviews_say_who_a_token_is() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = TestServer::start_in(dir.path(), |_| {}).await;
+    let admin = s.client().await;
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(admin.clone(), "default");
+    sas.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({"metadata": {"name": "app"}})).expect("sa"),
+    )
+    .await
+    .expect("sa");
+    let tr = post(
+        &admin,
+        "/api/v1/namespaces/default/serviceaccounts/app/token",
+        serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}),
+    )
+    .await
+    .expect("token");
+    let token = tr["status"]["token"].as_str().expect("token").to_owned();
+    let review = |t: &str| serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": t}});
+    let path = "/apis/authentication.k8s.io/v1/tokenreviews";
+    let metrics = s.user_client("metrics-server", &[]).await;
+    let e = post(&metrics, path, review(&token))
+        .await
+        .expect_err("no delegation yet");
+    assert!(
+        matches!(e, kube::Error::Api(ref st) if st.code == 403),
+        "{e}"
+    );
+    let crbs: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(admin.clone());
+    crbs.create(
+        &PostParams::default(),
+        &serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "metrics-delegator"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "metrics-server"}],
+        }))
+        .expect("crb"),
+    )
+    .await
+    .expect("crb");
+    let v = post(&metrics, path, review(&token)).await.expect("review");
+    assert_eq!(v["status"]["authenticated"], true, "{v}");
+    assert_eq!(
+        v["status"]["user"]["username"],
+        "system:serviceaccount:default:app"
+    );
+    let v = post(&metrics, path, review("not-a-token"))
+        .await
+        .expect("review");
+    assert_eq!(v["status"]["authenticated"], false, "{v}");
+    s.stop().await;
+}

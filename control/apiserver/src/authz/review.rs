@@ -29,7 +29,10 @@ pub fn serves(group: &str, plural: &str) -> bool {
                 | "subjectaccessreviews"
                 | "localsubjectaccessreviews"
                 | "selfsubjectrulesreviews"
-        ) | ("authentication.k8s.io", "selfsubjectreviews")
+        ) | (
+            "authentication.k8s.io",
+            "selfsubjectreviews" | "tokenreviews"
+        )
     )
 }
 
@@ -52,6 +55,7 @@ pub async fn serve(
         .to_owned();
     let status = match plural {
         "selfsubjectreviews" => user_info(&ctx.user),
+        "tokenreviews" => token_review(state, &body),
         "selfsubjectrulesreviews" => {
             let ns = body
                 .pointer("/spec/namespace")
@@ -104,6 +108,7 @@ fn default_kind(plural: &str) -> &'static str {
         "localsubjectaccessreviews" => "LocalSubjectAccessReview",
         "selfsubjectrulesreviews" => "SelfSubjectRulesReview",
         "selfsubjectreviews" => "SelfSubjectReview",
+        "tokenreviews" => "TokenReview",
         _ => "SubjectAccessReview",
     }
 }
@@ -183,6 +188,61 @@ fn subject_of(kind: &str, spec: &SubjectAccessReviewSpec) -> Result<Arc<User>, A
 /// `status.userInfo` of a SelfSubjectReview.
 fn user_info(u: &User) -> Value {
     json!({"userInfo": u.info()})
+}
+
+/// `status` of a TokenReview: who the token in `spec.token` authenticates
+/// as, through the same authenticators as requests (what an aggregated API
+/// server or metrics endpoint asks before trusting a bearer token). A
+/// review naming `spec.audiences` is answered only for the API server's
+/// own audiences; tokens for other audiences are not authenticated here.
+fn token_review(state: &AppState, body: &Value) -> Value {
+    let token = body
+        .pointer("/spec/token")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let api_audiences: Vec<String> = state
+        .tokens
+        .service_accounts()
+        .map(|sa| sa.audiences().to_vec())
+        .unwrap_or_default();
+    let wanted: Vec<String> = body
+        .pointer("/spec/audiences")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let audiences = if wanted.is_empty() {
+        api_audiences.clone()
+    } else {
+        wanted
+            .iter()
+            .filter(|a| api_audiences.contains(a))
+            .cloned()
+            .collect()
+    };
+    let refused = |why: &str| json!({"authenticated": false, "error": why, "user": {}});
+    if token.is_empty() {
+        return refused("token must be specified");
+    }
+    if audiences.is_empty() {
+        return refused("token audiences are invalid for the target audiences");
+    }
+    let header = format!("Bearer {token}");
+    match crate::auth::authenticate(
+        &state.tokens,
+        &state.pki.node_token,
+        crate::auth::Credentials {
+            peer: None,
+            authorization: Some(&header),
+            path: "",
+        },
+    ) {
+        Ok(u) => json!({"authenticated": true, "user": u.info(), "audiences": audiences}),
+        Err(_) => refused("invalid bearer token"),
+    }
 }
 
 /// `status` of a SelfSubjectRulesReview: every rule that applies in the
