@@ -81,8 +81,17 @@ impl Kubectl {
 
     /// Run and require success; stdout.
     pub async fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args, None).await;
-        assert!(o.ok, "kubectl {args:?} failed:\n{}\n{}", o.stdout, o.stderr);
+        self.ok_in(args, None).await
+    }
+
+    /// Run with `stdin` and require success; stdout.
+    pub async fn ok_in(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let o = self.run(args, stdin).await;
+        assert!(
+            o.ok,
+            "kubectl {args:?} failed:\nstdout: {}\nstderr: {}",
+            o.stdout, o.stderr
+        );
         o.stdout
     }
 

@@ -2,88 +2,17 @@
 //! `$KESTREL_KUBECTL` or `<repo>/.cache/bin/kubectl` (`cargo xtask setup`
 //! puts it there); the test fails, loudly, when it is missing.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use kestrel_apiserver::testing::TestServer;
+use kestrel_testkit::kubectl::Kubectl;
 use kestrel_testkit::{eventually, kubectl_path};
-use tokio::io::AsyncWriteExt as _;
-
-struct Kubectl {
-    bin: PathBuf,
-    kubeconfig: PathBuf,
-    home: PathBuf,
-}
-
-struct Out {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Kubectl {
-    async fn run_with(&self, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Out {
-        let mut cmd = tokio::process::Command::new(&self.bin);
-        cmd.args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            // A private HOME keeps kubectl's discovery cache per test.
-            .env("HOME", &self.home)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn kubectl");
-        if let Some(input) = stdin {
-            let mut si = child.stdin.take().expect("stdin");
-            si.write_all(input.as_bytes()).await.expect("write stdin");
-            drop(si);
-        }
-        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-            .await
-            .unwrap_or_else(|_| panic!("kubectl {args:?} timed out"))
-            .expect("kubectl output");
-        Out {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    /// Run and require success; returns stdout.
-    async fn ok(&self, args: &[&str]) -> String {
-        self.ok_in(args, None).await
-    }
-
-    async fn ok_in(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let o = self.run_with(args, stdin, &[]).await;
-        assert!(
-            o.ok,
-            "kubectl {args:?} failed:\nstdout: {}\nstderr: {}",
-            o.stdout, o.stderr
-        );
-        o.stdout
-    }
-}
 
 async fn setup() -> (tempfile::TempDir, TestServer, Kubectl) {
-    let bin = kubectl_path();
     let dir = tempfile::tempdir().expect("tempdir");
     let s = TestServer::start_in(dir.path(), |_| {}).await;
-    let home = dir.path().join("home");
-    std::fs::create_dir_all(&home).expect("home");
-    let k = Kubectl {
-        bin,
-        kubeconfig: s.kubeconfig.clone(),
-        home,
-    };
+    let k = Kubectl::new(dir.path(), s.kubeconfig.clone());
     (dir, s, k)
 }
 
@@ -574,7 +503,7 @@ async fn kubectl_workflows() {
 #[tokio::test]
 async fn kubectl_get_watch_streams_changes() {
     let (_dir, _s, k) = setup().await;
-    let mut cmd = tokio::process::Command::new(&k.bin);
+    let mut cmd = tokio::process::Command::new(kubectl_path());
     cmd.args(["get", "cm", "-n", "default", "-w"])
         .env("KUBECONFIG", &k.kubeconfig)
         .env("HOME", &k.home)

@@ -11,9 +11,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::rbac::v1::{
-    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, Subject,
-};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Subject};
+use serde::Deserialize as _;
 use serde_json::Value;
 
 use super::request::Attributes;
@@ -67,62 +66,62 @@ fn role_ref(kind: &str, name: &str) -> Option<RoleRef> {
     }
 }
 
+/// What the index reads of a Role or ClusterRole: its rules (an
+/// aggregated ClusterRole's are written by the aggregation controller).
+#[derive(serde::Deserialize)]
+struct RulesOf {
+    #[serde(default)]
+    rules: Option<Vec<PolicyRule>>,
+}
+
+/// What the index reads of a RoleBinding or ClusterRoleBinding.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BindingOf {
+    role_ref: k8s_openapi::api::rbac::v1::RoleRef,
+    #[serde(default)]
+    subjects: Option<Vec<Subject>>,
+}
+
+fn rules(object: Option<&Value>) -> Option<Arc<Vec<PolicyRule>>> {
+    let r = RulesOf::deserialize(object?).ok()?;
+    Some(Arc::new(r.rules.unwrap_or_default()))
+}
+
+fn binding(object: Option<&Value>) -> Option<Binding> {
+    let b = BindingOf::deserialize(object?).ok()?;
+    Some(Binding {
+        role: role_ref(&b.role_ref.kind, &b.role_ref.name)?,
+        subjects: b.subjects.unwrap_or_default(),
+    })
+}
+
 impl RbacIndex {
     /// Apply a put (`Some(object)`) or delete (`None`) of `key`. Objects that
     /// do not decode are left out, as if absent: validation keeps them out
     /// of the store in the first place.
     pub fn apply(&mut self, key: &str, object: Option<&Value>) {
-        let decode = |o: Option<&Value>| o.cloned();
         if let Some(name) = key.strip_prefix(CLUSTER_ROLES) {
-            match decode(object).and_then(|v| serde_json::from_value::<ClusterRole>(v).ok()) {
-                Some(r) => {
-                    self.cluster_roles
-                        .insert(name.to_owned(), Arc::new(r.rules.unwrap_or_default()));
-                }
-                None => {
-                    self.cluster_roles.remove(name);
-                }
-            }
+            match rules(object) {
+                Some(r) => self.cluster_roles.insert(name.to_owned(), r),
+                None => self.cluster_roles.remove(name),
+            };
         } else if let Some(rest) = key.strip_prefix(ROLES) {
             let Some(k) = ns_name(rest) else { return };
-            match decode(object).and_then(|v| serde_json::from_value::<Role>(v).ok()) {
-                Some(r) => {
-                    self.roles.insert(k, Arc::new(r.rules.unwrap_or_default()));
-                }
-                None => {
-                    self.roles.remove(&k);
-                }
-            }
+            match rules(object) {
+                Some(r) => self.roles.insert(k, r),
+                None => self.roles.remove(&k),
+            };
         } else if let Some(name) = key.strip_prefix(CLUSTER_BINDINGS) {
-            let b = decode(object)
-                .and_then(|v| serde_json::from_value::<ClusterRoleBinding>(v).ok())
-                .and_then(|b| {
-                    Some(Binding {
-                        role: role_ref(&b.role_ref.kind, &b.role_ref.name)?,
-                        subjects: b.subjects.unwrap_or_default(),
-                    })
-                });
-            match b {
-                Some(b) => {
-                    self.cluster_bindings.insert(name.to_owned(), b);
-                }
-                None => {
-                    self.cluster_bindings.remove(name);
-                }
-            }
+            match binding(object) {
+                Some(b) => self.cluster_bindings.insert(name.to_owned(), b),
+                None => self.cluster_bindings.remove(name),
+            };
         } else if let Some(rest) = key.strip_prefix(BINDINGS) {
             let Some((ns, name)) = ns_name(rest) else {
                 return;
             };
-            let b = decode(object)
-                .and_then(|v| serde_json::from_value::<RoleBinding>(v).ok())
-                .and_then(|b| {
-                    Some(Binding {
-                        role: role_ref(&b.role_ref.kind, &b.role_ref.name)?,
-                        subjects: b.subjects.unwrap_or_default(),
-                    })
-                });
-            match b {
+            match binding(object) {
                 Some(b) => {
                     self.bindings.entry(ns).or_default().insert(name, b);
                 }
