@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
 
-use crate::report::{Summary, command_output, machine, percentile};
+use crate::report::{Summary, command_output, machine, percentile, rss_mib};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -107,21 +107,6 @@ pub async fn serve(dir: PathBuf) -> Result<()> {
     println!("READY {}", server.admin_kubeconfig().display());
     server.serve(futures::future::pending()).await?;
     Ok(())
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))?
-                .split_whitespace()
-                .next()?
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or(0.0)
-        / 1024.0
 }
 
 /// The server child of one repetition; killed on drop.

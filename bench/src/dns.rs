@@ -34,7 +34,7 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 use tokio::net::UdpSocket;
 
-use crate::report::{Summary, command_output, machine, percentile};
+use crate::report::{Summary, command_output, machine, percentile, rss_mib};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -389,21 +389,6 @@ fn cpu_seconds(pids: &[u32], tick: f64) -> f64 {
             (n(11) + n(12)) / tick
         })
         .sum()
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))?
-                .split_whitespace()
-                .next()?
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or(0.0)
-        / 1024.0
 }
 
 /// A loopback port free for both UDP and TCP.

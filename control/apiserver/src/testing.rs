@@ -157,11 +157,23 @@ pub async fn request(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> (u16, serde_json::Value) {
+    let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+    request_raw(client, method, path, "application/json", body).await
+}
+
+/// Send `method path` with a body of content type `ct`, as it is.
+pub async fn request_raw(
+    client: &kube::Client,
+    method: &str,
+    path: &str,
+    ct: &str,
+    body: Vec<u8>,
+) -> (u16, serde_json::Value) {
     let req = hyper::Request::builder()
         .method(method)
         .uri(path)
-        .header("content-type", "application/json")
-        .body(body.map(|b| b.to_string().into_bytes()).unwrap_or_default())
+        .header("content-type", ct)
+        .body(body)
         .expect("request");
     let resp = client
         .send(req.map(kube::client::Body::from))
