@@ -1223,7 +1223,8 @@ fn delete_opts(ctx: &Ctx) -> Result<DeleteOpts, ApiError> {
         ..DeleteOpts::default()
     };
     if !ctx.body.iter().all(u8::is_ascii_whitespace) {
-        let b = body::parse_json(&ctx.body)?;
+        // JSON, YAML or protobuf (client-go's typed deletes, e.g. helm's).
+        let b = body::decode_object(ctx)?;
         o.uid = str_at(&b, "/preconditions/uid").map(str::to_owned);
         o.resource_version =
             str_at(&b, "/preconditions/resourceVersion").and_then(|r| r.parse().ok());

@@ -389,8 +389,17 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtoError> {
         ));
     }
     let raw = env.raw.unwrap_or_default();
-    let mut v = generated::decode_kind(&api_version, &kind, &raw)
-        .ok_or_else(|| ProtoError::Unsupported(format!("{api_version}, Kind={kind}")))??;
+    // DeleteOptions is registered in every group version (client-go sends
+    // it with the resource's apiVersion), so it decodes under any of them.
+    let decoded = if kind == "DeleteOptions" {
+        Some(decode_as::<
+            k8s_pb::apimachinery::pkg::apis::meta::v1::DeleteOptions,
+        >(&raw))
+    } else {
+        generated::decode_kind(&api_version, &kind, &raw)
+    };
+    let mut v =
+        decoded.ok_or_else(|| ProtoError::Unsupported(format!("{api_version}, Kind={kind}")))??;
     if let Value::Object(m) = &mut v {
         m.insert("apiVersion".into(), Value::from(api_version));
         m.insert("kind".into(), Value::from(kind));

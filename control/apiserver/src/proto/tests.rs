@@ -416,3 +416,17 @@ fn malformed_bodies_are_errors_not_panics() {
     b.extend([0x12, 0x01, b'X']);
     assert!(decode(&b).is_err());
 }
+
+#[test]
+fn delete_options_decode_under_any_group_version() {
+    let opts = k8s_pb::apimachinery::pkg::apis::meta::v1::DeleteOptions {
+        grace_period_seconds: Some(0),
+        propagation_policy: Some("Background".to_owned()),
+        ..Default::default()
+    };
+    for av in ["v1", "apps/v1", "meta.k8s.io/v1"] {
+        let v = decode(&body(av, "DeleteOptions", &opts)).expect("decodes");
+        assert_eq!(v["propagationPolicy"], "Background", "{av}: {v}");
+        assert_eq!(v["gracePeriodSeconds"], 0, "{av}: {v}");
+    }
+}
