@@ -1,10 +1,15 @@
 //! The ResourceQuota controller: every quota's `status.hard` mirrors its
 //! `spec.hard` and `status.used` is recomputed from the objects in its
 //! namespace, with the same accounting admission charges creates with
-//! (`kestrel_api::quota`). It runs when a quota changes, when a pod,
-//! Service, ConfigMap, Secret or claim in its namespace changes, and every
-//! 30 s for the other counted kinds. Recomputing also gives back what a
-//! create charged but then failed to store.
+//! (`kestrel_api::quota`). It runs when a quota changes, when a counted
+//! object in its namespace is deleted or stops using what it was charged
+//! (a pod that finished or is terminating), and every 30 s. As upstream's
+//! replenishment, a create does not trigger it: admission already charged
+//! the create, and a recount racing that charge could undercount. The
+//! status write carries the resourceVersion of the quota read before the
+//! recount, so a charge made meanwhile makes it conflict and retry.
+//! Recomputing also gives back what a create charged but then failed to
+//! store.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,7 +31,7 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use serde_json::json;
 use tokio::runtime::Handle;
 
-use crate::manager::{Backoff, Error, Result, drive};
+use crate::manager::{Backoff, Error, Result, drive, is_conflict};
 
 /// How often quotas are recomputed without a triggering change.
 const RESYNC: Duration = Duration::from_secs(30);
@@ -48,14 +53,25 @@ fn quotas_in(store: &Store<ResourceQuota>, ns: Option<String>) -> Vec<ObjectRef<
 
 type Queue = BoxStream<'static, Result<ReconcileRequest<ResourceQuota>, watcher::Error>>;
 
+/// Whether a changed object may now use less than it was charged: it is
+/// terminating, or it is a pod that finished.
+fn releases(v: &serde_json::Value) -> bool {
+    v.pointer("/metadata/deletionTimestamp").is_some()
+        || matches!(
+            v.pointer("/status/phase").and_then(|p| p.as_str()),
+            Some("Succeeded" | "Failed")
+        )
+}
+
 /// Reconcile requests for the quotas of every namespace an object of `K`
-/// changes in. Boxed, so the trigger streams merge flat (a chain of
-/// `Controller::watches` nests one poll frame per kind).
+/// is deleted or releases usage in. Boxed, so the trigger streams merge
+/// flat (a chain of `Controller::watches` nests one poll frame per kind).
 fn namespace_trigger<K>(client: &kube::Client, quotas: Store<ResourceQuota>) -> Queue
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
         + serde::de::DeserializeOwned
+        + serde::Serialize
         + std::fmt::Debug
         + Send
         + Sync
@@ -63,11 +79,17 @@ where
 {
     watcher(Api::<K>::all(client.clone()), watcher::Config::default())
         .default_backoff()
-        .touched_objects()
-        .flat_map(move |o| {
-            let refs = o
-                .map(|o| quotas_in(&quotas, o.namespace()))
-                .unwrap_or_default();
+        .flat_map(move |e| {
+            let ns = match e {
+                Ok(watcher::Event::Delete(o)) => Some(o.namespace()),
+                Ok(watcher::Event::Apply(o))
+                    if serde_json::to_value(&o).is_ok_and(|v| releases(&v)) =>
+                {
+                    Some(o.namespace())
+                }
+                _ => None,
+            };
+            let refs = ns.map(|ns| quotas_in(&quotas, ns)).unwrap_or_default();
             stream::iter(refs.into_iter().map(|r| Ok(ReconcileRequest::from(r))))
         })
         .boxed()
@@ -164,6 +186,14 @@ async fn reconcile(q: Arc<ResourceQuota>, ctx: Arc<Ctx>) -> Result<Action> {
     let Some(ns) = q.namespace() else {
         return Ok(Action::await_change());
     };
+    // Read the quota before counting: every charge admission made up to
+    // this resourceVersion is for an object the consistent list below sees
+    // or a create that failed; a later charge makes the write conflict.
+    let api: Api<ResourceQuota> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(q) = api.get_opt(&name).await? else {
+        return Ok(Action::await_change());
+    };
+    let rv = q.resource_version();
     let hard: BTreeMap<String, String> = q
         .spec
         .as_ref()
@@ -203,7 +233,6 @@ async fn reconcile(q: Arc<ResourceQuota>, ctx: Arc<Ctx>) -> Result<Action> {
         .map(|u| u.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect())
         .unwrap_or_default();
     if current_used != used || current_hard != hard {
-        let api: Api<ResourceQuota> = Api::namespaced(ctx.client.clone(), &ns);
         // Merge patch replaces maps key by key: null out keys no longer hard.
         let mut status_used = json!(used);
         let mut status_hard = json!(hard);
@@ -213,12 +242,22 @@ async fn reconcile(q: Arc<ResourceQuota>, ctx: Arc<Ctx>) -> Result<Action> {
         for k in current_hard.keys().filter(|k| !hard.contains_key(*k)) {
             status_hard[k] = json!(null);
         }
-        api.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"hard": status_hard, "used": status_used}})),
-        )
-        .await?;
+        let patch = json!({
+            "metadata": {"resourceVersion": rv},
+            "status": {"hard": status_hard, "used": status_used},
+        });
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            // Charged meanwhile: count again on top of the new charge.
+            Err(e) if is_conflict(&e) => {
+                return Ok(Action::requeue(Duration::from_millis(50)));
+            }
+            r => {
+                r?;
+            }
+        }
     }
     ctx.backoff.succeeded(&format!("{ns}/{name}"));
     Ok(Action::requeue(RESYNC))
