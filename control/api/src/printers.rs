@@ -564,3 +564,145 @@ mod tests {
         assert_eq!(workload_selector(&d), json!("app=web"));
     }
 }
+
+/// An APIService's backend: `Local`, or the Service's `namespace/name`.
+pub fn apiservice_service(v: &Value) -> Value {
+    match v.pointer("/spec/service") {
+        Some(Value::Object(s)) => json!(format!(
+            "{}/{}",
+            s.get("namespace").and_then(Value::as_str).unwrap_or(""),
+            s.get("name").and_then(Value::as_str).unwrap_or("")
+        )),
+        _ => json!("Local"),
+    }
+}
+
+/// An APIService's Available condition: `True`, or `False (Reason)`.
+pub fn apiservice_available(v: &Value) -> Value {
+    let cond = v
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c.get("type").and_then(Value::as_str) == Some("Available"))
+        });
+    match cond {
+        None => json!("Unknown"),
+        Some(c) => {
+            let status = c.get("status").and_then(Value::as_str).unwrap_or("Unknown");
+            match c.get("reason").and_then(Value::as_str) {
+                Some(r) if status != "True" && !r.is_empty() => json!(format!("{status} ({r})")),
+                _ => json!(status),
+            }
+        }
+    }
+}
+
+/// One step of a printer-column JSONPath.
+enum Step<'a> {
+    Field(&'a str),
+    Index(usize),
+    All,
+    /// `[?(@.path=="value")]`: the items whose `path` equals `value`.
+    Filter(&'a str, &'a str),
+}
+
+fn steps(path: &str) -> Option<Vec<Step<'_>>> {
+    let mut out = Vec::new();
+    let mut rest = path.trim().trim_start_matches('{').trim_end_matches('}');
+    rest = rest.strip_prefix('$').unwrap_or(rest);
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('.') {
+            let end = r.find(['.', '[']).unwrap_or(r.len());
+            if end > 0 {
+                out.push(Step::Field(&r[..end]));
+            }
+            rest = &r[end..];
+        } else if let Some(r) = rest.strip_prefix("[?(@") {
+            let close = r.find(")]")?;
+            let cond = &r[..close];
+            let (lhs, rhs) = cond.split_once("==")?;
+            let rhs = rhs.trim().trim_matches(|c| c == '"' || c == '\'');
+            out.push(Step::Filter(lhs.trim().trim_start_matches('.'), rhs));
+            rest = &r[close + 2..];
+        } else if let Some(r) = rest.strip_prefix('[') {
+            let close = r.find(']')?;
+            let inner = r[..close].trim();
+            if inner == "*" {
+                out.push(Step::All);
+            } else if let Some(q) = inner.strip_prefix('\'').and_then(|q| q.strip_suffix('\'')) {
+                out.push(Step::Field(q));
+            } else {
+                out.push(Step::Index(inner.parse().ok()?));
+            }
+            rest = &r[close + 1..];
+        } else {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+/// Evaluate a CRD printer column's JSONPath (`.spec.replicas`,
+/// `.status.conditions[?(@.type=="Ready")].status`, `.items[0].name`) and
+/// return its first result, as upstream's Table conversion shows it: `None`
+/// when nothing matches.
+pub fn json_path(obj: &Value, path: &str) -> Option<Value> {
+    let mut cur: Vec<&Value> = vec![obj];
+    for step in steps(path)? {
+        let mut next = Vec::new();
+        for v in cur {
+            match &step {
+                Step::Field(f) => next.extend(v.get(*f)),
+                Step::Index(i) => next.extend(v.get(*i)),
+                Step::All => match v {
+                    Value::Array(a) => next.extend(a.iter()),
+                    Value::Object(o) => next.extend(o.values()),
+                    _ => {}
+                },
+                Step::Filter(field, want) => {
+                    for item in v.as_array().into_iter().flatten() {
+                        let got = field.split('.').try_fold(item, |at, seg| at.get(seg));
+                        let matches = match got {
+                            Some(Value::String(s)) => s == want,
+                            Some(Value::Bool(b)) => want.parse() == Ok(*b),
+                            Some(Value::Number(n)) => want.parse::<f64>().ok() == n.as_f64(),
+                            _ => false,
+                        };
+                        if matches {
+                            next.push(item);
+                        }
+                    }
+                }
+            }
+        }
+        cur = next;
+    }
+    cur.first().map(|v| (*v).clone())
+}
+
+#[cfg(test)]
+mod json_path_tests {
+    use super::json_path;
+    use serde_json::json;
+
+    #[test]
+    fn printer_column_paths_select_as_upstream() {
+        let o = json!({
+            "spec": {"replicas": 3, "ports": [{"name": "a"}, {"name": "b"}]},
+            "status": {"conditions": [
+                {"type": "Synced", "status": "False"},
+                {"type": "Ready", "status": "True"},
+            ]},
+        });
+        assert_eq!(json_path(&o, ".spec.replicas"), Some(json!(3)));
+        assert_eq!(json_path(&o, ".spec.ports[1].name"), Some(json!("b")));
+        assert_eq!(json_path(&o, ".spec.ports[*].name"), Some(json!("a")));
+        assert_eq!(
+            json_path(&o, r#".status.conditions[?(@.type=="Ready")].status"#),
+            Some(json!("True"))
+        );
+        assert_eq!(json_path(&o, ".spec.missing"), None);
+        assert_eq!(json_path(&o, ".spec[unclosed"), None);
+    }
+}

@@ -39,6 +39,72 @@ impl TypeOps {
     }
 }
 
+/// How the server reads and checks a kind's objects: through its typed
+/// k8s-openapi struct (built-in kinds) or through the structural schema of
+/// the CustomResourceDefinition that defines it.
+#[derive(Debug, Clone, Copy)]
+pub enum Types {
+    /// A built-in kind.
+    Typed(TypeOps),
+    /// A custom resource, served from an established CRD.
+    Custom(&'static Custom),
+}
+
+/// What a CustomResourceDefinition says about one served version beyond the
+/// common [`ResourceDef`] fields.
+#[derive(Debug)]
+pub struct Custom {
+    /// The version's structural schema: pruning, defaulting, validation
+    /// (with CEL rules) and OpenAPI publication.
+    pub schema: crate::schema::Structural,
+    /// The version objects are stored in; reads through other versions
+    /// rewrite `apiVersion` (conversion strategy None).
+    pub storage_version: &'static str,
+    /// The `Warning` header sent on requests to a deprecated version.
+    pub deprecation_warning: Option<String>,
+    /// The scale subresource's JSON paths, when the CRD has one.
+    pub scale: Option<ScalePaths>,
+    /// The CRD's name (`<plural>.<group>`) and uid, which identify it.
+    pub crd: (&'static str, &'static str),
+}
+
+/// A CRD's `subresources.scale`: where replicas and the selector live.
+#[derive(Debug, Clone)]
+pub struct ScalePaths {
+    /// `specReplicasPath`, e.g. `.spec.replicas`.
+    pub spec_replicas: String,
+    /// `statusReplicasPath`, e.g. `.status.replicas`.
+    pub status_replicas: String,
+    /// `labelSelectorPath`, e.g. `.status.selector`.
+    pub label_selector: Option<String>,
+}
+
+impl Types {
+    /// Decode an object as the server stores it: through the typed struct
+    /// (refusing wrong field types, dropping unknown fields, as upstream's
+    /// decoder), or for a custom resource by pruning unknown fields and
+    /// applying the schema's defaults (its validation runs after admission).
+    pub fn normalize(&self, v: Value) -> Result<Value, String> {
+        match self {
+            Self::Typed(ops) => (ops.normalize)(v),
+            Self::Custom(c) => {
+                let mut v = v;
+                c.schema.prune(&mut v);
+                c.schema.apply_defaults(&mut v);
+                Ok(v)
+            }
+        }
+    }
+
+    /// The custom resource's definition, if this is one.
+    pub fn custom(&self) -> Option<&'static Custom> {
+        match self {
+            Self::Custom(c) => Some(c),
+            Self::Typed(_) => None,
+        }
+    }
+}
+
 fn schema_ref<T: schemars::JsonSchema>(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
     g.subschema_for::<T>()
 }
@@ -130,6 +196,9 @@ pub enum Cell {
     CreatedAt,
     /// A dotted path; missing renders as `<none>` for strings, 0 for integers.
     Path(&'static str),
+    /// A CRD printer column's JSONPath (`.status.conditions[?(@.type=="Ready")].status`);
+    /// missing renders as an empty cell.
+    JsonPath(&'static str),
     /// A computed cell.
     Func(fn(&Value) -> Value),
 }
@@ -162,7 +231,8 @@ const fn col(name: &'static str, type_: &'static str, priority: i32, cell: Cell)
     }
 }
 
-const NAME: Column = Column {
+/// The Name column every kind's Table starts with.
+pub const NAME: Column = Column {
     name: "Name",
     type_: "string",
     format: "name",
@@ -170,7 +240,8 @@ const NAME: Column = Column {
     priority: 0,
     cell: Cell::Name,
 };
-const AGE: Column = Column {
+/// The Age column.
+pub const AGE: Column = Column {
     name: "Age",
     type_: "string",
     format: "",
@@ -211,8 +282,8 @@ pub struct ResourceDef {
     pub field_selectors: &'static [&'static str],
     /// Name validation rule.
     pub name_rule: NameRule,
-    /// The kind's k8s-openapi type: schema check, normalisation and OpenAPI.
-    pub types: TypeOps,
+    /// The kind's type: its k8s-openapi struct or its CRD schema.
+    pub types: Types,
 }
 
 impl ResourceDef {
@@ -278,7 +349,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "Namespace",
-        types: TypeOps::of::<k8s::core::v1::Namespace>(),
+        types: Types::Typed(TypeOps::of::<k8s::core::v1::Namespace>()),
         list_kind: "NamespaceList",
         plural: "namespaces",
         singular: "namespace",
@@ -301,7 +372,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "Node",
-        types: TypeOps::of::<k8s::core::v1::Node>(),
+        types: Types::Typed(TypeOps::of::<k8s::core::v1::Node>()),
         list_kind: "NodeList",
         plural: "nodes",
         singular: "node",
@@ -359,7 +430,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "Pod",
-        types: TypeOps::of::<k8s::core::v1::Pod>(),
+        types: Types::Typed(TypeOps::of::<k8s::core::v1::Pod>()),
         list_kind: "PodList",
         plural: "pods",
         singular: "pod",
@@ -412,7 +483,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "Service",
-        types: TypeOps::of::<k8s::core::v1::Service>(),
+        types: Types::Typed(TypeOps::of::<k8s::core::v1::Service>()),
         list_kind: "ServiceList",
         plural: "services",
         singular: "service",
@@ -456,7 +527,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "Endpoints",
-        types: TypeOps::of::<k8s::core::v1::Endpoints>(),
+        types: Types::Typed(TypeOps::of::<k8s::core::v1::Endpoints>()),
         list_kind: "EndpointsList",
         plural: "endpoints",
         singular: "endpoints",
@@ -477,7 +548,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "ConfigMap",
-        types: TypeOps::of::<k8s::core::v1::ConfigMap>(),
+        types: Types::Typed(TypeOps::of::<k8s::core::v1::ConfigMap>()),
         list_kind: "ConfigMapList",
         plural: "configmaps",
         singular: "configmap",
@@ -498,7 +569,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "Secret",
-        types: TypeOps::of::<k8s::core::v1::Secret>(),
+        types: Types::Typed(TypeOps::of::<k8s::core::v1::Secret>()),
         list_kind: "SecretList",
         plural: "secrets",
         singular: "secret",
@@ -520,7 +591,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "ServiceAccount",
-        types: TypeOps::of::<k8s::core::v1::ServiceAccount>(),
+        types: Types::Typed(TypeOps::of::<k8s::core::v1::ServiceAccount>()),
         list_kind: "ServiceAccountList",
         plural: "serviceaccounts",
         singular: "serviceaccount",
@@ -537,7 +608,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "LimitRange",
-        types: TypeOps::of::<k8s::core::v1::LimitRange>(),
+        types: Types::Typed(TypeOps::of::<k8s::core::v1::LimitRange>()),
         list_kind: "LimitRangeList",
         plural: "limitranges",
         singular: "limitrange",
@@ -554,7 +625,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "ResourceQuota",
-        types: TypeOps::of::<k8s::core::v1::ResourceQuota>(),
+        types: Types::Typed(TypeOps::of::<k8s::core::v1::ResourceQuota>()),
         list_kind: "ResourceQuotaList",
         plural: "resourcequotas",
         singular: "resourcequota",
@@ -571,7 +642,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "",
         version: "v1",
         kind: "Event",
-        types: TypeOps::of::<k8s::core::v1::Event>(),
+        types: Types::Typed(TypeOps::of::<k8s::core::v1::Event>()),
         list_kind: "EventList",
         plural: "events",
         singular: "event",
@@ -612,7 +683,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "apps",
         version: "v1",
         kind: "Deployment",
-        types: TypeOps::of::<k8s::apps::v1::Deployment>(),
+        types: Types::Typed(TypeOps::of::<k8s::apps::v1::Deployment>()),
         list_kind: "DeploymentList",
         plural: "deployments",
         singular: "deployment",
@@ -663,7 +734,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "apps",
         version: "v1",
         kind: "ReplicaSet",
-        types: TypeOps::of::<k8s::apps::v1::ReplicaSet>(),
+        types: Types::Typed(TypeOps::of::<k8s::apps::v1::ReplicaSet>()),
         list_kind: "ReplicaSetList",
         plural: "replicasets",
         singular: "replicaset",
@@ -699,7 +770,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "apps",
         version: "v1",
         kind: "StatefulSet",
-        types: TypeOps::of::<k8s::apps::v1::StatefulSet>(),
+        types: Types::Typed(TypeOps::of::<k8s::apps::v1::StatefulSet>()),
         list_kind: "StatefulSetList",
         plural: "statefulsets",
         singular: "statefulset",
@@ -732,7 +803,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "apps",
         version: "v1",
         kind: "DaemonSet",
-        types: TypeOps::of::<k8s::apps::v1::DaemonSet>(),
+        types: Types::Typed(TypeOps::of::<k8s::apps::v1::DaemonSet>()),
         list_kind: "DaemonSetList",
         plural: "daemonsets",
         singular: "daemonset",
@@ -797,7 +868,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "batch",
         version: "v1",
         kind: "Job",
-        types: TypeOps::of::<k8s::batch::v1::Job>(),
+        types: Types::Typed(TypeOps::of::<k8s::batch::v1::Job>()),
         list_kind: "JobList",
         plural: "jobs",
         singular: "job",
@@ -839,7 +910,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "discovery.k8s.io",
         version: "v1",
         kind: "EndpointSlice",
-        types: TypeOps::of::<k8s::discovery::v1::EndpointSlice>(),
+        types: Types::Typed(TypeOps::of::<k8s::discovery::v1::EndpointSlice>()),
         list_kind: "EndpointSliceList",
         plural: "endpointslices",
         singular: "endpointslice",
@@ -868,7 +939,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "networking.k8s.io",
         version: "v1",
         kind: "NetworkPolicy",
-        types: TypeOps::of::<k8s::networking::v1::NetworkPolicy>(),
+        types: Types::Typed(TypeOps::of::<k8s::networking::v1::NetworkPolicy>()),
         list_kind: "NetworkPolicyList",
         plural: "networkpolicies",
         singular: "networkpolicy",
@@ -895,7 +966,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "coordination.k8s.io",
         version: "v1",
         kind: "Lease",
-        types: TypeOps::of::<k8s::coordination::v1::Lease>(),
+        types: Types::Typed(TypeOps::of::<k8s::coordination::v1::Lease>()),
         list_kind: "LeaseList",
         plural: "leases",
         singular: "lease",
@@ -917,7 +988,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "certificates.k8s.io",
         version: "v1",
         kind: "CertificateSigningRequest",
-        types: TypeOps::of::<k8s::certificates::v1::CertificateSigningRequest>(),
+        types: Types::Typed(TypeOps::of::<k8s::certificates::v1::CertificateSigningRequest>()),
         list_kind: "CertificateSigningRequestList",
         plural: "certificatesigningrequests",
         singular: "certificatesigningrequest",
@@ -946,7 +1017,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "rbac.authorization.k8s.io",
         version: "v1",
         kind: "Role",
-        types: TypeOps::of::<k8s::rbac::v1::Role>(),
+        types: Types::Typed(TypeOps::of::<k8s::rbac::v1::Role>()),
         list_kind: "RoleList",
         plural: "roles",
         singular: "role",
@@ -963,7 +1034,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "rbac.authorization.k8s.io",
         version: "v1",
         kind: "RoleBinding",
-        types: TypeOps::of::<k8s::rbac::v1::RoleBinding>(),
+        types: Types::Typed(TypeOps::of::<k8s::rbac::v1::RoleBinding>()),
         list_kind: "RoleBindingList",
         plural: "rolebindings",
         singular: "rolebinding",
@@ -984,7 +1055,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "rbac.authorization.k8s.io",
         version: "v1",
         kind: "ClusterRole",
-        types: TypeOps::of::<k8s::rbac::v1::ClusterRole>(),
+        types: Types::Typed(TypeOps::of::<k8s::rbac::v1::ClusterRole>()),
         list_kind: "ClusterRoleList",
         plural: "clusterroles",
         singular: "clusterrole",
@@ -1001,7 +1072,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "rbac.authorization.k8s.io",
         version: "v1",
         kind: "ClusterRoleBinding",
-        types: TypeOps::of::<k8s::rbac::v1::ClusterRoleBinding>(),
+        types: Types::Typed(TypeOps::of::<k8s::rbac::v1::ClusterRoleBinding>()),
         list_kind: "ClusterRoleBindingList",
         plural: "clusterrolebindings",
         singular: "clusterrolebinding",
@@ -1024,7 +1095,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "authorization.k8s.io",
         version: "v1",
         kind: "SelfSubjectAccessReview",
-        types: TypeOps::of::<k8s::authorization::v1::SelfSubjectAccessReview>(),
+        types: Types::Typed(TypeOps::of::<k8s::authorization::v1::SelfSubjectAccessReview>()),
         list_kind: "SelfSubjectAccessReviewList",
         plural: "selfsubjectaccessreviews",
         singular: "selfsubjectaccessreview",
@@ -1041,7 +1112,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "authorization.k8s.io",
         version: "v1",
         kind: "SelfSubjectRulesReview",
-        types: TypeOps::of::<k8s::authorization::v1::SelfSubjectRulesReview>(),
+        types: Types::Typed(TypeOps::of::<k8s::authorization::v1::SelfSubjectRulesReview>()),
         list_kind: "SelfSubjectRulesReviewList",
         plural: "selfsubjectrulesreviews",
         singular: "selfsubjectrulesreview",
@@ -1058,7 +1129,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "authorization.k8s.io",
         version: "v1",
         kind: "SubjectAccessReview",
-        types: TypeOps::of::<k8s::authorization::v1::SubjectAccessReview>(),
+        types: Types::Typed(TypeOps::of::<k8s::authorization::v1::SubjectAccessReview>()),
         list_kind: "SubjectAccessReviewList",
         plural: "subjectaccessreviews",
         singular: "subjectaccessreview",
@@ -1075,7 +1146,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "authorization.k8s.io",
         version: "v1",
         kind: "LocalSubjectAccessReview",
-        types: TypeOps::of::<k8s::authorization::v1::LocalSubjectAccessReview>(),
+        types: Types::Typed(TypeOps::of::<k8s::authorization::v1::LocalSubjectAccessReview>()),
         list_kind: "LocalSubjectAccessReviewList",
         plural: "localsubjectaccessreviews",
         singular: "localsubjectaccessreview",
@@ -1092,7 +1163,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "authentication.k8s.io",
         version: "v1",
         kind: "SelfSubjectReview",
-        types: TypeOps::of::<k8s::authentication::v1::SelfSubjectReview>(),
+        types: Types::Typed(TypeOps::of::<k8s::authentication::v1::SelfSubjectReview>()),
         list_kind: "SelfSubjectReviewList",
         plural: "selfsubjectreviews",
         singular: "selfsubjectreview",
@@ -1109,7 +1180,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "authentication.k8s.io",
         version: "v1",
         kind: "TokenReview",
-        types: TypeOps::of::<k8s::authentication::v1::TokenReview>(),
+        types: Types::Typed(TypeOps::of::<k8s::authentication::v1::TokenReview>()),
         list_kind: "TokenReviewList",
         plural: "tokenreviews",
         singular: "tokenreview",
@@ -1128,7 +1199,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "admissionregistration.k8s.io",
         version: "v1",
         kind: "MutatingWebhookConfiguration",
-        types: TypeOps::of::<k8s::admissionregistration::v1::MutatingWebhookConfiguration>(),
+        types: Types::Typed(TypeOps::of::<k8s::admissionregistration::v1::MutatingWebhookConfiguration>()),
         list_kind: "MutatingWebhookConfigurationList",
         plural: "mutatingwebhookconfigurations",
         singular: "mutatingwebhookconfiguration",
@@ -1145,7 +1216,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         group: "admissionregistration.k8s.io",
         version: "v1",
         kind: "ValidatingWebhookConfiguration",
-        types: TypeOps::of::<k8s::admissionregistration::v1::ValidatingWebhookConfiguration>(),
+        types: Types::Typed(TypeOps::of::<k8s::admissionregistration::v1::ValidatingWebhookConfiguration>()),
         list_kind: "ValidatingWebhookConfigurationList",
         plural: "validatingwebhookconfigurations",
         singular: "validatingwebhookconfiguration",
@@ -1155,6 +1226,51 @@ pub static RESOURCES: &[ResourceDef] = &[
         subresources: &[],
         categories: &["api-extensions"],
         columns: &[NAME, WEBHOOKS, AGE],
+        field_selectors: &[],
+        name_rule: NameRule::Subdomain,
+    },
+    // ---- apiregistration.k8s.io/v1
+    ResourceDef {
+        group: "apiregistration.k8s.io",
+        version: "v1",
+        kind: "APIService",
+        types: Types::Typed(TypeOps::of::<
+            k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService,
+        >()),
+        list_kind: "APIServiceList",
+        plural: "apiservices",
+        singular: "apiservice",
+        short_names: &[],
+        namespaced: false,
+        verbs: ALL_VERBS,
+        subresources: &[Subresource::Status],
+        categories: &["api-extensions"],
+        columns: &[
+            NAME,
+            col("Service", "string", 0, Cell::Func(printers::apiservice_service)),
+            col("Available", "string", 0, Cell::Func(printers::apiservice_available)),
+            AGE,
+        ],
+        field_selectors: &[],
+        name_rule: NameRule::PathSegment,
+    },
+    // ---- apiextensions.k8s.io/v1
+    ResourceDef {
+        group: "apiextensions.k8s.io",
+        version: "v1",
+        kind: "CustomResourceDefinition",
+        types: Types::Typed(TypeOps::of::<
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+        >()),
+        list_kind: "CustomResourceDefinitionList",
+        plural: "customresourcedefinitions",
+        singular: "customresourcedefinition",
+        short_names: &["crd", "crds"],
+        namespaced: false,
+        verbs: ALL_VERBS,
+        subresources: &[Subresource::Status],
+        categories: &["api-extensions"],
+        columns: &[NAME, CREATED_AT],
         field_selectors: &[],
         name_rule: NameRule::Subdomain,
     },

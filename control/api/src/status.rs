@@ -142,6 +142,9 @@ pub enum ApiError {
     /// 405: the resource does not support the verb.
     #[error("the server does not allow this method on the requested resource")]
     MethodNotAllowed,
+    /// 405 with a reason, e.g. creates of a terminating CRD's resource.
+    #[error("{0}")]
+    MethodNotAllowedMessage(String),
     /// 406: no acceptable response representation.
     #[error("{0}")]
     NotAcceptable(String),
@@ -227,7 +230,7 @@ impl ApiError {
             Self::Unauthorized => 401,
             Self::Forbidden(_) => 403,
             Self::NotFound(_) | Self::RouteNotFound => 404,
-            Self::MethodNotAllowed => 405,
+            Self::MethodNotAllowed | Self::MethodNotAllowedMessage(_) => 405,
             Self::NotAcceptable(_) => 406,
             Self::AlreadyExists(_) | Self::Conflict(..) | Self::ConflictMessage(..) => 409,
             Self::Expired(_) => 410,
@@ -247,7 +250,7 @@ impl ApiError {
             Self::Unauthorized => "Unauthorized",
             Self::Forbidden(_) => "Forbidden",
             Self::NotFound(_) | Self::RouteNotFound => "NotFound",
-            Self::MethodNotAllowed => "MethodNotAllowed",
+            Self::MethodNotAllowed | Self::MethodNotAllowedMessage(_) => "MethodNotAllowed",
             Self::NotAcceptable(_) => "NotAcceptable",
             Self::AlreadyExists(_) => "AlreadyExists",
             Self::Conflict(..) | Self::ConflictMessage(..) => "Conflict",
@@ -304,6 +307,11 @@ impl ApiError {
         }
     }
 
+    /// The Status as upstream writes it on the wire ([`status_bytes`]).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        status_bytes(&self.to_status())
+    }
+
     /// The Status as JSON, with `kind`/`apiVersion` set as on the wire.
     pub fn to_json(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self.to_status()).unwrap_or_default();
@@ -323,19 +331,98 @@ fn to_cause(e: &FieldError) -> StatusCause {
     }
 }
 
-/// A successful `Status` (as returned by some deletes).
-pub fn success_status(details: Option<StatusDetails>) -> serde_json::Value {
-    let s = Status {
+/// `metav1.Status` with its fields in upstream's order (the Go struct's:
+/// kind, apiVersion, metadata, status, message, reason, details, code), as
+/// clients that compare bodies byte for byte expect.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OrderedStatus<'a> {
+    kind: &'static str,
+    api_version: &'static str,
+    metadata: serde_json::Map<String, serde_json::Value>,
+    status: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<OrderedDetails<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<i32>,
+}
+
+/// `metav1.StatusDetails` in upstream's field order.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OrderedDetails<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    causes: Vec<OrderedCause<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_seconds: Option<i32>,
+}
+
+/// `metav1.StatusCause` in upstream's field order.
+#[derive(serde::Serialize)]
+struct OrderedCause<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+/// Encode a Status as upstream's API server writes it: fields in the Go
+/// struct's order and a trailing newline.
+pub fn status_bytes(s: &Status) -> Vec<u8> {
+    let details = s.details.as_ref().map(|d| OrderedDetails {
+        name: d.name.as_deref(),
+        group: d.group.as_deref(),
+        kind: d.kind.as_deref(),
+        uid: d.uid.as_deref(),
+        causes: d
+            .causes
+            .iter()
+            .flatten()
+            .map(|c| OrderedCause {
+                reason: c.reason.as_deref(),
+                message: c.message.as_deref(),
+                field: c.field.as_deref(),
+            })
+            .collect(),
+        retry_after_seconds: d.retry_after_seconds,
+    });
+    let o = OrderedStatus {
+        kind: "Status",
+        api_version: "v1",
+        metadata: serde_json::Map::new(),
+        status: s.status.as_deref().unwrap_or(""),
+        message: s.message.as_deref(),
+        reason: s.reason.as_deref().filter(|r| !r.is_empty()),
+        details,
+        code: s.code,
+    };
+    let mut out = serde_json::to_vec(&o).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
+/// A successful `Status` (as returned by some deletes), encoded as
+/// upstream writes it.
+pub fn success_status(details: Option<StatusDetails>) -> Vec<u8> {
+    status_bytes(&Status {
         details,
         status: Some("Success".to_owned()),
         ..Default::default()
-    };
-    let mut v = serde_json::to_value(s).unwrap_or_default();
-    if let Some(o) = v.as_object_mut() {
-        o.insert("kind".into(), "Status".into());
-        o.insert("apiVersion".into(), "v1".into());
-    }
-    v
+    })
 }
 
 #[cfg(test)]

@@ -19,21 +19,10 @@ use crate::server::{Ctx, json_response};
 
 type Path = Vec<String>;
 
+/// The key of a keyed list's elements: the same merge keys strategic
+/// merge patch uses, so apply and patch agree on which lists are maps.
 fn list_key(field: &str, elem: &Value) -> Option<&'static str> {
-    let has = |k: &str| elem.get(k).is_some();
-    Some(match field {
-        "containers"
-        | "initContainers"
-        | "ephemeralContainers"
-        | "env"
-        | "volumes"
-        | "imagePullSecrets" => "name",
-        "volumeMounts" => "mountPath",
-        "ports" if has("containerPort") => "containerPort",
-        "ports" if has("port") => "port",
-        "conditions" => "type",
-        _ => return None,
-    })
+    patch::merge_key(field, Some(elem))
 }
 
 /// The leaf field paths set in `v` (FieldsV1 semantics).
@@ -230,6 +219,18 @@ fn entries(cur: &Value) -> Vec<ManagerEntry> {
         .collect()
 }
 
+/// The entries that still own fields, with their field sets written back.
+fn kept(entries: Vec<ManagerEntry>) -> Vec<Value> {
+    entries
+        .into_iter()
+        .filter(|e| !e.fields.is_empty())
+        .map(|mut e| {
+            e.raw["fieldsV1"] = to_fields_v1(&e.fields);
+            e.raw
+        })
+        .collect()
+}
+
 fn entry_json(
     manager: &str,
     op: &str,
@@ -249,6 +250,98 @@ fn entry_json(
         e["subresource"] = json!("status");
     }
     e
+}
+
+/// Who is writing, as upstream's field manager names them: the
+/// `fieldManager` parameter, else the client's user agent up to its first
+/// `/` (`kubectl/v1.35.0 (linux/amd64) …` is `kubectl`).
+pub fn manager_of(ctx: &Ctx) -> String {
+    if let Some(m) = ctx.q("fieldManager").filter(|m| !m.is_empty()) {
+        return m.to_owned();
+    }
+    ctx.header(hyper::header::USER_AGENT)
+        .and_then(|ua| ua.split('/').next())
+        .filter(|m| !m.is_empty())
+        .unwrap_or("unknown")
+        .to_owned()
+}
+
+/// Record a create or update in `new`'s `metadata.managedFields`, as
+/// upstream's field manager does for every non-apply write: the writer's
+/// `Update` entry owns the fields it set or changed, other managers lose
+/// those fields, and fields that are gone leave every entry.
+pub fn record_update(
+    manager: &str,
+    api_version: &str,
+    sub: Option<Subresource>,
+    old: Option<&Value>,
+    new: &mut Value,
+) {
+    let now = owned_fields(new, sub);
+    let changed: BTreeSet<Path> = match old {
+        None => now.clone(),
+        Some(old) => now
+            .iter()
+            .filter(|p| lookup(old, p) != lookup(new, p))
+            .cloned()
+            .collect(),
+    };
+    if let Some(old) = old
+        && changed.is_empty()
+    {
+        // A write that changes nothing keeps the managers as they were, so
+        // a no-op stays a no-op.
+        if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+            match old.pointer("/metadata/managedFields") {
+                Some(mf) => m.insert("managedFields".into(), mf.clone()),
+                None => m.remove("managedFields"),
+            };
+        }
+        return;
+    }
+    let mut list = old.map(entries).unwrap_or_default();
+    let subresource = |e: &ManagerEntry| {
+        e.raw
+            .get("subresource")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let sub_name = (sub == Some(Subresource::Status)).then(|| "status".to_owned());
+    let mine = |e: &ManagerEntry| {
+        e.manager == manager
+            && e.raw.get("operation").and_then(Value::as_str) == Some("Update")
+            && e.raw.get("apiVersion").and_then(Value::as_str) == Some(api_version)
+            && subresource(e) == sub_name
+    };
+    let mut fields: BTreeSet<Path> = list
+        .iter()
+        .filter(|e| mine(e))
+        .flat_map(|e| e.fields.iter().cloned())
+        .collect();
+    list.retain(|e| !mine(e));
+    fields.extend(changed.iter().cloned());
+    // Only the status subresource's fields are owned through /status, and
+    // only the rest through the main resource.
+    let in_scope = |p: &Path| {
+        (p.first().map(String::as_str) == Some("f:status")) == (sub == Some(Subresource::Status))
+    };
+    let full = owned_fields(new, Some(Subresource::Status));
+    for e in &mut list {
+        e.fields
+            .retain(|p| !changed.contains(p) && (full.contains(p) || !in_scope(p)));
+    }
+    fields.retain(|p| now.contains(p));
+    let mut mf = kept(list);
+    if !fields.is_empty() {
+        mf.push(entry_json(manager, "Update", api_version, sub, &fields));
+    }
+    if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+        if mf.is_empty() {
+            m.remove("managedFields");
+        } else {
+            m.insert("managedFields".into(), Value::Array(mf));
+        }
+    }
 }
 
 /// Handle an apply patch.
@@ -378,14 +471,7 @@ pub async fn apply(
             m.remove("resourceVersion");
         }
         patch::strategic_merge(&mut doc, &body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        let mut mf: Vec<Value> = others
-            .into_iter()
-            .filter(|e| !e.fields.is_empty())
-            .map(|mut e| {
-                e.raw["fieldsV1"] = to_fields_v1(&e.fields);
-                e.raw
-            })
-            .collect();
+        let mut mf = kept(others);
         mf.push(entry_json(&manager, "Apply", &api_version, sub, &mine));
         doc["metadata"]["managedFields"] = Value::Array(mf);
         let rv = applied

@@ -1,7 +1,7 @@
 //! What a fresh (or restarted) server puts in place before serving: the
 //! system namespaces, the `kubernetes` Service and Endpoints, the cluster
 //! DNS Service `kube-system/kube-dns`, allocator state rebuilt from stored
-//! Services.
+//! Services, and the local APIServices.
 
 use std::sync::Arc;
 
@@ -89,7 +89,10 @@ pub async fn run(state: &Arc<AppState>) -> Result<(), Error> {
     })
     .await
     .map_err(|e| Error::Bootstrap(e.to_string()))?;
-    ensure_dns_service(state).await
+    ensure_dns_service(state).await?;
+    crate::apiservice::sync(state)
+        .await
+        .map_err(|e| Error::Bootstrap(e.to_string()))
 }
 
 /// Namespace and name of the cluster DNS Service.

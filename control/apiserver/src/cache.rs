@@ -393,3 +393,35 @@ impl Cache {
         (items, rx, st.revision)
     }
 }
+
+/// How far a follower of the cache's change stream has got: the revision
+/// it has applied, and a way to wait (bounded) until it reaches one.
+#[derive(Debug, Default)]
+pub struct Watermark {
+    applied: std::sync::atomic::AtomicI64,
+    notify: tokio::sync::Notify,
+}
+
+impl Watermark {
+    /// The follower has applied everything up to `revision`.
+    pub fn advance(&self, revision: Revision) {
+        self.applied
+            .fetch_max(revision, std::sync::atomic::Ordering::AcqRel);
+        self.notify.notify_waiters();
+    }
+
+    /// Wait until the follower has applied `revision`, or `timeout` passed;
+    /// whether it got there.
+    pub async fn reached(&self, revision: Revision, timeout: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.notify.notified();
+                if self.applied.load(std::sync::atomic::Ordering::Acquire) >= revision {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+}

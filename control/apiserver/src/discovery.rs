@@ -1,13 +1,14 @@
 //! Discovery: legacy (`APIVersions`, `APIGroupList`, `APIGroup`,
 //! `APIResourceList`) and aggregated v2 (`APIGroupDiscoveryList`), all
-//! generated from the resource registry.
+//! generated from the live registry (built-in kinds and established CRDs).
 
 use axum::body::Body;
 use hyper::{Response, StatusCode, header};
 use kestrel_api::ApiError;
-use kestrel_api::registry::{self, ResourceDef};
+use kestrel_api::registry::ResourceDef;
 use serde_json::{Value, json};
 
+use crate::crd::Registry;
 use crate::server::{Ctx, json_bytes, json_response};
 
 const AGGREGATED_CT: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
@@ -26,13 +27,14 @@ fn wants_aggregated(ctx: &Ctx) -> bool {
 }
 
 /// `/api` and `/apis`.
-pub fn root(ctx: &Ctx, path: &str) -> Result<Response<Body>, ApiError> {
+pub fn root(reg: &Registry, ctx: &Ctx, path: &str) -> Result<Response<Body>, ApiError> {
     let core = path == "/api";
     if wants_aggregated(ctx) {
-        let items: Vec<Value> = registry::groups()
+        let items: Vec<Value> = reg
+            .groups()
             .into_iter()
             .filter(|(g, _)| g.is_empty() == core)
-            .map(|(g, versions)| aggregated_group(g, &versions))
+            .map(|(g, versions)| aggregated_group(reg, g, &versions))
             .collect();
         let body = json!({
             "kind": "APIGroupDiscoveryList",
@@ -56,7 +58,8 @@ pub fn root(ctx: &Ctx, path: &str) -> Result<Response<Body>, ApiError> {
             }),
         ));
     }
-    let groups: Vec<Value> = registry::groups()
+    let groups: Vec<Value> = reg
+        .groups()
         .into_iter()
         .filter(|(g, _)| !g.is_empty())
         .map(|(g, versions)| group_json(g, &versions))
@@ -80,8 +83,9 @@ fn group_json(g: &str, versions: &[&str]) -> Value {
 }
 
 /// `/apis/<group>`.
-pub fn group(g: &str) -> Result<Response<Body>, ApiError> {
-    let Some((_, versions)) = registry::groups()
+pub fn group(reg: &Registry, g: &str) -> Result<Response<Body>, ApiError> {
+    let Some((_, versions)) = reg
+        .groups()
         .into_iter()
         .find(|(n, _)| *n == g && !g.is_empty())
     else {
@@ -96,8 +100,8 @@ pub fn group(g: &str) -> Result<Response<Body>, ApiError> {
 }
 
 /// `/api/v1` and `/apis/<group>/<version>`.
-pub fn resource_list(g: &str, v: &str) -> Result<Response<Body>, ApiError> {
-    let defs: Vec<&ResourceDef> = registry::resources_in(g, v).collect();
+pub fn resource_list(reg: &Registry, g: &str, v: &str) -> Result<Response<Body>, ApiError> {
+    let defs = reg.resources_in(g, v);
     if defs.is_empty() {
         return Err(ApiError::RouteNotFound);
     }
@@ -144,11 +148,13 @@ pub fn resource_list(g: &str, v: &str) -> Result<Response<Body>, ApiError> {
     ))
 }
 
-fn aggregated_group(g: &str, versions: &[&str]) -> Value {
+fn aggregated_group(reg: &Registry, g: &str, versions: &[&str]) -> Value {
     let vs: Vec<Value> = versions
         .iter()
         .map(|v| {
-            let resources: Vec<Value> = registry::resources_in(g, v)
+            let resources: Vec<Value> = reg
+                .resources_in(g, v)
+                .into_iter()
                 .map(aggregated_resource)
                 .collect();
             json!({"version": v, "resources": resources, "freshness": "Current"})

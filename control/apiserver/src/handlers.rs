@@ -89,12 +89,18 @@ fn cache_err(e: cache::CacheError) -> ApiError {
     }
 }
 
-/// Encode for storage: resourceVersion lives in the store's revision, not in the value.
-fn encode(obj: &Value) -> Bytes {
+/// Encode for storage: resourceVersion lives in the store's revision, not in
+/// the value, and custom resources are stored in their storage version.
+fn encode(def: &ResourceDef, obj: &Value) -> Bytes {
     let mut o = obj.clone();
     if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("resourceVersion");
         m.remove("selfLink");
+    }
+    if let Some(c) = def.types.custom()
+        && c.storage_version != def.version
+    {
+        o["apiVersion"] = json!(format!("{}/{}", def.group, c.storage_version));
     }
     Bytes::from(serde_json::to_vec(&o).unwrap_or_default())
 }
@@ -113,6 +119,13 @@ fn meta_mut(obj: &mut Value) -> &mut serde_json::Map<String, Value> {
 
 fn str_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
     v.pointer(ptr).and_then(Value::as_str)
+}
+
+/// Whether the request is a server-side apply, which records its own
+/// manager (`apply.rs`).
+fn is_apply(ctx: &Ctx) -> bool {
+    ctx.header(hyper::header::CONTENT_TYPE)
+        .is_some_and(|c| c.starts_with("application/apply-patch"))
 }
 
 fn dry_run(ctx: &Ctx) -> Result<bool, ApiError> {
@@ -182,7 +195,11 @@ pub async fn resource(
     }
     let (ns, rest) = if rest.len() >= 3
         && rest[0] == "namespaces"
-        && registry::lookup(group, version, rest[2]).is_some_and(|d| d.namespaced)
+        && state
+            .crds
+            .lookup_fresh(&state.cache, group, version, rest[2])
+            .await
+            .is_some_and(|d| d.namespaced)
     {
         (Some(rest[1].to_owned()), &rest[2..])
     } else {
@@ -191,7 +208,11 @@ pub async fn resource(
     let Some(plural) = rest.first() else {
         return Err(ApiError::RouteNotFound);
     };
-    let def = registry::lookup(group, version, plural).ok_or(ApiError::RouteNotFound)?;
+    let def = state
+        .crds
+        .lookup_fresh(&state.cache, group, version, plural)
+        .await
+        .ok_or(ApiError::RouteNotFound)?;
     if rest.len() > 3
         || (!def.namespaced && ns.is_some())
         || (def.namespaced && ns.is_none() && rest.len() > 1)
@@ -224,6 +245,16 @@ pub async fn resource(
     if !allowed {
         return Err(ApiError::MethodNotAllowed);
     }
+    if let Some(c) = def.types.custom() {
+        if let Some(w) = &c.deprecation_warning {
+            ctx.warnings.add(w.clone());
+        }
+        if verb == "create" && sub.is_none() && state.crds.is_terminating(def) {
+            return Err(ApiError::MethodNotAllowedMessage(
+                "create not allowed while custom resource definition is terminating".to_owned(),
+            ));
+        }
+    }
     match (verb, sub) {
         ("watch", None) => watch::serve(state, &ctx, &t).await,
         ("list", None) => list(state, &ctx, &t).await,
@@ -240,9 +271,10 @@ pub async fn resource(
         ("create", Some(Subresource::Eviction)) => {
             let obj = delete_one(state, &t, &DeleteOpts::default(), dry_run(&ctx)?).await?;
             drop(obj);
-            Ok(json_response(
+            Ok(json_bytes(
                 StatusCode::CREATED,
-                &kestrel_api::status::success_status(None),
+                kestrel_api::status::success_status(None),
+                "application/json",
             ))
         }
         ("update", sub) => update(state, &ctx, &t, sub).await,
@@ -256,8 +288,31 @@ pub async fn resource(
     }
 }
 
+/// The stored object, as the requested version serves it.
 fn current(state: &AppState, t: &Target) -> Result<Arc<Entry>, ApiError> {
-    state.cache.get(&t.key()).ok_or_else(|| t.not_found())
+    let e = state.cache.get(&t.key()).ok_or_else(|| t.not_found())?;
+    Ok(match served_as(t.def, &e.value) {
+        Some(v) => Arc::new(Entry {
+            json: Bytes::from(serde_json::to_vec(&v).unwrap_or_default()),
+            value: Arc::new(v),
+            mod_revision: e.mod_revision,
+        }),
+        None => e,
+    })
+}
+
+/// A custom resource stored in another version, as `def`'s version serves
+/// it (conversion strategy None: only `apiVersion` changes). `None` when
+/// the stored form is already right.
+pub fn served_as(def: &ResourceDef, obj: &Value) -> Option<Value> {
+    def.types.custom()?;
+    let want = def.api_version();
+    if obj.get("apiVersion").and_then(Value::as_str) == Some(want.as_str()) {
+        return None;
+    }
+    let mut v = obj.clone();
+    v["apiVersion"] = json!(want);
+    Some(v)
 }
 
 fn respond_object(ctx: &Ctx, t: &Target, code: StatusCode, obj: &Value) -> Response<Body> {
@@ -361,6 +416,12 @@ fn list_body(
     for (i, (v, j)) in items.iter().enumerate() {
         if i > 0 {
             out.push(b',');
+        }
+        if let Some(v) = served_as(t.def, v) {
+            if serde_json::to_writer(&mut out, &v).is_err() {
+                out.extend_from_slice(b"null");
+            }
+            continue;
         }
         match j {
             Some(j) => out.extend_from_slice(j),
@@ -589,8 +650,11 @@ fn normalize(t: &Target, ctx: Option<&Ctx>, obj: Value) -> Result<Value, ApiErro
         "{kind} in version {:?} cannot be handled as a {kind}",
         t.def.version
     );
-    let out =
-        (t.def.types.normalize)(obj).map_err(|e| ApiError::BadRequest(format!("{prefix}: {e}")))?;
+    let out = t
+        .def
+        .types
+        .normalize(obj)
+        .map_err(|e| ApiError::BadRequest(format!("{prefix}: {e}")))?;
     if let Some(ctx) = ctx
         && ctx.q("fieldValidation") == Some("Strict")
     {
@@ -726,7 +790,10 @@ pub async fn create_object(
         ] {
             m.remove(k);
         }
-        if t.def.has_status() && t.def.kind != "Namespace" && t.def.kind != "Node" {
+        if (t.def.has_status() || t.def.types.custom().is_some())
+            && t.def.kind != "Namespace"
+            && t.def.kind != "Node"
+        {
             m.insert("generation".into(), json!(1));
         }
     }
@@ -742,11 +809,9 @@ pub async fn create_object(
         && let Some(o) = obj.as_object_mut()
     {
         o.remove("status");
-        if t.def.kind == "Pod" {
-            o.insert("status".into(), json!({"phase": "Pending"}));
-        }
     }
     obj = normalize(&t, ctx, obj)?;
+    admission::prepare_create(t.def, &mut obj);
     admission::set_defaults(t.def, &mut obj);
     let attrs = admission_attrs(ctx, &t, Operation::Create, None, dry);
     admission::chain::mutate(state, &attrs, &mut obj, None).await?;
@@ -765,6 +830,10 @@ pub async fn create_object(
         ));
     }
     admission::chain::validate(state, &attrs, &obj, None).await?;
+    if let Some(ctx) = ctx.filter(|c| !is_apply(c)) {
+        let manager = crate::apply::manager_of(ctx);
+        crate::apply::record_update(&manager, &t.def.api_version(), None, None, &mut obj);
+    }
     let allocated = if t.def.kind == "Service" && t.def.group.is_empty() && !dry {
         if state.cache.get(&t.key()).is_some() {
             return Err(ApiError::AlreadyExists(ObjectRef::new(
@@ -784,10 +853,10 @@ pub async fn create_object(
     let write = if t.def.kind == "Event" && t.def.group.is_empty() {
         state
             .store
-            .create_with_ttl(&t.key(), encode(&obj), EVENT_TTL)
+            .create_with_ttl(&t.key(), encode(t.def, &obj), EVENT_TTL)
             .await
     } else {
-        state.store.create(&t.key(), encode(&obj)).await
+        state.store.create(&t.key(), encode(t.def, &obj)).await
     };
     let rev = match write {
         Ok(r) => r,
@@ -955,6 +1024,16 @@ pub async fn update_with(
         admission::chain::mutate(state, &attrs, &mut new, Some(&cur.value)).await?;
         admission::validate(t.def, &new, Some(&cur.value))?;
         admission::chain::validate(state, &attrs, &new, Some(&cur.value)).await?;
+        if let Some(ctx) = ctx.filter(|c| !is_apply(c)) {
+            let manager = crate::apply::manager_of(ctx);
+            crate::apply::record_update(
+                &manager,
+                &t.def.api_version(),
+                sub,
+                Some(&cur.value),
+                &mut new,
+            );
+        }
         let mut allocated = None;
         if t.def.kind == "Service" && t.def.group.is_empty() && sub.is_none() && !dry {
             allocated = Some(admission::allocate_service(
@@ -1002,7 +1081,7 @@ pub async fn update_with(
         }
         match state
             .store
-            .update(&key, encode(&new), cur.mod_revision)
+            .update(&key, encode(t.def, &new), cur.mod_revision)
             .await
         {
             Ok(rev) => {
@@ -1092,7 +1171,7 @@ async fn update(
         let rv = rv_of(&body)?;
         let out = update_with(state, Some(ctx), t, None, dry, |cur| {
             let mut n = cur.clone();
-            n["spec"]["replicas"] = json!(replicas);
+            set_replicas(t.def, &mut n, json!(replicas));
             Ok((n, rv))
         })
         .await?;
@@ -1103,19 +1182,73 @@ async fn update(
     Ok(respond_object(ctx, t, StatusCode::OK, &out))
 }
 
-fn scale_of(t: &Target, obj: &Value) -> Value {
-    let sel = obj
-        .pointer("/spec/selector/matchLabels")
-        .and_then(Value::as_object)
-        .map(|m| {
-            let mut parts: Vec<String> = m
-                .iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                .collect();
-            parts.sort();
-            parts.join(",")
+/// A scale subresource JSON path (`.spec.replicas`) as a JSON pointer.
+fn scale_pointer(path: &str) -> String {
+    path.trim_start_matches('.')
+        .split('.')
+        .fold(String::new(), |mut p, seg| {
+            p.push('/');
+            p.push_str(seg);
+            p
         })
-        .unwrap_or_default();
+}
+
+/// Where `def`'s replicas live: (spec, status) JSON pointers. Built-in
+/// kinds keep them at `.spec.replicas`/`.status.replicas`; a CRD says.
+fn replicas_pointers(def: &ResourceDef) -> (String, String) {
+    match def.types.custom().and_then(|c| c.scale.as_ref()) {
+        Some(s) => (
+            scale_pointer(&s.spec_replicas),
+            scale_pointer(&s.status_replicas),
+        ),
+        None => ("/spec/replicas".to_owned(), "/status/replicas".to_owned()),
+    }
+}
+
+/// Set the replicas an object asks for, creating parent objects as needed.
+fn set_replicas(def: &ResourceDef, obj: &mut Value, replicas: Value) {
+    let (spec, _) = replicas_pointers(def);
+    let mut at = obj;
+    for seg in spec.trim_start_matches('/').split('/') {
+        if !at.is_object() {
+            *at = json!({});
+        }
+        at = at
+            .as_object_mut()
+            .map(|o| o.entry(seg.to_owned()).or_insert(Value::Null))
+            .expect("made an object above");
+    }
+    *at = replicas;
+}
+
+fn scale_of(t: &Target, obj: &Value) -> Value {
+    let custom_selector = t
+        .def
+        .types
+        .custom()
+        .and_then(|c| c.scale.as_ref())
+        .map(|s| {
+            s.label_selector
+                .as_deref()
+                .and_then(|p| obj.pointer(&scale_pointer(p)))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        });
+    let sel = custom_selector.unwrap_or_else(|| {
+        obj.pointer("/spec/selector/matchLabels")
+            .and_then(Value::as_object)
+            .map(|m| {
+                let mut parts: Vec<String> = m
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                    .collect();
+                parts.sort();
+                parts.join(",")
+            })
+            .unwrap_or_default()
+    });
+    let (spec_ptr, status_ptr) = replicas_pointers(t.def);
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -1126,8 +1259,8 @@ fn scale_of(t: &Target, obj: &Value) -> Value {
             "resourceVersion": obj.pointer("/metadata/resourceVersion"),
             "creationTimestamp": obj.pointer("/metadata/creationTimestamp"),
         },
-        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
-        "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": sel},
+        "spec": {"replicas": obj.pointer(&spec_ptr).cloned().unwrap_or(json!(0))},
+        "status": {"replicas": obj.pointer(&status_ptr).cloned().unwrap_or(json!(0)), "selector": sel},
     })
 }
 
@@ -1149,6 +1282,11 @@ async fn patch_handler(
             PatchType::Merge => {
                 patch::merge_patch(&mut doc, &p);
                 Ok(())
+            }
+            PatchType::Strategic if t.def.types.custom().is_some() => {
+                return Err(ApiError::UnsupportedMediaType(
+                    "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml".to_owned(),
+                ));
             }
             PatchType::Strategic => patch::strategic_merge(&mut doc, &p),
             PatchType::Apply => Ok(()),
@@ -1172,7 +1310,11 @@ async fn patch_handler(
         let out = update_with(state, Some(ctx), t, None, dry, |cur| {
             let scale = apply_patch(&scale_of(t, cur))?;
             let mut n = cur.clone();
-            n["spec"]["replicas"] = scale.pointer("/spec/replicas").cloned().unwrap_or(json!(0));
+            set_replicas(
+                t.def,
+                &mut n,
+                scale.pointer("/spec/replicas").cloned().unwrap_or(json!(0)),
+            );
             Ok((
                 n,
                 rv_of(&scale)
@@ -1385,7 +1527,7 @@ pub async fn delete_one(
             }
             match state
                 .store
-                .update(&t.key(), encode(&n), cur.mod_revision)
+                .update(&t.key(), encode(t.def, &n), cur.mod_revision)
                 .await
             {
                 Ok(rev) => {
@@ -1502,8 +1644,9 @@ async fn bind(state: &Arc<AppState>, ctx: &Ctx, t: &Target) -> Result<Response<B
         Ok((n, None))
     })
     .await?;
-    Ok(json_response(
+    Ok(json_bytes(
         StatusCode::CREATED,
-        &kestrel_api::status::success_status(None),
+        kestrel_api::status::success_status(None),
+        "application/json",
     ))
 }

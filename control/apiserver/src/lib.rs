@@ -8,6 +8,7 @@
 
 mod admission;
 mod alloc;
+mod apiservice;
 mod apply;
 mod audit;
 pub mod auth;
@@ -15,6 +16,7 @@ pub mod authz;
 mod body;
 mod bootstrap;
 mod cache;
+mod crd;
 mod discovery;
 mod handlers;
 mod namespace;

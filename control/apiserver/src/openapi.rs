@@ -2,14 +2,16 @@
 //! their `x-kubernetes-group-version-kind` and query parameters (kubectl
 //! reads the PATCH `fieldValidation` parameter to decide the server validates
 //! fields itself), and the schemas of every kind and the types they use,
-//! from k8s-openapi's JSON schemas, for `kubectl explain`.
+//! from k8s-openapi's JSON schemas (built-in kinds) and CRD schemas (custom
+//! resources), for `kubectl explain`.
 
 use axum::body::Body;
 use hyper::{Response, StatusCode};
 use kestrel_api::ApiError;
-use kestrel_api::registry::{self, ResourceDef};
+use kestrel_api::registry::{ResourceDef, Types};
 use serde_json::{Map, Value, json};
 
+use crate::crd::Registry;
 use crate::server::{Ctx, json_response};
 
 fn gv_path(g: &str, v: &str) -> String {
@@ -77,17 +79,46 @@ fn schemas<'a>(
 ) -> Map<String, Value> {
     let mut generator = settings.into_generator();
     let mut kinds = Vec::new();
+    let mut custom = Vec::new();
     for d in defs {
-        let r = (d.types.json_schema)(&mut generator);
-        let name = r
-            .get("$ref")
-            .and_then(Value::as_str)
-            .and_then(|s| s.rsplit('/').next())
-            .unwrap_or("")
-            .to_owned();
-        kinds.push((name, d));
+        match d.types {
+            Types::Typed(ops) => {
+                let r = (ops.json_schema)(&mut generator);
+                let name = r
+                    .get("$ref")
+                    .and_then(Value::as_str)
+                    .and_then(|s| s.rsplit('/').next())
+                    .unwrap_or("")
+                    .to_owned();
+                kinds.push((name, d));
+            }
+            Types::Custom(c) => {
+                let meta = generator
+                    .subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>();
+                let mut schema = c.schema.to_openapi();
+                if let Some(o) = schema.as_object_mut() {
+                    let props = o.entry("properties").or_insert_with(|| json!({}));
+                    if let Some(p) = props.as_object_mut() {
+                        p.insert("apiVersion".into(), json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}));
+                        p.insert("kind".into(), json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}));
+                        p.insert("metadata".into(), json!({"allOf": [Value::from(meta)], "description": "Standard object's metadata."}));
+                    }
+                }
+                // Upstream names a CRD's definition by its reversed group.
+                let rev: Vec<&str> = d.group.split('.').rev().collect();
+                custom.push((
+                    format!("{}.{}.{}", rev.join("."), d.version, d.kind),
+                    schema,
+                    d,
+                ));
+            }
+        }
     }
     let mut defs = generator.take_definitions(true);
+    for (name, schema, d) in custom {
+        defs.insert(name.clone(), schema);
+        kinds.push((name, d));
+    }
     for (name, d) in kinds {
         if let Some(Value::Object(s)) = defs.get_mut(&name) {
             s.insert(
@@ -100,9 +131,9 @@ fn schemas<'a>(
 }
 
 /// `/openapi/v3`: the index of per-group-version documents.
-pub fn v3_root(_ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+pub fn v3_root(reg: &Registry, _ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let mut paths = Map::new();
-    for (g, versions) in registry::groups() {
+    for (g, versions) in reg.groups() {
         for v in versions {
             let p = gv_path(g, v);
             paths.insert(
@@ -115,7 +146,7 @@ pub fn v3_root(_ctx: &Ctx) -> Result<Response<Body>, ApiError> {
 }
 
 /// `/openapi/v3/<api/v1|apis/g/v>`.
-pub fn v3_group(_ctx: &Ctx, gv: &str) -> Result<Response<Body>, ApiError> {
+pub fn v3_group(reg: &Registry, _ctx: &Ctx, gv: &str) -> Result<Response<Body>, ApiError> {
     let (g, v) = match gv.split('/').collect::<Vec<_>>().as_slice() {
         ["api", v] => (String::new(), (*v).to_owned()),
         ["apis", g, v] => ((*g).to_owned(), (*v).to_owned()),
@@ -123,7 +154,8 @@ pub fn v3_group(_ctx: &Ctx, gv: &str) -> Result<Response<Body>, ApiError> {
     };
     let mut paths = Map::new();
     let mut any = false;
-    for d in registry::resources_in(&g, &v) {
+    let defs = reg.resources_in(&g, &v);
+    for d in &defs {
         any = true;
         paths.extend(operations(d));
     }
@@ -138,16 +170,17 @@ pub fn v3_group(_ctx: &Ctx, gv: &str) -> Result<Response<Body>, ApiError> {
             "paths": paths,
             "components": {"schemas": schemas(
                 schemars::generate::SchemaSettings::openapi3(),
-                registry::resources_in(&g, &v),
+                defs.iter().copied(),
             )},
         }),
     ))
 }
 
 /// `/openapi/v2`: the same operations in Swagger 2.0 form.
-pub fn v2(_ctx: &Ctx) -> Result<Response<Body>, ApiError> {
+pub fn v2(reg: &Registry, _ctx: &Ctx) -> Result<Response<Body>, ApiError> {
     let mut paths = Map::new();
-    for d in registry::RESOURCES {
+    let all = reg.all();
+    for d in &all {
         paths.extend(operations(d));
     }
     Ok(json_response(
@@ -162,7 +195,7 @@ pub fn v2(_ctx: &Ctx) -> Result<Response<Body>, ApiError> {
                     s.meta_schema = None;
                     s
                 },
-                registry::RESOURCES,
+                all.iter().copied(),
             ),
         }),
     ))

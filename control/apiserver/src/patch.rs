@@ -15,175 +15,46 @@ pub enum PatchError {
     Failed(String),
 }
 
-/// RFC 7386: objects merge, `null` deletes, everything else replaces.
+/// RFC 7386: objects merge, `null` deletes, everything else replaces
+/// (the json-patch crate's implementation).
 pub fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(p) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(Map::new());
-    }
-    if let Value::Object(t) = target {
-        for (k, v) in p {
-            if v.is_null() {
-                t.remove(k);
-            } else {
-                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-    }
+    json_patch::merge(target, patch);
 }
 
-fn unescape_token(t: &str) -> String {
-    t.replace("~1", "/").replace("~0", "~")
-}
-
-fn split_pointer(path: &str) -> Result<Vec<String>, PatchError> {
-    if path.is_empty() {
-        return Ok(Vec::new());
-    }
-    if !path.starts_with('/') {
-        return Err(PatchError::Invalid(format!(
-            "invalid JSON pointer {path:?}"
-        )));
-    }
-    Ok(path[1..].split('/').map(unescape_token).collect())
-}
-
-fn parent_mut<'a>(
-    doc: &'a mut Value,
-    toks: &[String],
-    path: &str,
-) -> Result<&'a mut Value, PatchError> {
-    let mut cur = doc;
-    for t in toks {
-        cur = match cur {
-            Value::Object(m) => m.get_mut(t),
-            Value::Array(a) => t.parse::<usize>().ok().and_then(move |i| a.get_mut(i)),
-            _ => None,
-        }
-        .ok_or_else(|| PatchError::Failed(format!("doc is missing path: {path:?}")))?;
-    }
-    Ok(cur)
-}
-
-fn add(doc: &mut Value, path: &str, value: Value) -> Result<(), PatchError> {
-    let toks = split_pointer(path)?;
-    let Some((last, parents)) = toks.split_last() else {
-        *doc = value;
-        return Ok(());
-    };
-    match parent_mut(doc, parents, path)? {
-        Value::Object(m) => {
-            m.insert(last.clone(), value);
-            Ok(())
-        }
-        Value::Array(a) => {
-            let i = if last == "-" {
-                a.len()
-            } else {
-                last.parse::<usize>()
-                    .ok()
-                    .filter(|i| *i <= a.len())
-                    .ok_or_else(|| PatchError::Failed(format!("invalid array index in {path:?}")))?
-            };
-            a.insert(i, value);
-            Ok(())
-        }
-        _ => Err(PatchError::Failed(format!("doc is missing path: {path:?}"))),
-    }
-}
-
-fn remove(doc: &mut Value, path: &str) -> Result<Value, PatchError> {
-    let toks = split_pointer(path)?;
-    let Some((last, parents)) = toks.split_last() else {
-        return Err(PatchError::Invalid(
-            "cannot remove the whole document".to_owned(),
-        ));
-    };
-    let missing = || PatchError::Failed(format!("doc is missing path: {path:?}"));
-    match parent_mut(doc, parents, path)? {
-        Value::Object(m) => m.remove(last).ok_or_else(missing),
-        Value::Array(a) => {
-            let i = last
-                .parse::<usize>()
-                .ok()
-                .filter(|i| *i < a.len())
-                .ok_or_else(missing)?;
-            Ok(a.remove(i))
-        }
-        _ => Err(missing()),
-    }
-}
-
-fn get<'a>(doc: &'a Value, path: &str) -> Result<&'a Value, PatchError> {
-    let ptr = split_pointer(path)?
-        .iter()
-        .map(|t| format!("/{}", t.replace('~', "~0").replace('/', "~1")))
-        .collect::<String>();
-    doc.pointer(&ptr)
-        .ok_or_else(|| PatchError::Failed(format!("doc is missing path: {path:?}")))
-}
-
-/// RFC 6902. Operations apply in order; any failure leaves `doc` untouched.
+/// RFC 6902, with the json-patch crate. Operations apply in order; any
+/// failure leaves `doc` untouched. Failures use the wording of upstream's
+/// JSON patch library (evanphx/json-patch), which clients see in the 422.
 pub fn json_patch(doc: &mut Value, patch: &Value) -> Result<(), PatchError> {
-    let ops = patch.as_array().ok_or_else(|| {
-        PatchError::Invalid("json patch must be a JSON array of operations".to_owned())
-    })?;
-    let mut work = doc.clone();
-    for op in ops {
-        let kind = op.get("op").and_then(Value::as_str).unwrap_or("");
-        let path = op
-            .get("path")
-            .and_then(Value::as_str)
-            .ok_or_else(|| PatchError::Invalid(format!("operation {op} has no path")))?;
-        let value = || {
-            op.get("value").cloned().ok_or_else(|| {
-                PatchError::Invalid(format!("operation {kind} on {path:?} has no value"))
-            })
-        };
-        let from = || {
-            op.get("from").and_then(Value::as_str).ok_or_else(|| {
-                PatchError::Invalid(format!("operation {kind} on {path:?} has no from"))
-            })
-        };
-        match kind {
-            "add" => add(&mut work, path, value()?)?,
-            "remove" => {
-                remove(&mut work, path)?;
-            }
-            "replace" => {
-                remove(&mut work, path)?;
-                add(&mut work, path, value()?)?;
-            }
-            "move" => {
-                let v = remove(&mut work, from()?)?;
-                add(&mut work, path, v)?;
-            }
-            "copy" => {
-                let v = get(&work, from()?)?.clone();
-                add(&mut work, path, v)?;
-            }
-            "test" => {
-                if *get(&work, path)? != value()? {
-                    return Err(PatchError::Failed(format!("testing value {path:?} failed")));
-                }
-            }
-            other => {
-                return Err(PatchError::Invalid(format!(
-                    "unexpected kind of patch operation: {other:?}"
-                )));
-            }
-        }
+    if !patch.is_array() {
+        return Err(PatchError::Invalid(
+            "json patch must be a JSON array of operations".to_owned(),
+        ));
     }
-    *doc = work;
-    Ok(())
+    let ops: json_patch::Patch = serde_json::from_value(patch.clone())
+        .map_err(|e| PatchError::Invalid(format!("invalid JSON patch: {e}")))?;
+    json_patch::patch(doc, &ops).map_err(|e| {
+        let path = e.path.as_str();
+        PatchError::Failed(match e.kind {
+            json_patch::PatchErrorKind::TestFailed => format!("testing value {path:?} failed"),
+            json_patch::PatchErrorKind::InvalidFromPointer => {
+                let from = match &ops[e.operation] {
+                    json_patch::PatchOperation::Move(m) => m.from.to_string(),
+                    json_patch::PatchOperation::Copy(c) => c.from.to_string(),
+                    _ => String::new(),
+                };
+                format!("doc is missing from path: {from:?}")
+            }
+            json_patch::PatchErrorKind::CannotMoveInsideItself => {
+                format!("cannot move {path:?} inside itself")
+            }
+            _ => format!("doc is missing path: {path:?}"),
+        })
+    })
 }
 
 /// The merge key of a list field of the built-in types, chosen by field
 /// name and, where one name has two meanings, by the elements' shape.
-fn merge_key(field: &str, sample: Option<&Value>) -> Option<&'static str> {
+pub fn merge_key(field: &str, sample: Option<&Value>) -> Option<&'static str> {
     let has = |k: &str| sample.is_some_and(|s| s.get(k).is_some());
     Some(match field {
         "containers"

@@ -120,6 +120,8 @@ pub struct AppState {
     pub authz: Arc<crate::authz::Authorizer>,
     /// The audit log, when `--audit-log-path` and `--audit-policy-file` are set.
     pub audit: Option<Arc<crate::audit::Auditor>>,
+    /// The live registry: built-in kinds and established CRDs.
+    pub crds: Arc<crate::crd::Registry>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -228,7 +230,9 @@ impl ApiServer {
             tokens,
             alloc,
             local_addr: SocketAddr::new(host, local_addr.port()),
+            crds: crate::crd::Registry::new(),
         });
+        crate::crd::follow(&state);
         bootstrap::run(&state).await?;
         tracing::info!(addr = %local_addr, kubeconfig = %kubeconfig.display(), "API server ready");
         Ok(Self {
@@ -421,9 +425,10 @@ impl Ctx {
         self.query.get(k).map(String::as_str)
     }
 
-    /// A boolean query parameter (`true`/`1`).
+    /// A boolean query parameter, true as Go's `strconv.ParseBool` reads
+    /// it (`1`, `t`, `T`, `TRUE`, `true`, `True`), as upstream's decoder.
     pub fn q_bool(&self, k: &str) -> bool {
-        matches!(self.q(k), Some("true" | "1"))
+        self.q(k).is_some_and(parse_bool_true)
     }
 
     /// A header as text.
@@ -432,13 +437,18 @@ impl Ctx {
     }
 }
 
+/// Whether `v` is true to Go's `strconv.ParseBool`.
+pub fn parse_bool_true(v: &str) -> bool {
+    matches!(v, "1" | "t" | "T" | "TRUE" | "true" | "True")
+}
+
 /// Whether the client's first choice is YAML (`Accept: application/yaml`).
 fn prefers_yaml(req: &Request<Incoming>) -> bool {
     let watch = req.uri().path().contains("/watch/")
-        || req
-            .uri()
-            .query()
-            .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+        || req.uri().query().is_some_and(|q| {
+            q.split('&')
+                .any(|kv| kv.strip_prefix("watch=").is_some_and(parse_bool_true))
+        });
     !watch
         && req
             .headers()
@@ -613,7 +623,9 @@ fn current_object(state: &AppState, a: &crate::authz::Attributes) -> Option<Arc<
     if !a.resource_request || a.name.is_empty() || a.resource != "pods" {
         return None;
     }
-    let def = kestrel_api::registry::lookup(&a.api_group, &a.api_version, &a.resource)?;
+    let def = state
+        .crds
+        .lookup(&a.api_group, &a.api_version, &a.resource)?;
     let ns = (!a.namespace.is_empty()).then_some(a.namespace.as_str());
     state
         .cache
@@ -666,24 +678,24 @@ async fn route(state: &Arc<AppState>, ctx: Ctx) -> Result<Response<Body>, ApiErr
         auth::CACERTS_PATH => return Ok(text(StatusCode::OK, &state.pki.ca_pem)),
         crate::serviceaccount::OIDC_PATH => return crate::serviceaccount::discovery(state, &ctx),
         crate::serviceaccount::JWKS_PATH => return crate::serviceaccount::jwks(state, &ctx),
-        "/api" | "/apis" => return discovery::root(&ctx, &path),
-        "/openapi/v2" => return openapi::v2(&ctx),
-        "/openapi/v3" => return openapi::v3_root(&ctx),
+        "/api" | "/apis" => return discovery::root(&state.crds, &ctx, &path),
+        "/openapi/v2" => return openapi::v2(&state.crds, &ctx),
+        "/openapi/v3" => return openapi::v3_root(&state.crds, &ctx),
         _ => {}
     }
     if path == handlers::JOIN_PATH {
         return handlers::join(state, &ctx).await;
     }
     if let Some(gv) = path.strip_prefix("/openapi/v3/") {
-        return openapi::v3_group(&ctx, gv);
+        return openapi::v3_group(&state.crds, &ctx, gv);
     }
     let segs = path_segments(&path);
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     match segs.as_slice() {
-        ["api", "v1"] => discovery::resource_list("", "v1"),
+        ["api", "v1"] => discovery::resource_list(&state.crds, "", "v1"),
         ["api", v] => Err(ApiError::NotFound(kestrel_api::ObjectRef::new("", "", v)).route()),
-        ["apis", g] => discovery::group(g),
-        ["apis", g, v] => discovery::resource_list(g, v),
+        ["apis", g] => discovery::group(&state.crds, g),
+        ["apis", g, v] => discovery::resource_list(&state.crds, g, v),
         ["apis", g, "v1", plural] if crate::authz::review::serves(g, plural) => {
             crate::authz::review::serve(state, &ctx, g, None, plural).await
         }
@@ -721,7 +733,7 @@ impl RouteErr for ApiError {
 
 /// The `/version` body.
 pub fn version_info() -> Value {
-    let (maj, min, patch) = kestrel_api::KUBERNETES_VERSION;
+    let (maj, min, _) = kestrel_api::KUBERNETES_VERSION;
     json!({
         "major": maj.to_string(),
         "minor": min.to_string(),
@@ -729,7 +741,7 @@ pub fn version_info() -> Value {
         "emulationMinor": min.to_string(),
         "minCompatibilityMajor": maj.to_string(),
         "minCompatibilityMinor": (min - 1).to_string(),
-        "gitVersion": format!("v{maj}.{min}.{patch}+kestrel"),
+        "gitVersion": kestrel_api::git_version(),
         "gitCommit": "",
         "gitTreeState": "clean",
         "buildDate": "1970-01-01T00:00:00Z",
@@ -773,7 +785,7 @@ pub fn json_bytes(code: StatusCode, body: Vec<u8>, content_type: &'static str) -
 /// The Status body of an error, with its HTTP code.
 pub fn error_response(e: &ApiError) -> Response<Body> {
     let code = StatusCode::from_u16(e.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut r = json_response(code, &e.to_json());
+    let mut r = json_bytes(code, e.to_bytes(), "application/json");
     if matches!(e, ApiError::Unauthorized) {
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,

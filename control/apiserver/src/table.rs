@@ -2,7 +2,7 @@
 
 use hyper::header;
 use kestrel_api::printers;
-use kestrel_api::registry::{Cell, ResourceDef};
+use kestrel_api::registry::{Cell, Column, ResourceDef};
 use serde_json::{Value, json};
 
 use crate::server::Ctx;
@@ -16,8 +16,8 @@ pub fn wants_table(ctx: &Ctx) -> bool {
     })
 }
 
-fn cell(c: Cell, obj: &Value) -> Value {
-    match c {
+fn cell(c: &Column, obj: &Value) -> Value {
+    match c.cell {
         Cell::Name => obj
             .pointer("/metadata/name")
             .cloned()
@@ -37,6 +37,14 @@ fn cell(c: Cell, obj: &Value) -> Value {
                 Some(v) => v.clone(),
             }
         }
+        // A CRD's date columns show an age, as upstream's Table conversion;
+        // objects and lists show as JSON.
+        Cell::JsonPath(p) => match printers::json_path(obj, p) {
+            Some(Value::String(s)) if c.type_ == "date" => printers::age(Some(&s)),
+            Some(v @ (Value::Object(_) | Value::Array(_))) => json!(v.to_string()),
+            Some(v) => v,
+            None => Value::Null,
+        },
         Cell::Func(f) => f(obj),
     }
 }
@@ -76,7 +84,7 @@ pub fn table<'a>(
     let rows: Vec<Value> = items
         .into_iter()
         .map(|o| {
-            let cells: Vec<Value> = def.columns.iter().map(|c| cell(c.cell, o)).collect();
+            let cells: Vec<Value> = def.columns.iter().map(|c| cell(c, o)).collect();
             let mut r = json!({"cells": cells});
             let ro = row_object(o, include);
             if !ro.is_null() {

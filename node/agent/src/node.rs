@@ -32,8 +32,6 @@ const STATUS_REFRESH: Duration = Duration::from_secs(60);
 const STATUS_CHECK: Duration = Duration::from_secs(10);
 /// Pods a node runs, as upstream's default --max-pods.
 pub const MAX_PODS: u32 = 110;
-/// The kubelet version this agent reports.
-pub const KUBELET_VERSION: &str = "v1.35.0-kestrel";
 
 /// What the agent knows about its node.
 #[derive(Debug, Clone)]
@@ -283,7 +281,7 @@ fn status(facts: &NodeFacts, network_ready: bool, prev: &[NodeCondition]) -> Nod
             container_runtime_version: facts.runtime_version.clone(),
             kernel_version: m.kernel,
             kube_proxy_version: String::new(),
-            kubelet_version: KUBELET_VERSION.into(),
+            kubelet_version: kestrel_api::git_version(),
             machine_id: m.machine_id.clone(),
             operating_system: "linux".into(),
             os_image: m.os_image,

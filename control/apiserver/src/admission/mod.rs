@@ -171,6 +171,41 @@ fn template_spec(obj: &mut Value) -> Option<&mut Map<String, Value>> {
         .and_then(Value::as_object_mut)
 }
 
+/// What a kind's strategy does to a new object only, before defaulting
+/// (upstream's `PrepareForCreate`).
+pub fn prepare_create(def: &ResourceDef, obj: &mut Value) {
+    // The status upstream's strategies give a new object (its Go struct's
+    // zero value, as serialized), where the kind's status is the server's.
+    let status = match (def.group, def.kind) {
+        ("", "Pod") => Some(json!({"phase": "Pending"})),
+        ("", "Service") => Some(json!({"loadBalancer": {}})),
+        ("apps", "Deployment") | ("batch", "Job") => Some(json!({})),
+        ("apps", "ReplicaSet") => Some(json!({"replicas": 0})),
+        ("apps", "StatefulSet") => Some(json!({"replicas": 0, "availableReplicas": 0})),
+        ("apps", "DaemonSet") => Some(json!({
+            "currentNumberScheduled": 0,
+            "numberMisscheduled": 0,
+            "desiredNumberScheduled": 0,
+            "numberReady": 0,
+        })),
+        _ => None,
+    };
+    if let (Some(s), Some(o)) = (status, obj.as_object_mut()) {
+        o.insert("status".into(), s);
+    }
+    if (def.group, def.kind) == ("apiextensions.k8s.io", "CustomResourceDefinition") {
+        // Deleting a CRD deletes its objects first.
+        let f = crate::crd::define::CLEANUP_FINALIZER;
+        let m = obj_mut(obj, "metadata");
+        let list = m.entry("finalizers").or_insert_with(|| json!([]));
+        if let Some(a) = list.as_array_mut()
+            && !a.iter().any(|x| x.as_str() == Some(f))
+        {
+            a.push(json!(f));
+        }
+    }
+}
+
 /// Defaults for a new or updated object of `def`'s kind.
 pub fn set_defaults(def: &ResourceDef, obj: &mut Value) {
     match (def.group, def.kind) {
@@ -497,6 +532,15 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Result<(
                 {
                     errs.push(FieldError::immutable("spec.template"));
                 }
+            }
+        }
+        ("apiregistration.k8s.io", "APIService") => crate::apiservice::validate(obj, &mut errs),
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            crate::crd::define::validate(obj, old, &mut errs);
+        }
+        _ if def.types.custom().is_some() => {
+            if let Some(c) = def.types.custom() {
+                errs.extend(c.schema.validate(obj, old));
             }
         }
         ("", "Service") => {

@@ -420,7 +420,7 @@ fn apply_patch(
     };
     let mut patched = obj.clone();
     crate::patch::json_patch(&mut patched, patch).map_err(|e| fail(&e))?;
-    let mut patched = (def.types.normalize)(patched).map_err(|e| fail(&e))?;
+    let mut patched = def.types.normalize(patched).map_err(|e| fail(&e))?;
     super::set_defaults(def, &mut patched);
     *obj = patched;
     Ok(())

@@ -21,13 +21,11 @@ pub mod request;
 pub mod review;
 pub mod roles;
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use kestrel_api::ApiError;
-use tokio::sync::Notify;
 
 use crate::auth::{MASTERS, User};
 use crate::cache::{Cache, ChangeKind};
@@ -43,8 +41,7 @@ pub struct Authorizer {
     graph: RwLock<node::NodeGraph>,
     node_rules: Vec<PolicyRule>,
     /// The cache revision both indexes reflect.
-    applied: AtomicI64,
-    caught_up: Notify,
+    applied: crate::cache::Watermark,
 }
 
 impl Authorizer {
@@ -54,8 +51,7 @@ impl Authorizer {
             rbac: RwLock::default(),
             graph: RwLock::default(),
             node_rules: node::node_rules(),
-            applied: AtomicI64::new(0),
-            caught_up: Notify::new(),
+            applied: crate::cache::Watermark::default(),
         });
         let rx = az.resync(cache);
         let weak = Arc::downgrade(&az);
@@ -79,8 +75,7 @@ impl Authorizer {
                                 .unwrap_or_else(|p| p.into_inner())
                                 .apply(&c.key, obj);
                         }
-                        az.applied.fetch_max(c.revision, Ordering::AcqRel);
-                        az.caught_up.notify_waiters();
+                        az.applied.advance(c.revision);
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(
@@ -113,26 +108,13 @@ impl Authorizer {
         }
         *self.rbac.write().unwrap_or_else(|p| p.into_inner()) = r;
         *self.graph.write().unwrap_or_else(|p| p.into_inner()) = g;
-        self.applied.fetch_max(rev, Ordering::AcqRel);
-        self.caught_up.notify_waiters();
+        self.applied.advance(rev);
         rx
     }
 
     /// Wait until the indexes reflect `revision` (bounded).
     async fn catch_up(&self, revision: i64) {
-        if self.applied.load(Ordering::Acquire) >= revision {
-            return;
-        }
-        let wait = async {
-            loop {
-                let notified = self.caught_up.notified();
-                if self.applied.load(Ordering::Acquire) >= revision {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        if tokio::time::timeout(CATCH_UP, wait).await.is_err() {
+        if !self.applied.reached(revision, CATCH_UP).await {
             tracing::warn!(revision, "authorization indexes did not catch up in time");
         }
     }

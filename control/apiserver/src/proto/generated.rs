@@ -114,6 +114,9 @@ pub(super) fn decode_kind(
         ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
             decode_as::<k8s_pb::api::rbac::v1::RoleBinding>(raw)
         }
+        ("apiregistration.k8s.io/v1", "APIService") => {
+            decode_as::<k8s_pb::kube_aggregator::pkg::apis::apiregistration::v1::APIService>(raw)
+        }
         ("autoscaling/v1", "Scale") => decode_as::<k8s_pb::api::autoscaling::v1::Scale>(raw),
         ("policy/v1", "Eviction") => decode_as::<k8s_pb::api::policy::v1::Eviction>(raw),
         ("authentication.k8s.io/v1", "TokenRequest") => {
@@ -4317,6 +4320,63 @@ impl ToJson for k8s_pb::apimachinery::pkg::apis::meta::v1::Preconditions {
         let mut o = Obj::default();
         o.str("uid", &self.uid);
         o.str("resourceVersion", &self.resource_version);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::kube_aggregator::pkg::apis::apiregistration::v1::APIService {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("metadata", &self.metadata)?;
+        o.msg("spec", &self.spec)?;
+        o.msg("status", &self.status)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::kube_aggregator::pkg::apis::apiregistration::v1::APIServiceCondition {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("type", &self.r#type);
+        o.str("status", &self.status);
+        o.msg("lastTransitionTime", &self.last_transition_time)?;
+        o.str("reason", &self.reason);
+        o.str("message", &self.message);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::kube_aggregator::pkg::apis::apiregistration::v1::APIServiceSpec {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("service", &self.service)?;
+        o.str("group", &self.group);
+        o.str("version", &self.version);
+        o.bool("insecureSkipTLSVerify", self.insecure_skip_tls_verify);
+        o.bytes("caBundle", &self.ca_bundle);
+        o.int(
+            "groupPriorityMinimum",
+            self.group_priority_minimum.map(i64::from),
+        );
+        o.int("versionPriority", self.version_priority.map(i64::from));
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::kube_aggregator::pkg::apis::apiregistration::v1::APIServiceStatus {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msgs("conditions", &self.conditions)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::kube_aggregator::pkg::apis::apiregistration::v1::ServiceReference {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("namespace", &self.namespace);
+        o.str("name", &self.name);
+        o.int("port", self.port.map(i64::from));
         Ok(o.done())
     }
 }
