@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail, ensure};
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
 
 use crate::report::{Summary, command_output, machine, percentile, rss_mib};
@@ -35,6 +35,8 @@ pub struct Options {
     pub watchers: usize,
     /// Pod creations each watcher must see.
     pub events: usize,
+    /// Custom resources (and, as their baseline, ConfigMaps) created.
+    pub custom: usize,
 }
 
 /// Every loop ends by this deadline, whatever happens.
@@ -67,6 +69,9 @@ struct Rep {
     rss_idle_mib: f64,
     rss_pods_mib: f64,
     rss_watch_mib: f64,
+    crd_established_ms: f64,
+    cr_creates_per_s: f64,
+    cm_creates_per_s: f64,
 }
 
 /// The results.
@@ -406,7 +411,127 @@ async fn one_rep(exe: &Path, o: &Options) -> Result<Rep> {
     rep.rbac_create_p50 = percentile(&lat, 50.0);
     rep.rbac_create_p99 = percentile(&lat, 99.0);
     rep.rbac_creates_per_s = lat.len() as f64 / wall.as_secs_f64();
+
+    // A CRD of realistic size (322 lines, three CEL rules): its time to
+    // Established, then creates of its objects against ConfigMaps.
+    let t = Instant::now();
+    let crds = Api::<DynamicObject>::all_with(admin.clone(), &crd_resource());
+    crds.create(&PostParams::default(), &backends_crd()?)
+        .await?;
+    loop {
+        let crd = crds.get(BACKENDS_CRD).await?;
+        if crd
+            .data
+            .pointer("/status/conditions")
+            .and_then(|c| c.as_array())
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Established" && c["status"] == "True")
+            })
+        {
+            break;
+        }
+        ensure!(
+            t.elapsed() < TIME_LIMIT,
+            "the CRD was not Established in time"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    rep.crd_established_ms = ms(t.elapsed());
+    let (n, wall) = creates_dyn(&server.kubeconfig, &config_maps(), o.custom, o.clients, |i| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("cm{i:05}")},
+               "data": {"algorithm": "Maglev", "port": "8080", "backends": "a=10.1.0.1:8080,b=10.1.0.2:8080"}})
+    })
+    .await?;
+    rep.cm_creates_per_s = n as f64 / wall.as_secs_f64();
+    let (n, wall) = creates_dyn(
+        &server.kubeconfig,
+        &backend_pools(),
+        o.custom,
+        o.clients,
+        backend_pool,
+    )
+    .await?;
+    rep.cr_creates_per_s = n as f64 / wall.as_secs_f64();
     Ok(rep)
+}
+
+const BACKENDS_CRD: &str = "backendpools.net.kestrel.dev";
+
+fn backends_crd() -> Result<DynamicObject> {
+    Ok(serde_saphyr::from_str(include_str!(
+        "../../control/apiserver/tests/fixtures/backends.crd.yaml"
+    ))?)
+}
+
+fn crd_resource() -> ApiResource {
+    ApiResource::erase::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>(&())
+}
+
+fn config_maps() -> ApiResource {
+    ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&())
+}
+
+fn backend_pools() -> ApiResource {
+    ApiResource {
+        group: "net.kestrel.dev".into(),
+        version: "v1alpha1".into(),
+        api_version: "net.kestrel.dev/v1alpha1".into(),
+        kind: "BackendPool".into(),
+        plural: "backendpools".into(),
+    }
+}
+
+/// A BackendPool that passes every level of the schema and its CEL rules.
+fn backend_pool(i: usize) -> serde_json::Value {
+    json!({
+        "apiVersion": "net.kestrel.dev/v1alpha1", "kind": "BackendPool",
+        "metadata": {"name": format!("bp{i:05}"), "labels": {"app": "bench"}},
+        "spec": {
+            "replicas": 3,
+            "frontend": {"port": 8080, "hostname": "web.example.com", "sourceRanges": ["10.0.0.0/8"]},
+            "backends": [
+                {"name": "a", "address": "10.1.0.1", "port": 8080, "zone": "z1"},
+                {"name": "b", "address": "10.1.0.2", "port": "web", "labels": {"rack": "r2"}},
+            ],
+            "healthCheck": {"protocol": "HTTP", "path": "/healthz", "headers": [{"name": "Host", "value": "web"}]},
+            "sessionAffinity": {"type": "ClientIP", "timeoutSeconds": 300},
+        },
+    })
+}
+
+/// Creates `count` objects made by `make` in namespace `bench` from
+/// `clients` clients; how many and the wall time.
+async fn creates_dyn(
+    kubeconfig: &Path,
+    resource: &ApiResource,
+    count: usize,
+    clients: usize,
+    make: fn(usize) -> serde_json::Value,
+) -> Result<(usize, Duration)> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            kestrel_client::client_from(kubeconfig).await?,
+            "bench",
+            resource,
+        );
+        tasks.push(tokio::spawn(async move {
+            for i in (c..count).step_by(clients) {
+                if started.elapsed() > TIME_LIMIT {
+                    bail!("creates ran past {TIME_LIMIT:?}");
+                }
+                api.create(&PostParams::default(), &serde_json::from_value(make(i))?)
+                    .await?;
+            }
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok((count, started.elapsed()))
 }
 
 /// Runs the benchmark; `exe` is this benchmark's own executable, which
@@ -580,6 +705,30 @@ impl Report {
                 "",
                 self.summary(|r| r.rss_watch_mib),
                 0,
+                None,
+            ),
+            (
+                format!(
+                    "custom resource creates/s (322-line schema, 3 CEL rules), {} clients, {} objects",
+                    o.clients, o.custom
+                ),
+                "≥ 0.8× ConfigMaps",
+                self.summary(|r| r.cr_creates_per_s),
+                0,
+                Some(self.summary(|r| r.cm_creates_per_s)),
+            ),
+            (
+                "baseline: ConfigMap creates/s, same clients".into(),
+                "",
+                self.summary(|r| r.cm_creates_per_s),
+                0,
+                None,
+            ),
+            (
+                "CRD create to Established, ms".into(),
+                "< 100",
+                self.summary(|r| r.crd_established_ms),
+                1,
                 None,
             ),
         ];

@@ -38,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
             baseline_pods: 50,
             watchers: 50,
             events: 5,
+            custom: 200,
         }
     } else {
         Options {
@@ -47,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
             baseline_pods: 500,
             watchers: 1_000,
             events: 50,
+            custom: 2_000,
         }
     };
     let exe = std::env::current_exe().context("finding this executable")?;

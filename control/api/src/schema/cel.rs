@@ -76,8 +76,39 @@ pub fn compile(rule: &str, message_expression: Option<&str>) -> Result<Rule, Str
     Ok(compiled)
 }
 
+/// `self` and `oldSelf` converted to CEL once, for every rule of one
+/// schema node (converting the value is most of a simple rule's cost).
+pub struct Bindings {
+    ctx: Context<'static, 'static>,
+    has_old: bool,
+}
+
+impl std::fmt::Debug for Bindings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bindings")
+            .field("has_old", &self.has_old)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bindings {
+    /// Bind `self` and, on update, `oldSelf`.
+    pub fn new(self_: &serde_json::Value, old_self: Option<&serde_json::Value>) -> Self {
+        let mut ctx = Context::with_env(env());
+        ctx.add_variable_from_value("self", to_cel(self_));
+        if let Some(old) = old_self {
+            ctx.add_variable_from_value("oldSelf", to_cel(old));
+        }
+        Self {
+            ctx,
+            has_old: old_self.is_some(),
+        }
+    }
+}
+
 impl Rule {
-    /// Evaluate with `self` bound to `self_` and `oldSelf` to `old_self`.
+    /// Evaluate with `self` bound to `self_` and `oldSelf` to `old_self`
+    /// ([`Rule::eval_with`] on fresh [`Bindings`]).
     /// `Ok(None)` when the rule holds or is a transition rule without an old
     /// value, `Ok(Some(message))` when it evaluates to false (`message` is the
     /// messageExpression's trimmed result, or empty when there is none or it
@@ -93,15 +124,20 @@ impl Rule {
         if self.uses_old_self && old_self.is_none() {
             return Ok(None);
         }
-        let mut ctx = Context::with_env(env());
-        ctx.add_variable_from_value("self", to_cel(self_));
-        if let Some(old) = old_self {
-            ctx.add_variable_from_value("oldSelf", to_cel(old));
+        self.eval_with(&Bindings::new(self_, old_self))
+    }
+
+    /// Evaluate against bindings shared by the rules of one node; as
+    /// [`Rule::eval`].
+    pub fn eval_with(&self, b: &Bindings) -> Result<Option<String>, String> {
+        if self.uses_old_self && !b.has_old {
+            return Ok(None);
         }
+        let ctx = &b.ctx;
         let valid = |s: &str| !s.contains('\n') && s.len() <= MAX_MESSAGE_BYTES;
-        match run(&self.expr, &ctx)? {
+        match run(&self.expr, ctx)? {
             Value::Bool(true) => Ok(None),
-            Value::Bool(false) => Ok(Some(match self.message.as_ref().map(|m| run(m, &ctx)) {
+            Value::Bool(false) => Ok(Some(match self.message.as_ref().map(|m| run(m, ctx)) {
                 Some(Ok(Value::String(s))) if valid(s.trim()) => s.trim().to_owned(),
                 _ => String::new(),
             })),

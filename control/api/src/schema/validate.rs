@@ -781,15 +781,18 @@ pub(super) fn cel_walk(
     if v.is_null() {
         return true;
     }
+    // Converted once for all of this node's rules, and only when it has any.
+    let mut bindings = None;
     for r in &s.validations {
         let Some(rule) = &r.compiled else { continue };
+        let b = bindings.get_or_insert_with(|| super::cel::Bindings::new(v, old));
         let shown = if r.message.trim().is_empty() {
             r.rule.trim()
         } else {
             r.message.trim()
         };
         let typ = go_quote(&s.type_);
-        match rule.eval(v, old) {
+        match rule.eval_with(b) {
             Ok(None) => {}
             Err(e) if e.starts_with("no such overload") => {
                 let msg = format!(
