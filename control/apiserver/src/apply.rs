@@ -55,6 +55,79 @@ fn collect(v: &Value, prefix: &Path, out: &mut BTreeSet<Path>) {
     }
 }
 
+/// FieldsV1 of everything set in `v`, built in one walk: what
+/// `to_fields_v1(&collect(v))` gives, without the path sets (a create owns
+/// every field, and this is on every create's path).
+fn fields_v1_of(v: &Value) -> Value {
+    let Value::Object(m) = v else {
+        return json!({});
+    };
+    let mut out = Map::new();
+    for (k, child) in m {
+        out.insert(format!("f:{k}"), field_v1(k, child));
+    }
+    Value::Object(out)
+}
+
+fn field_v1(k: &str, child: &Value) -> Value {
+    match child {
+        Value::Object(cm) if !cm.is_empty() => fields_v1_of(child),
+        Value::Array(items) if items.first().and_then(|e| list_key(k, e)).is_some() => {
+            let mut out = Map::new();
+            for e in items {
+                let Some(key) = list_key(k, e) else { continue };
+                let Some(kv) = e.get(key) else { continue };
+                let mut entry = match fields_v1_of(e) {
+                    Value::Object(m) => m,
+                    _ => Map::new(),
+                };
+                entry.insert(".".into(), json!({}));
+                out.insert(format!("k:{}", json!({key: kv})), Value::Object(entry));
+            }
+            Value::Object(out)
+        }
+        _ => json!({}),
+    }
+}
+
+/// What a manager can own of a new object, as FieldsV1: everything but
+/// identity and type (see [`owned_fields`]).
+fn owned_fields_v1(obj: &Value, sub: Option<Subresource>) -> Value {
+    let mut out = Map::new();
+    for (k, child) in obj.as_object().into_iter().flatten() {
+        match k.as_str() {
+            "apiVersion" | "kind" => {}
+            "status" if sub != Some(Subresource::Status) => {}
+            "metadata" => {
+                let mut md = Map::new();
+                for (mk, mv) in child.as_object().into_iter().flatten() {
+                    if !OWNERLESS_METADATA.contains(&mk.as_str()) {
+                        md.insert(format!("f:{mk}"), field_v1(mk, mv));
+                    }
+                }
+                if !md.is_empty() {
+                    out.insert("f:metadata".into(), Value::Object(md));
+                }
+            }
+            _ => {
+                out.insert(format!("f:{k}"), field_v1(k, child));
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+/// Metadata no manager owns.
+const OWNERLESS_METADATA: &[&str] = &[
+    "name",
+    "namespace",
+    "resourceVersion",
+    "uid",
+    "creationTimestamp",
+    "generation",
+    "managedFields",
+];
+
 /// Fields a manager can own: everything but identity and type.
 fn owned_fields(obj: &Value, sub: Option<Subresource>) -> BTreeSet<Path> {
     let mut o = obj.clone();
@@ -65,16 +138,8 @@ fn owned_fields(obj: &Value, sub: Option<Subresource>) -> BTreeSet<Path> {
             m.remove("status");
         }
         if let Some(md) = m.get_mut("metadata").and_then(Value::as_object_mut) {
-            for k in [
-                "name",
-                "namespace",
-                "resourceVersion",
-                "uid",
-                "creationTimestamp",
-                "generation",
-                "managedFields",
-            ] {
-                md.remove(k);
+            for k in OWNERLESS_METADATA {
+                md.remove(*k);
             }
             if md.is_empty() {
                 m.remove("metadata");
@@ -277,6 +342,21 @@ pub fn record_update(
     old: Option<&Value>,
     new: &mut Value,
 ) {
+    if old.is_none() {
+        // A create: the writer owns every field it set.
+        let fields = owned_fields_v1(new, sub);
+        let empty = fields.as_object().is_none_or(Map::is_empty);
+        if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+            if empty {
+                m.remove("managedFields");
+            } else {
+                let mut e = entry_json(manager, "Update", api_version, sub, &BTreeSet::new());
+                e["fieldsV1"] = fields;
+                m.insert("managedFields".into(), json!([e]));
+            }
+        }
+        return;
+    }
     let now = owned_fields(new, sub);
     let changed: BTreeSet<Path> = match old {
         None => now.clone(),
@@ -492,6 +572,22 @@ pub async fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_create_owns_what_the_path_sets_say() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "d", "uid": "u", "labels": {"a": "b"}, "annotations": {}},
+            "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 80}], "env": [{"name": "E", "value": "v"}]}],
+                     "volumes": [], "nodeSelector": {"k": "v"}},
+            "status": {"phase": "Pending"}});
+        for sub in [None, Some(Subresource::Status)] {
+            assert_eq!(
+                owned_fields_v1(&pod, sub),
+                to_fields_v1(&owned_fields(&pod, sub)),
+                "{sub:?}"
+            );
+        }
+    }
 
     #[test]
     fn fields_round_trip_and_render() {
