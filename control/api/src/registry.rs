@@ -251,6 +251,60 @@ pub const AGE: Column = Column {
 };
 const CREATED_AT: Column = col("Created At", "date", 0, Cell::CreatedAt);
 
+/// When `metadata.generation` is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generation {
+    /// For kinds whose status is a subresource, as upstream's strategies.
+    WithStatus,
+    /// Always (custom resources).
+    Always,
+    /// Never (Namespace, Node).
+    Never,
+}
+
+/// Behaviour of a kind that needs the API server's own state, carried out
+/// by the hook the API server keeps for it (`control/apiserver/src/kinds/`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hooks {
+    /// Only the generic path.
+    None,
+    /// ClusterIP and NodePort allocation and release.
+    Service,
+    /// Graceful deletion of bound pods, finished by the node agent.
+    Pod,
+    /// Deletion through the namespace lifecycle (Terminating, finalize).
+    Namespace,
+}
+
+/// How the generic write path treats a kind: upstream's per-kind strategy
+/// as data on the resource definition.
+#[derive(Debug, Clone, Copy)]
+pub struct Strategy {
+    /// When `metadata.generation` is kept.
+    pub generation: Generation,
+    /// Creators may set `status` (otherwise a create drops it).
+    pub creator_sets_status: bool,
+    /// `spec.finalizers` is the kind's own (Namespace): kept on updates,
+    /// changed through `finalize`, and holding deletion like metadata's.
+    pub spec_finalizers: bool,
+    /// Objects expire this long after they are written (Events, upstream's
+    /// `--event-ttl`).
+    pub ttl_secs: Option<u64>,
+    /// The API server's hook for the kind.
+    pub hooks: Hooks,
+}
+
+impl Strategy {
+    /// What most kinds do.
+    pub const DEFAULT: Self = Self {
+        generation: Generation::WithStatus,
+        creator_sets_status: false,
+        spec_finalizers: false,
+        ttl_secs: None,
+        hooks: Hooks::None,
+    };
+}
+
 /// Everything the server needs to know about one resource.
 #[derive(Debug, Clone, Copy)]
 pub struct ResourceDef {
@@ -284,6 +338,8 @@ pub struct ResourceDef {
     pub name_rule: NameRule,
     /// The kind's type: its k8s-openapi struct or its CRD schema.
     pub types: Types,
+    /// How the generic write path treats the kind (upstream's strategy).
+    pub strategy: Strategy,
 }
 
 impl ResourceDef {
@@ -305,6 +361,15 @@ impl ResourceDef {
     /// Whether this resource serves `sub`.
     pub fn has_subresource(&self, sub: &str) -> Option<Subresource> {
         self.subresources.iter().copied().find(|s| s.name() == sub)
+    }
+
+    /// Whether objects keep `metadata.generation`.
+    pub fn tracks_generation(&self) -> bool {
+        match self.strategy.generation {
+            Generation::Always => true,
+            Generation::WithStatus => self.has_status(),
+            Generation::Never => false,
+        }
     }
 
     /// Whether the verb is allowed on the main resource.
@@ -366,6 +431,13 @@ pub static RESOURCES: &[ResourceDef] = &[
             AGE,
         ],
         field_selectors: &["status.phase"],
+        strategy: Strategy {
+            generation: Generation::Never,
+            creator_sets_status: true,
+            spec_finalizers: true,
+            hooks: Hooks::Namespace,
+            ..Strategy::DEFAULT
+        },
         name_rule: NameRule::Label,
     },
     ResourceDef {
@@ -424,6 +496,11 @@ pub static RESOURCES: &[ResourceDef] = &[
             ),
         ],
         field_selectors: &["spec.unschedulable"],
+        strategy: Strategy {
+            generation: Generation::Never,
+            creator_sets_status: true,
+            ..Strategy::DEFAULT
+        },
         name_rule: NameRule::Subdomain,
     },
     ResourceDef {
@@ -477,6 +554,10 @@ pub static RESOURCES: &[ResourceDef] = &[
             "status.podIP",
             "status.nominatedNodeName",
         ],
+        strategy: Strategy {
+            hooks: Hooks::Pod,
+            ..Strategy::DEFAULT
+        },
         name_rule: NameRule::Subdomain,
     },
     ResourceDef {
@@ -521,6 +602,10 @@ pub static RESOURCES: &[ResourceDef] = &[
             ),
         ],
         field_selectors: &["spec.clusterIP", "spec.type"],
+        strategy: Strategy {
+            hooks: Hooks::Service,
+            ..Strategy::DEFAULT
+        },
         name_rule: NameRule::Label,
     },
     ResourceDef {
@@ -542,6 +627,7 @@ pub static RESOURCES: &[ResourceDef] = &[
             AGE,
         ],
         field_selectors: &[],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::Subdomain,
     },
     ResourceDef {
@@ -563,6 +649,7 @@ pub static RESOURCES: &[ResourceDef] = &[
             AGE,
         ],
         field_selectors: &[],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::Subdomain,
     },
     ResourceDef {
@@ -585,6 +672,7 @@ pub static RESOURCES: &[ResourceDef] = &[
             AGE,
         ],
         field_selectors: &["type"],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::Subdomain,
     },
     ResourceDef {
@@ -602,6 +690,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         categories: &[],
         columns: &[NAME, AGE],
         field_selectors: &[],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::Subdomain,
     },
     ResourceDef {
@@ -619,6 +708,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         categories: &[],
         columns: &[NAME, CREATED_AT],
         field_selectors: &[],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::Subdomain,
     },
     ResourceDef {
@@ -636,6 +726,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         categories: &[],
         columns: &[NAME, AGE],
         field_selectors: &[],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::Subdomain,
     },
     ResourceDef {
@@ -676,6 +767,10 @@ pub static RESOURCES: &[ResourceDef] = &[
             "source",
             "type",
         ],
+        strategy: Strategy {
+            ttl_secs: Some(3600),
+            ..Strategy::DEFAULT
+        },
         name_rule: NameRule::Subdomain,
     },
     // ---- apps/v1
@@ -728,6 +823,7 @@ pub static RESOURCES: &[ResourceDef] = &[
             ),
         ],
         field_selectors: &[],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::Subdomain,
     },
     ResourceDef {
@@ -764,6 +860,7 @@ pub static RESOURCES: &[ResourceDef] = &[
             ),
         ],
         field_selectors: &["status.replicas"],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::Subdomain,
     },
     ResourceDef {
@@ -797,6 +894,7 @@ pub static RESOURCES: &[ResourceDef] = &[
             col("Images", "string", 1, Cell::Func(printers::template_images)),
         ],
         field_selectors: &[],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::Subdomain,
     },
     ResourceDef {
@@ -861,6 +959,7 @@ pub static RESOURCES: &[ResourceDef] = &[
             ),
         ],
         field_selectors: &[],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::Subdomain,
     },
     // ---- batch/v1
@@ -903,6 +1002,7 @@ pub static RESOURCES: &[ResourceDef] = &[
             ),
         ],
         field_selectors: &["status.successful"],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::Subdomain,
     },
     // ---- discovery.k8s.io/v1
@@ -932,6 +1032,7 @@ pub static RESOURCES: &[ResourceDef] = &[
             AGE,
         ],
         field_selectors: &[],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::Subdomain,
     },
     // ---- networking.k8s.io/v1
@@ -959,6 +1060,7 @@ pub static RESOURCES: &[ResourceDef] = &[
             AGE,
         ],
         field_selectors: &[],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::Subdomain,
     },
     // ---- coordination.k8s.io/v1
@@ -981,6 +1083,7 @@ pub static RESOURCES: &[ResourceDef] = &[
             AGE,
         ],
         field_selectors: &[],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::Subdomain,
     },
     // ---- certificates.k8s.io/v1 (node join: agents request client certs)
@@ -1010,6 +1113,7 @@ pub static RESOURCES: &[ResourceDef] = &[
             ),
         ],
         field_selectors: &["spec.signerName"],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::Subdomain,
     },
     // ---- rbac.authorization.k8s.io/v1 (enforced by the apiserver's authz)
@@ -1028,6 +1132,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         categories: &[],
         columns: &[NAME, CREATED_AT],
         field_selectors: &[],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::PathSegment,
     },
     ResourceDef {
@@ -1049,6 +1154,7 @@ pub static RESOURCES: &[ResourceDef] = &[
             AGE,
         ],
         field_selectors: &[],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::PathSegment,
     },
     ResourceDef {
@@ -1066,6 +1172,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         categories: &[],
         columns: &[NAME, CREATED_AT],
         field_selectors: &[],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::PathSegment,
     },
     ResourceDef {
@@ -1087,6 +1194,7 @@ pub static RESOURCES: &[ResourceDef] = &[
             AGE,
         ],
         field_selectors: &[],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::PathSegment,
     },
     // ---- authorization.k8s.io/v1 and authentication.k8s.io/v1 reviews:
@@ -1106,6 +1214,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         categories: &[],
         columns: &[NAME],
         field_selectors: &[],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::PathSegment,
     },
     ResourceDef {
@@ -1123,6 +1232,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         categories: &[],
         columns: &[NAME],
         field_selectors: &[],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::PathSegment,
     },
     ResourceDef {
@@ -1140,6 +1250,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         categories: &[],
         columns: &[NAME],
         field_selectors: &[],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::PathSegment,
     },
     ResourceDef {
@@ -1157,6 +1268,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         categories: &[],
         columns: &[NAME],
         field_selectors: &[],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::PathSegment,
     },
     ResourceDef {
@@ -1174,6 +1286,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         categories: &[],
         columns: &[NAME],
         field_selectors: &[],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::PathSegment,
     },
     ResourceDef {
@@ -1191,6 +1304,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         categories: &[],
         columns: &[NAME],
         field_selectors: &[],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::PathSegment,
     },
     // ---- admissionregistration.k8s.io/v1: the webhooks the admission
@@ -1210,6 +1324,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         categories: &["api-extensions"],
         columns: &[NAME, WEBHOOKS, AGE],
         field_selectors: &[],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::Subdomain,
     },
     ResourceDef {
@@ -1227,6 +1342,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         categories: &["api-extensions"],
         columns: &[NAME, WEBHOOKS, AGE],
         field_selectors: &[],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::Subdomain,
     },
     // ---- apiregistration.k8s.io/v1
@@ -1252,6 +1368,7 @@ pub static RESOURCES: &[ResourceDef] = &[
             AGE,
         ],
         field_selectors: &[],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::PathSegment,
     },
     // ---- apiextensions.k8s.io/v1
@@ -1272,6 +1389,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         categories: &["api-extensions"],
         columns: &[NAME, CREATED_AT],
         field_selectors: &[],
+        strategy: Strategy::DEFAULT,
         name_rule: NameRule::Subdomain,
     },
 ];

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use hyper::{Method, Response, StatusCode};
 use kestrel_api::fields::FieldSelector;
 use kestrel_api::labels::Selector;
-use kestrel_api::registry::{self, ResourceDef, Subresource};
+use kestrel_api::registry::{self, Hooks, ResourceDef, Subresource};
 use kestrel_api::{ApiError, ObjectRef, meta};
 use kestrel_store::{RangeOptions, Revision};
 use serde_json::{Value, json};
@@ -28,8 +28,6 @@ pub const JOIN_PATH: &str = "/kestrel/v1/node-join";
 
 /// How long a write waits for the watch cache to show it.
 const CACHE_WAIT: Duration = Duration::from_secs(10);
-/// How long Events live.
-const EVENT_TTL: Duration = Duration::from_secs(3600);
 /// Retries of an unconditional update that lost a race.
 const UPDATE_RETRIES: usize = 8;
 
@@ -790,10 +788,7 @@ pub async fn create_object(
         ] {
             m.remove(k);
         }
-        if (t.def.has_status() || t.def.types.custom().is_some())
-            && t.def.kind != "Namespace"
-            && t.def.kind != "Node"
-        {
+        if t.def.tracks_generation() {
             m.insert("generation".into(), json!(1));
         }
     }
@@ -805,7 +800,7 @@ pub async fn create_object(
     // Status is the controllers' and kubelet's to write, except where
     // upstream lets creators set it.
     if t.def.has_status()
-        && !matches!(t.def.kind, "Node" | "Namespace")
+        && !t.def.strategy.creator_sets_status
         && let Some(o) = obj.as_object_mut()
     {
         o.remove("status");
@@ -834,29 +829,27 @@ pub async fn create_object(
         let manager = crate::apply::manager_of(ctx);
         crate::apply::record_update(&manager, &t.def.api_version(), None, None, &mut obj);
     }
-    let allocated = if t.def.kind == "Service" && t.def.group.is_empty() && !dry {
-        if state.cache.get(&t.key()).is_some() {
-            return Err(ApiError::AlreadyExists(ObjectRef::new(
-                t.def.group,
-                t.def.plural,
-                &name,
-            )));
-        }
-        Some(admission::allocate_service(state, &mut obj, None)?)
-    } else {
-        None
-    };
     if dry {
         return Ok(obj);
     }
+    // A name already taken fails before anything is allocated for it.
+    if t.def.strategy.hooks != Hooks::None && state.cache.get(&t.key()).is_some() {
+        return Err(ApiError::AlreadyExists(ObjectRef::new(
+            t.def.group,
+            t.def.plural,
+            &name,
+        )));
+    }
+    let allocated = crate::kinds::allocate(state, t.def, &mut obj, None, None)?;
     // Events expire like upstream's --event-ttl (1h), so they never pile up.
-    let write = if t.def.kind == "Event" && t.def.group.is_empty() {
-        state
-            .store
-            .create_with_ttl(&t.key(), encode(t.def, &obj), EVENT_TTL)
-            .await
-    } else {
-        state.store.create(&t.key(), encode(t.def, &obj)).await
+    let write = match t.def.strategy.ttl_secs {
+        Some(ttl) => {
+            state
+                .store
+                .create_with_ttl(&t.key(), encode(t.def, &obj), Duration::from_secs(ttl))
+                .await
+        }
+        None => state.store.create(&t.key(), encode(t.def, &obj)).await,
     };
     let rev = match write {
         Ok(r) => r,
@@ -941,7 +934,6 @@ fn merge_update(t: &Target, old: &Value, mut new: Value, sub: Option<Subresource
         }
     }
     if t.def.has_status()
-        && t.def.kind != "Namespace"
         && let Some(o) = new.as_object_mut()
     {
         match old.get("status") {
@@ -949,12 +941,8 @@ fn merge_update(t: &Target, old: &Value, mut new: Value, sub: Option<Subresource
             None => o.remove("status"),
         };
     }
-    if t.def.kind == "Namespace" {
-        // Namespace status (phase) is the server's to keep, and
-        // spec.finalizers changes only through namespaces/finalize.
-        if let (Some(o), Some(s)) = (new.as_object_mut(), old.get("status")) {
-            o.insert("status".into(), s.clone());
-        }
+    if t.def.strategy.spec_finalizers {
+        // spec.finalizers changes only through the finalize subresource.
         let f = old.pointer("/spec/finalizers").cloned();
         if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
             match f {
@@ -1035,12 +1023,8 @@ pub async fn update_with(
             );
         }
         let mut allocated = None;
-        if t.def.kind == "Service" && t.def.group.is_empty() && sub.is_none() && !dry {
-            allocated = Some(admission::allocate_service(
-                state,
-                &mut new,
-                Some(&cur.value),
-            )?);
+        if !dry {
+            allocated = crate::kinds::allocate(state, t.def, &mut new, Some(&cur.value), sub)?;
         }
         let mut cmp_old = (*cur.value).clone();
         let mut cmp_new = new.clone();
@@ -1057,7 +1041,7 @@ pub async fn update_with(
         // Finalizers gone from an object being deleted: the update deletes it.
         let finalizers_empty = ["/metadata/finalizers", "/spec/finalizers"]
             .iter()
-            .filter(|p| p.starts_with("/metadata") || t.def.kind == "Namespace")
+            .filter(|p| p.starts_with("/metadata") || t.def.strategy.spec_finalizers)
             .all(|p| {
                 new.pointer(p)
                     .and_then(Value::as_array)
@@ -1085,8 +1069,8 @@ pub async fn update_with(
             .await
         {
             Ok(rev) => {
-                if let (Some(_), Some(old_ports)) = (&allocated, Some(&cur.value)) {
-                    release_dropped_ports(state, old_ports, &new);
+                if allocated.is_some() {
+                    crate::kinds::updated(state, t.def, &cur.value, &new);
                 }
                 cache::set_resource_version(&mut new, rev);
                 state
@@ -1122,27 +1106,6 @@ pub async fn update_with(
         t.def.plural,
         t.name.as_deref().unwrap_or(""),
     ))
-}
-
-fn release_dropped_ports(state: &AppState, old: &Value, new: &Value) {
-    let ports = |v: &Value| -> Vec<u64> {
-        v.pointer("/spec/ports")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|p| p.get("nodePort").and_then(Value::as_u64))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let keep = ports(new);
-    for p in ports(old) {
-        if !keep.contains(&p)
-            && let Ok(p) = u16::try_from(p)
-        {
-            state.alloc.release_port(p);
-        }
-    }
 }
 
 fn rv_of(v: &Value) -> Result<Option<Revision>, ApiError> {
@@ -1397,9 +1360,7 @@ fn delete_opts(ctx: &Ctx) -> Result<DeleteOpts, ApiError> {
 
 /// Side effects once an object is gone from the store.
 fn finish_delete(state: &AppState, t: &Target, obj: &Value) {
-    if t.def.kind == "Service" && t.def.group.is_empty() {
-        admission::release_service(state, obj);
-    }
+    crate::kinds::deleted(state, t.def, obj);
 }
 
 /// Finalizer that holds an owner until the garbage collector has deleted
@@ -1479,7 +1440,7 @@ pub async fn delete_one(
             warnings: opts.requester.as_ref().map(|r| &r.1),
         };
         admission::chain::validate_delete(state, &attrs, obj).await?;
-        if t.def.kind == "Namespace" && t.def.group.is_empty() {
+        if t.def.strategy.hooks == Hooks::Namespace {
             return crate::namespace::begin_delete(state, t, &cur, dry).await;
         }
         let current_finalizers: Vec<Value> = obj
@@ -1491,10 +1452,7 @@ pub async fn delete_one(
         let finalizers = !new_finalizers.is_empty();
         // Pods bound to a node shut down gracefully: the node agent finishes
         // the delete. Unbound pods have nothing to stop and go at once.
-        let graceful_pod = t.def.kind == "Pod"
-            && t.def.group.is_empty()
-            && str_at(obj, "/spec/nodeName").is_some_and(|n| !n.is_empty())
-            && opts.grace.unwrap_or(1) > 0;
+        let graceful_pod = crate::kinds::graceful(t.def, obj, opts.grace);
         let deleting = obj.pointer("/metadata/deletionTimestamp").is_some();
         // A Background delete that takes the last (GC) finalizer off an
         // object already being deleted deletes it now, below.

@@ -19,6 +19,7 @@ mod cache;
 mod crd;
 mod discovery;
 mod handlers;
+mod kinds;
 mod namespace;
 mod openapi;
 mod patch;

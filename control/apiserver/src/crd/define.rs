@@ -3,7 +3,8 @@
 
 use kestrel_api::FieldError;
 use kestrel_api::registry::{
-    self, AGE, ALL_VERBS, Cell, Column, Custom, NAME, ResourceDef, ScalePaths, Subresource, Types,
+    self, AGE, ALL_VERBS, Cell, Column, Custom, Generation, NAME, ResourceDef, ScalePaths,
+    Strategy, Subresource, Types,
 };
 use kestrel_api::schema::Structural;
 use kestrel_api::validation::{self, NameRule};
@@ -153,6 +154,10 @@ pub fn served(crd: &Value) -> Vec<&'static ResourceDef> {
             columns: Box::leak(columns.into_boxed_slice()),
             field_selectors: Box::leak(field_selectors.into_boxed_slice()),
             name_rule: NameRule::Subdomain,
+            strategy: Strategy {
+                generation: Generation::Always,
+                ..Strategy::DEFAULT
+            },
             types: Types::Custom(custom),
         })));
     }
