@@ -13,8 +13,9 @@ use kestrel_api::registry::{self, ResourceDef, Subresource};
 use kestrel_api::{ApiError, FieldError, meta};
 use serde_json::{Value, json};
 
-use crate::handlers::{self, Target};
-use crate::server::AppState;
+use crate::state::AppState;
+use crate::state::Target;
+use crate::write;
 
 const AUTOMANAGED: &str = "kube-aggregator.kubernetes.io/automanaged";
 
@@ -114,7 +115,7 @@ pub async fn sync(state: &Arc<AppState>) -> Result<(), ApiError> {
                     "versionPriority": i64::try_from(15 - i.min(14)).unwrap_or(1),
                 },
             });
-            match handlers::create_object(state, None, &target(def, &name), obj, false).await {
+            match write::create_object(state, None, &target(def, &name), obj, false).await {
                 Ok(_) | Err(ApiError::AlreadyExists(_)) => {}
                 Err(e) => return Err(e),
             }
@@ -137,7 +138,7 @@ pub async fn sync(state: &Arc<AppState>) -> Result<(), ApiError> {
             .is_some();
         let t = target(def, &name);
         if automanaged && !want.contains(&name) {
-            match handlers::delete_one(state, &t, &handlers::DeleteOpts::default(), false).await {
+            match write::delete_one(state, &t, &write::DeleteOpts::default(), false).await {
                 Ok(_) | Err(ApiError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
@@ -147,7 +148,7 @@ pub async fn sync(state: &Arc<AppState>) -> Result<(), ApiError> {
         if e.value.get("status") == Some(&status) {
             continue;
         }
-        let r = handlers::update_with(state, None, &t, Some(Subresource::Status), false, |cur| {
+        let r = write::update_with(state, None, &t, Some(Subresource::Status), false, |cur| {
             let mut n = cur.clone();
             n["status"] = desired_status(cur);
             Ok((n, None))

@@ -748,7 +748,7 @@ impl Request {
             }
             Err(e) => {
                 s.emit("ResponseComplete", None);
-                crate::server::error_response(&ApiError::Internal(format!(
+                crate::state::error_response(&ApiError::Internal(format!(
                     "encoding the response: {e}"
                 )))
             }

@@ -92,7 +92,7 @@ pub fn authenticate(
         (Some(u), _) => u.clone(),
         (None, Some(t)) => {
             if constant_time_eq(t.as_bytes(), node_token.as_bytes())
-                && creds.path == crate::handlers::JOIN_PATH
+                && creds.path == crate::state::JOIN_PATH
             {
                 Arc::new(User::new(
                     "kestrel:node-bootstrap",

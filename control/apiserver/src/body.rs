@@ -7,7 +7,7 @@ use hyper::header;
 use kestrel_api::ApiError;
 use serde_json::Value;
 
-use crate::server::Ctx;
+use crate::state::Ctx;
 
 /// The patch flavours upstream accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

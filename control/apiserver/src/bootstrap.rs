@@ -9,8 +9,9 @@ use kestrel_api::ApiError;
 use kestrel_api::registry;
 use serde_json::{Value, json};
 
-use crate::handlers::{Target, create_object, update_with};
-use crate::server::AppState;
+use crate::state::AppState;
+use crate::state::Target;
+use crate::write::{create_object, update_with};
 use crate::{Error, admission};
 
 fn target(plural: &str, ns: Option<&str>, name: &str) -> Result<Target, Error> {

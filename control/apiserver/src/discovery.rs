@@ -9,7 +9,7 @@ use kestrel_api::registry::ResourceDef;
 use serde_json::{Value, json};
 
 use crate::crd::Registry;
-use crate::server::{Ctx, json_bytes, json_response};
+use crate::state::{Ctx, json_bytes, json_response};
 
 const AGGREGATED_CT: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 

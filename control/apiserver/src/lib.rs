@@ -20,7 +20,7 @@ mod crd;
 mod discovery;
 mod handlers;
 mod kinds;
-mod namespace;
+mod managed;
 mod openapi;
 mod patch;
 pub mod pki;
@@ -28,17 +28,20 @@ mod proto;
 mod proxy;
 mod server;
 pub mod serviceaccount;
+mod state;
 mod table;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod watch;
+mod write;
 
 use std::net::SocketAddr;
 
 pub use admission::chain::PLUGINS as ADMISSION_PLUGINS;
-pub use handlers::JOIN_PATH;
 pub use proxy::node_api_client_config;
-pub use server::{ApiServer, Config, MAX_BODY_BYTES};
+pub use server::ApiServer;
+pub use state::JOIN_PATH;
+pub use state::{Config, MAX_BODY_BYTES};
 
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@ use kestrel_api::registry::{ResourceDef, Types};
 use serde_json::{Map, Value, json};
 
 use crate::crd::Registry;
-use crate::server::{Ctx, json_response};
+use crate::state::{Ctx, json_response};
 
 fn gv_path(g: &str, v: &str) -> String {
     if g.is_empty() {
@@ -166,7 +166,7 @@ pub fn v3_group(reg: &Registry, _ctx: &Ctx, gv: &str) -> Result<Response<Body>, 
         StatusCode::OK,
         &json!({
             "openapi": "3.0.0",
-            "info": {"title": "Kubernetes", "version": crate::server::version_info()["gitVersion"]},
+            "info": {"title": "Kubernetes", "version": crate::state::version_info()["gitVersion"]},
             "paths": paths,
             "components": {"schemas": schemas(
                 schemars::generate::SchemaSettings::openapi3(),
@@ -187,7 +187,7 @@ pub fn v2(reg: &Registry, _ctx: &Ctx) -> Result<Response<Body>, ApiError> {
         StatusCode::OK,
         &json!({
             "swagger": "2.0",
-            "info": {"title": "Kubernetes", "version": crate::server::version_info()["gitVersion"]},
+            "info": {"title": "Kubernetes", "version": crate::state::version_info()["gitVersion"]},
             "paths": paths,
             "definitions": schemas(
                 {

@@ -31,7 +31,7 @@ use kestrel_api::{ApiError, FieldError, ObjectRef};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _};
 use serde_json::Value;
 
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// The kubelet's default port.
 const DEFAULT_KUBELET_PORT: u16 = 10250;
@@ -56,7 +56,7 @@ pub(crate) struct Target {
 
 /// The proxied subresource a path names, if any.
 pub(crate) fn match_path(path: &str) -> Option<Target> {
-    let segs = crate::server::path_segments(path.trim_end_matches('/'));
+    let segs = crate::state::path_segments(path.trim_end_matches('/'));
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     match segs.as_slice() {
         ["api", "v1", "namespaces", ns, "pods", pod, sub] if !ns.is_empty() && !pod.is_empty() => {

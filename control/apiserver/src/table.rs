@@ -5,7 +5,7 @@ use kestrel_api::printers;
 use kestrel_api::registry::{Cell, Column, ResourceDef};
 use serde_json::{Value, json};
 
-use crate::server::Ctx;
+use crate::state::Ctx;
 
 /// Whether the client asked for a Table (kubectl get does).
 pub fn wants_table(ctx: &Ctx) -> bool {

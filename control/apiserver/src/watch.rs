@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use crate::cache::{Change, ChangeKind};
-use crate::handlers::{ListOpts, Target};
-use crate::server::{AppState, Ctx};
+use crate::state::{AppState, Ctx};
+use crate::state::{ListOpts, Target};
 use crate::table;
 
 /// Upstream caps watches at a random 30–60 minutes; one hour is the ceiling here.
@@ -28,7 +28,7 @@ struct Encoder {
 
 impl Encoder {
     fn event(&self, kind: &str, obj: &Value) -> Bytes {
-        let converted = crate::handlers::served_as(self.def, obj);
+        let converted = crate::write::served_as(self.def, obj);
         let obj = converted.as_ref().unwrap_or(obj);
         let object = match &self.table {
             Some(include) if kind != "BOOKMARK" && kind != "ERROR" => {
@@ -104,7 +104,7 @@ pub async fn serve(
     let bookmarks = ctx.q_bool("allowWatchBookmarks");
     let send_initial = ctx
         .q("sendInitialEvents")
-        .map(crate::server::parse_bool_true);
+        .map(crate::state::parse_bool_true);
     let rv: Option<Revision> = match ctx.q("resourceVersion").filter(|r| !r.is_empty()) {
         None => None,
         Some(r) => Some(

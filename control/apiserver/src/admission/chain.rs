@@ -19,8 +19,8 @@ use kestrel_api::registry::Subresource;
 use serde_json::Value;
 
 use crate::auth::User;
-use crate::handlers::Target;
-use crate::server::AppState;
+use crate::state::AppState;
+use crate::state::Target;
 
 /// The operation being admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

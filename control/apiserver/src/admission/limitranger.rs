@@ -9,7 +9,7 @@ use kestrel_api::registry;
 use serde_json::{Map, Value, json};
 
 use super::chain::Attributes;
-use crate::server::AppState;
+use crate::state::AppState;
 
 const ANNOTATION: &str = "kubernetes.io/limit-ranger";
 

@@ -14,7 +14,7 @@ use kestrel_api::{ApiError, FieldError, labels::Selector, validation};
 use serde_json::{Map, Value, json};
 
 use crate::alloc::AllocError;
-use crate::server::AppState;
+use crate::state::AppState;
 
 fn obj_mut<'a>(v: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
     if !v.is_object() {

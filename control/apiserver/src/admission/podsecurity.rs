@@ -21,7 +21,7 @@ use kestrel_api::registry;
 use serde_json::Value;
 
 use super::chain::{Attributes, Operation};
-use crate::server::AppState;
+use crate::state::AppState;
 
 const PREFIX: &str = "pod-security.kubernetes.io/";
 

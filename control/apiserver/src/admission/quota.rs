@@ -14,8 +14,9 @@ use kestrel_api::registry::{self, Subresource};
 use serde_json::{Value, json};
 
 use super::chain::{Attributes, Operation};
-use crate::handlers::{Target, update_with};
-use crate::server::AppState;
+use crate::state::AppState;
+use crate::state::Target;
+use crate::write::update_with;
 
 fn hard_of(q: &Value, at: &str) -> BTreeMap<String, String> {
     q.pointer(at)

@@ -39,7 +39,7 @@ use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
 use serde_json::{Value, json};
 
 use super::chain::{Attributes, Operation};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// The API group of the configurations.
 pub const GROUP: &str = "admissionregistration.k8s.io";
@@ -1060,7 +1060,7 @@ fn check_rules(path: &str, rules: Option<&Value>, errs: &mut Vec<FieldError>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handlers::Target;
+    use crate::state::Target;
     use kestrel_api::registry::Subresource;
 
     fn rule(v: Value) -> RuleWithOperations {

@@ -88,7 +88,7 @@ const CREATE_ONLY_STREAMS: &[&str] = &["exec", "attach", "portforward"];
 pub fn from_request(method: &Method, path: &str, query: &HashMap<String, String>) -> Attributes {
     let http_verb = method.as_str().to_ascii_lowercase();
     let non_resource = || Attributes::non_resource(&http_verb, path);
-    let segs: Vec<String> = crate::server::path_segments(path);
+    let segs: Vec<String> = crate::state::path_segments(path);
     let segs: Vec<&str> = segs
         .iter()
         .map(String::as_str)

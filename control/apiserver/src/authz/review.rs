@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::Attributes;
 use crate::auth::User;
-use crate::server::{AppState, Ctx, json_response};
+use crate::state::{AppState, Ctx, json_response};
 
 /// The review resources, by (group, plural).
 pub fn serves(group: &str, plural: &str) -> bool {

@@ -20,8 +20,9 @@ use super::{Attributes, Authorizer};
 use crate::Error;
 use crate::auth::User;
 use crate::cache::Cache;
-use crate::handlers::{Target, create_object, update_with};
-use crate::server::AppState;
+use crate::state::AppState;
+use crate::state::Target;
+use crate::write::{create_object, update_with};
 
 const GROUP: &str = "rbac.authorization.k8s.io";
 const AUTOUPDATE: &str = "rbac.authorization.kubernetes.io/autoupdate";
@@ -447,7 +448,7 @@ fn cluster_roles() -> Vec<RoleSpec> {
         // cluster CA bundle a joining agent checks against its token.
         role(
             "system:kestrel:node-joiner",
-            vec![url(&[crate::handlers::JOIN_PATH], &["post"])],
+            vec![url(&[crate::state::JOIN_PATH], &["post"])],
         ),
         role(
             "system:kestrel:public-ca",

@@ -22,8 +22,9 @@ use kestrel_api::registry::{self, ResourceDef, Subresource};
 use serde_json::{Value, json};
 
 use crate::cache::{Cache, ChangeKind, Watermark};
-use crate::handlers::{self, Target};
-use crate::server::AppState;
+use crate::state::AppState;
+use crate::state::Target;
+use crate::write;
 
 /// Where CRDs are stored.
 pub const PREFIX: &str = "/registry/apiextensions.k8s.io/customresourcedefinitions/";
@@ -468,7 +469,7 @@ async fn reconcile(state: &Arc<AppState>, desired: Value) -> Result<(), kestrel_
         name: Some(name.clone()),
     };
     let status = desired.get("status").cloned().unwrap_or_default();
-    let written = handlers::update_with(state, None, &t, Some(Subresource::Status), false, |cur| {
+    let written = write::update_with(state, None, &t, Some(Subresource::Status), false, |cur| {
         let mut n = cur.clone();
         n["status"] = status.clone();
         Ok((n, None))
@@ -525,7 +526,7 @@ async fn reconcile(state: &Arc<AppState>, desired: Value) -> Result<(), kestrel_
             }
         }
     }
-    let released = handlers::update_with(state, None, &t, None, false, |cur| {
+    let released = write::update_with(state, None, &t, None, false, |cur| {
         let mut n = cur.clone();
         if let Some(f) = n
             .pointer_mut("/metadata/finalizers")

@@ -12,8 +12,8 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::{def, str_at};
 use crate::cache::ChangeKind;
-use crate::handlers::Target;
-use crate::server::AppState;
+use crate::state::AppState;
+use crate::state::Target;
 
 /// The ServiceAccount pods get when they name none.
 pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";

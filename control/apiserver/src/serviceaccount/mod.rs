@@ -30,7 +30,7 @@ use serde_json::Value;
 
 use crate::auth::User;
 use crate::cache::Cache;
-use crate::server::AppState;
+use crate::state::AppState;
 
 pub use admission::admit_pod;
 pub use keys::{KeySet, PublicKey, SigningKey};

@@ -10,7 +10,7 @@ use hyper::{Method, Response, StatusCode, header};
 use kestrel_api::ApiError;
 use serde_json::{Value, json};
 
-use crate::server::{AppState, Ctx, json_bytes};
+use crate::state::{AppState, Ctx, json_bytes};
 
 /// The discovery document's path.
 pub const OIDC_PATH: &str = "/.well-known/openid-configuration";

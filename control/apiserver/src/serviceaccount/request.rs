@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 
 use super::token::{BoundClaims, ObjectRef as Ref};
 use super::{ServiceAccounts, str_at};
-use crate::handlers::Target;
-use crate::server::{AppState, Ctx, json_response};
+use crate::state::Target;
+use crate::state::{AppState, Ctx, json_response};
 
 const GROUP: &str = "authentication.k8s.io";
 const KIND: &str = "TokenRequest";

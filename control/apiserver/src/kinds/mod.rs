@@ -4,12 +4,17 @@
 //! kind's strategy (generation, who writes status, TTL, finalizers) is data
 //! on the definition itself.
 
+mod namespace;
+
+use std::sync::Arc;
+
 use kestrel_api::ApiError;
 use kestrel_api::registry::{Hooks, ResourceDef, Subresource};
 use serde_json::Value;
 
 use crate::admission::{self, Allocated};
-use crate::server::AppState;
+use crate::cache::Entry;
+use crate::state::{AppState, Target};
 
 /// Before a create or main-resource update is stored: take what the object
 /// needs (a Service's ClusterIPs and NodePorts). A failed write gives it
@@ -39,6 +44,21 @@ pub fn updated(state: &AppState, def: &ResourceDef, old: &Value, new: &Value) {
 pub fn deleted(state: &AppState, def: &ResourceDef, obj: &Value) {
     if def.strategy.hooks == Hooks::Service {
         admission::release_service(state, obj);
+    }
+}
+
+/// A delete the kind carries out itself rather than the generic path:
+/// a namespace turns Terminating and its controller empties it. `None`
+/// leaves the delete to the generic path.
+pub async fn delete(
+    state: &Arc<AppState>,
+    t: &Target,
+    cur: &Entry,
+    dry: bool,
+) -> Option<Result<Value, ApiError>> {
+    match t.def.strategy.hooks {
+        Hooks::Namespace => Some(namespace::begin_delete(state, t, cur, dry).await),
+        _ => None,
     }
 }
 

@@ -12,8 +12,8 @@ use kestrel_api::{ApiError, meta};
 use serde_json::{Value, json};
 
 use crate::cache::Entry;
-use crate::handlers::Target;
-use crate::server::AppState;
+use crate::state::AppState;
+use crate::state::Target;
 
 /// Mark the namespace Terminating and start emptying it.
 pub async fn begin_delete(
