@@ -11,6 +11,7 @@
 
 pub mod fields;
 pub mod labels;
+pub mod lists;
 pub mod meta;
 pub mod printers;
 pub mod quantity;

@@ -66,6 +66,8 @@ pub struct Custom {
     pub scale: Option<ScalePaths>,
     /// The CRD's name (`<plural>.<group>`) and uid, which identify it.
     pub crd: (&'static str, &'static str),
+    /// How its lists merge (from the schema's list types).
+    pub lists: crate::lists::ListTree,
 }
 
 /// A CRD's `subresources.scale`: where replicas and the selector live.

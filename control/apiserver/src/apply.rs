@@ -51,7 +51,8 @@ pub async fn apply(
         }
     }
     let api_version = t.def.api_version();
-    let mine = owned_fields(&applied, sub);
+    let lists = t.def.lists();
+    let mine = owned_fields(&applied, sub, lists);
 
     if state.cache.get(&t.key()).is_none() && sub.is_none() {
         let mut obj = applied.clone();
@@ -145,7 +146,8 @@ pub async fn apply(
             m.remove("managedFields");
             m.remove("resourceVersion");
         }
-        patch::strategic_merge(&mut doc, &body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        patch::apply_merge(&mut doc, &body, lists)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let mut mf = kept(others);
         mf.push(entry_json(&manager, "Apply", &api_version, sub, &mine));
         doc["metadata"]["managedFields"] = Value::Array(mf);

@@ -596,7 +596,7 @@ async fn patch_handler(
                     "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml".to_owned(),
                 ));
             }
-            PatchType::Strategic => patch::strategic_merge(&mut doc, &p),
+            PatchType::Strategic => patch::strategic_merge(&mut doc, &p, t.def.lists()),
             PatchType::Apply => Ok(()),
         };
         match res {

@@ -6,42 +6,61 @@
 
 use std::collections::BTreeSet;
 
+use kestrel_api::lists::ListTree;
 use kestrel_api::meta;
-use kestrel_api::registry::Subresource;
+use kestrel_api::registry::{ResourceDef, Subresource};
 use serde_json::{Map, Value, json};
 
-use crate::patch;
 use crate::state::Ctx;
 
 pub(crate) type Path = Vec<String>;
 
-/// The key of a keyed list's elements: the same merge keys strategic
-/// merge patch uses, so apply and patch agree on which lists are maps.
-fn list_key(field: &str, elem: &Value) -> Option<&'static str> {
-    patch::merge_key(field, Some(elem))
+/// The `k:` path element of a keyed list's element: every list map key
+/// with its value (or its default), in key order, as upstream writes them.
+/// `None` when the list is not keyed or the element has none of its keys.
+fn element_key(list: Option<&ListTree>, elem: &Value) -> Option<String> {
+    let l = list?.list()?;
+    let mut keys: Vec<&String> = l.map_keys()?.iter().collect();
+    keys.sort();
+    let mut m = Map::new();
+    for k in keys {
+        if let Some(v) = l.key(elem, k) {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    (!m.is_empty()).then(|| format!("k:{}", Value::Object(m)))
+}
+
+/// Whether the list at `node` is keyed, so its elements are owned one by one.
+fn keyed(node: Option<&ListTree>) -> bool {
+    node.and_then(ListTree::list)
+        .and_then(|l| l.map_keys())
+        .is_some()
 }
 
 /// The leaf field paths set in `v` (FieldsV1 semantics).
-fn collect(v: &Value, prefix: &Path, out: &mut BTreeSet<Path>) {
+fn collect(v: &Value, lists: Option<&ListTree>, prefix: &Path, out: &mut BTreeSet<Path>) {
     let Value::Object(m) = v else {
         out.insert(prefix.clone());
         return;
     };
     for (k, child) in m {
+        let node = lists.and_then(|n| n.child(k));
         let mut p = prefix.clone();
         p.push(format!("f:{k}"));
         match child {
-            Value::Object(cm) if !cm.is_empty() => collect(child, &p, out),
-            Value::Array(items) if items.first().and_then(|e| list_key(k, e)).is_some() => {
+            Value::Object(cm) if !cm.is_empty() => collect(child, node, &p, out),
+            Value::Array(items) if keyed(node) && !items.is_empty() => {
                 for e in items {
-                    let Some(key) = list_key(k, e) else { continue };
-                    let Some(kv) = e.get(key) else { continue };
+                    let Some(key) = element_key(node, e) else {
+                        continue;
+                    };
                     let mut ep = p.clone();
-                    ep.push(format!("k:{}", json!({key: kv})));
+                    ep.push(key);
                     let mut dot = ep.clone();
                     dot.push(".".into());
                     out.insert(dot);
-                    collect(e, &ep, out);
+                    collect(e, node, &ep, out);
                 }
             }
             _ => {
@@ -54,31 +73,35 @@ fn collect(v: &Value, prefix: &Path, out: &mut BTreeSet<Path>) {
 /// FieldsV1 of everything set in `v`, built in one walk: what
 /// `to_fields_v1(&collect(v))` gives, without the path sets (a create owns
 /// every field, and this is on every create's path).
-fn fields_v1_of(v: &Value) -> Value {
+fn fields_v1_of(v: &Value, lists: Option<&ListTree>) -> Value {
     let Value::Object(m) = v else {
         return json!({});
     };
     let mut out = Map::new();
     for (k, child) in m {
-        out.insert(format!("f:{k}"), field_v1(k, child));
+        out.insert(
+            format!("f:{k}"),
+            field_v1(child, lists.and_then(|n| n.child(k))),
+        );
     }
     Value::Object(out)
 }
 
-fn field_v1(k: &str, child: &Value) -> Value {
+fn field_v1(child: &Value, node: Option<&ListTree>) -> Value {
     match child {
-        Value::Object(cm) if !cm.is_empty() => fields_v1_of(child),
-        Value::Array(items) if items.first().and_then(|e| list_key(k, e)).is_some() => {
+        Value::Object(cm) if !cm.is_empty() => fields_v1_of(child, node),
+        Value::Array(items) if keyed(node) && !items.is_empty() => {
             let mut out = Map::new();
             for e in items {
-                let Some(key) = list_key(k, e) else { continue };
-                let Some(kv) = e.get(key) else { continue };
-                let mut entry = match fields_v1_of(e) {
+                let Some(key) = element_key(node, e) else {
+                    continue;
+                };
+                let mut entry = match fields_v1_of(e, node) {
                     Value::Object(m) => m,
                     _ => Map::new(),
                 };
                 entry.insert(".".into(), json!({}));
-                out.insert(format!("k:{}", json!({key: kv})), Value::Object(entry));
+                out.insert(key, Value::Object(entry));
             }
             Value::Object(out)
         }
@@ -88,7 +111,7 @@ fn field_v1(k: &str, child: &Value) -> Value {
 
 /// What a manager can own of a new object, as FieldsV1: everything but
 /// identity and type (see [`owned_fields`]).
-fn owned_fields_v1(obj: &Value, sub: Option<Subresource>) -> Value {
+fn owned_fields_v1(obj: &Value, sub: Option<Subresource>, lists: &ListTree) -> Value {
     let mut out = Map::new();
     for (k, child) in obj.as_object().into_iter().flatten() {
         match k.as_str() {
@@ -98,7 +121,8 @@ fn owned_fields_v1(obj: &Value, sub: Option<Subresource>) -> Value {
                 let mut md = Map::new();
                 for (mk, mv) in child.as_object().into_iter().flatten() {
                     if !OWNERLESS_METADATA.contains(&mk.as_str()) {
-                        md.insert(format!("f:{mk}"), field_v1(mk, mv));
+                        let node = lists.child("metadata").and_then(|n| n.child(mk));
+                        md.insert(format!("f:{mk}"), field_v1(mv, node));
                     }
                 }
                 if !md.is_empty() {
@@ -106,7 +130,7 @@ fn owned_fields_v1(obj: &Value, sub: Option<Subresource>) -> Value {
                 }
             }
             _ => {
-                out.insert(format!("f:{k}"), field_v1(k, child));
+                out.insert(format!("f:{k}"), field_v1(child, lists.child(k)));
             }
         }
     }
@@ -125,7 +149,11 @@ const OWNERLESS_METADATA: &[&str] = &[
 ];
 
 /// Fields a manager can own: everything but identity and type.
-pub(crate) fn owned_fields(obj: &Value, sub: Option<Subresource>) -> BTreeSet<Path> {
+pub(crate) fn owned_fields(
+    obj: &Value,
+    sub: Option<Subresource>,
+    lists: &ListTree,
+) -> BTreeSet<Path> {
     let mut o = obj.clone();
     if let Some(m) = o.as_object_mut() {
         m.remove("apiVersion");
@@ -143,7 +171,7 @@ pub(crate) fn owned_fields(obj: &Value, sub: Option<Subresource>) -> BTreeSet<Pa
         }
     }
     let mut out = BTreeSet::new();
-    collect(&o, &Vec::new(), &mut out);
+    collect(&o, Some(lists), &Vec::new(), &mut out);
     out
 }
 
@@ -337,14 +365,16 @@ pub fn manager_of(ctx: &Ctx) -> String {
 /// those fields, and fields that are gone leave every entry.
 pub fn record_update(
     manager: &str,
-    api_version: &str,
+    def: &ResourceDef,
     sub: Option<Subresource>,
     old: Option<&Value>,
     new: &mut Value,
 ) {
+    let api_version = &def.api_version();
+    let lists = def.lists();
     if old.is_none() {
         // A create: the writer owns every field it set.
-        let fields = owned_fields_v1(new, sub);
+        let fields = owned_fields_v1(new, sub, lists);
         let empty = fields.as_object().is_none_or(Map::is_empty);
         if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
             if empty {
@@ -357,7 +387,7 @@ pub fn record_update(
         }
         return;
     }
-    let now = owned_fields(new, sub);
+    let now = owned_fields(new, sub, lists);
     let changed: BTreeSet<Path> = match old {
         None => now.clone(),
         Some(old) => now
@@ -405,7 +435,7 @@ pub fn record_update(
     let in_scope = |p: &Path| {
         (p.first().map(String::as_str) == Some("f:status")) == (sub == Some(Subresource::Status))
     };
-    let full = owned_fields(new, Some(Subresource::Status));
+    let full = owned_fields(new, Some(Subresource::Status), lists);
     for e in &mut list {
         e.fields
             .retain(|p| !changed.contains(p) && (full.contains(p) || !in_scope(p)));
@@ -435,20 +465,39 @@ mod tests {
             "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 80}], "env": [{"name": "E", "value": "v"}]}],
                      "volumes": [], "nodeSelector": {"k": "v"}},
             "status": {"phase": "Pending"}});
+        let lists = def("", "Pod").lists();
         for sub in [None, Some(Subresource::Status)] {
             assert_eq!(
-                owned_fields_v1(&pod, sub),
-                to_fields_v1(&owned_fields(&pod, sub)),
+                owned_fields_v1(&pod, sub, lists),
+                to_fields_v1(&owned_fields(&pod, sub, lists)),
                 "{sub:?}"
             );
         }
+        // A port is keyed by all its list map keys, the defaulted protocol
+        // included, as upstream.
+        let f = owned_fields_v1(&pod, None, lists);
+        let c = &f["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"];
+        assert!(
+            c["f:ports"]
+                .get("k:{\"containerPort\":80,\"protocol\":\"TCP\"}")
+                .is_some(),
+            "{c}"
+        );
+        assert!(c["f:env"].get("k:{\"name\":\"E\"}").is_some(), "{c}");
+    }
+
+    fn def(group: &str, kind: &str) -> &'static ResourceDef {
+        kestrel_api::registry::RESOURCES
+            .iter()
+            .find(|d| d.group == group && d.kind == kind)
+            .expect("kind")
     }
 
     #[test]
     fn fields_round_trip_and_render() {
         let obj = json!({"metadata": {"name": "x", "labels": {"app": "web"}},
             "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "c", "image": "nginx"}]}}}});
-        let f = owned_fields(&obj, None);
+        let f = owned_fields(&obj, None, def("apps", "Deployment").lists());
         let v1 = to_fields_v1(&f);
         assert_eq!(v1["f:metadata"]["f:labels"]["f:app"], json!({}));
         assert!(v1["f:metadata"].get("f:name").is_none());

@@ -115,6 +115,8 @@ fn schemas<'a>(
         }
     }
     let mut defs = generator.take_definitions(true);
+    // The list extensions strategic merge patch and apply read.
+    kestrel_api::lists::annotate(&mut defs);
     for (name, schema, d) in custom {
         defs.insert(name.clone(), schema);
         kinds.push((name, d));

@@ -1,7 +1,8 @@
 //! The three patch formats: RFC 6902 JSON patch, RFC 7386 merge patch, and
 //! Kubernetes strategic merge patch with the list merge keys and strategies
-//! of the built-in types.
+//! of the kind's schema (`kestrel_api::lists`).
 
+use kestrel_api::lists::{ListSemantics, ListTree, ListType};
 use serde_json::{Map, Value};
 
 /// Why a patch could not be applied (always a 4xx to the client).
@@ -52,42 +53,68 @@ pub fn json_patch(doc: &mut Value, patch: &Value) -> Result<(), PatchError> {
     })
 }
 
-/// The merge key of a list field of the built-in types, chosen by field
-/// name and, where one name has two meanings, by the elements' shape.
-pub fn merge_key(field: &str, sample: Option<&Value>) -> Option<&'static str> {
-    let has = |k: &str| sample.is_some_and(|s| s.get(k).is_some());
-    Some(match field {
-        "containers"
-        | "initContainers"
-        | "ephemeralContainers"
-        | "env"
-        | "volumes"
-        | "imagePullSecrets"
-        | "resourceClaims"
-        | "schedulingGates" => "name",
-        "volumeMounts" => "mountPath",
-        "volumeDevices" => "devicePath",
-        "hostAliases" => "ip",
-        "conditions" => "type",
-        "ownerReferences" => "uid",
-        "topologySpreadConstraints" => "topologyKey",
-        "ports" if has("containerPort") => "containerPort",
-        "ports" if has("port") && !has("containerPort") => "port",
-        _ => return None,
-    })
+/// How lists merge: strategic merge patch follows the schema's patch
+/// merge keys and strategies; server-side apply follows its list types
+/// (`map` lists by all their keys, `set` lists as sets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lists {
+    /// `application/strategic-merge-patch+json`.
+    Strategic,
+    /// Merging an applied configuration.
+    Apply,
 }
 
-/// Primitive lists that merge as sets rather than replace.
-fn is_set_list(field: &str) -> bool {
-    field == "finalizers"
+/// Strategic merge patch of a kind whose lists are described by `lists`.
+pub fn strategic_merge(
+    target: &mut Value,
+    patch: &Value,
+    lists: &ListTree,
+) -> Result<(), PatchError> {
+    merge_value(target, patch, Some(lists), Lists::Strategic)
 }
 
-/// Strategic merge patch.
-pub fn strategic_merge(target: &mut Value, patch: &Value) -> Result<(), PatchError> {
-    smp_value(target, patch, "")
+/// Merge an applied configuration into the live object by the kind's
+/// list types.
+pub fn apply_merge(
+    target: &mut Value,
+    applied: &Value,
+    lists: &ListTree,
+) -> Result<(), PatchError> {
+    merge_value(target, applied, Some(lists), Lists::Apply)
 }
 
-fn smp_value(target: &mut Value, patch: &Value, _field: &str) -> Result<(), PatchError> {
+/// How the list at `node` merges in `mode`: by these keys, as a set, or
+/// replaced.
+enum ListMerge<'a> {
+    Keyed(&'a ListSemantics, Vec<&'a str>),
+    Set,
+    Replace,
+}
+
+fn list_merge(node: Option<&ListTree>, mode: Lists) -> ListMerge<'_> {
+    let Some(l) = node.and_then(ListTree::list) else {
+        return ListMerge::Replace;
+    };
+    match mode {
+        Lists::Strategic => match l.patch_merge_key() {
+            Some(k) => ListMerge::Keyed(l, vec![k]),
+            None if l.merge => ListMerge::Set,
+            None => ListMerge::Replace,
+        },
+        Lists::Apply => match (&l.list_type, l.map_keys()) {
+            (_, Some(keys)) => ListMerge::Keyed(l, keys.iter().map(String::as_str).collect()),
+            (ListType::Set, _) => ListMerge::Set,
+            _ => ListMerge::Replace,
+        },
+    }
+}
+
+fn merge_value(
+    target: &mut Value,
+    patch: &Value,
+    node: Option<&ListTree>,
+    mode: Lists,
+) -> Result<(), PatchError> {
     let Value::Object(p) = patch else {
         *target = patch.clone();
         return Ok(());
@@ -135,9 +162,10 @@ fn smp_value(target: &mut Value, patch: &Value, _field: &str) -> Result<(), Patc
             t.remove(k);
             continue;
         }
+        let child = node.and_then(|n| n.child(k));
         match v {
             Value::Array(items) => {
-                let key = merge_key(k, items.iter().find(|i| i.is_object()));
+                let how = list_merge(child, mode);
                 let cur = t.entry(k.clone()).or_insert(Value::Array(Vec::new()));
                 if !cur.is_array() {
                     *cur = Value::Array(Vec::new());
@@ -145,16 +173,18 @@ fn smp_value(target: &mut Value, patch: &Value, _field: &str) -> Result<(), Patc
                 let Value::Array(cur_items) = cur else {
                     continue;
                 };
-                match key {
-                    Some(key) => merge_list(cur_items, items, key)?,
-                    None if is_set_list(k) => {
+                match &how {
+                    ListMerge::Keyed(l, keys) => {
+                        merge_list(cur_items, items, (l, keys), child, mode)?
+                    }
+                    ListMerge::Set => {
                         for i in items {
                             if !cur_items.contains(i) {
                                 cur_items.push(i.clone());
                             }
                         }
                     }
-                    None => {
+                    ListMerge::Replace => {
                         *cur_items = items
                             .iter()
                             .filter(|i| !is_directive_item(i))
@@ -163,15 +193,15 @@ fn smp_value(target: &mut Value, patch: &Value, _field: &str) -> Result<(), Patc
                     }
                 }
                 // Keep the order the client asked for, when it said.
-                if let Some(Value::Array(order)) = p.get(&format!("$setElementOrder/{k}"))
-                    && let Some(key) = key
+                if let (Some(Value::Array(order)), ListMerge::Keyed(l, keys)) =
+                    (p.get(&format!("$setElementOrder/{k}")), &how)
                 {
-                    reorder(cur_items, order, key);
+                    reorder(cur_items, order, (l, keys));
                 }
             }
             Value::Object(_) => {
                 let cur = t.entry(k.clone()).or_insert(Value::Null);
-                smp_value(cur, v, k)?;
+                merge_value(cur, v, child, mode)?;
                 if cur.is_null() {
                     t.remove(k);
                 }
@@ -191,7 +221,22 @@ fn is_directive_item(v: &Value) -> bool {
     v.get("$patch").is_some()
 }
 
-fn merge_list(cur: &mut Vec<Value>, patch: &[Value], key: &str) -> Result<(), PatchError> {
+/// Whether the live element `cur` is the one `item` names: they agree on
+/// every key, a key left out having its default (a port's protocol).
+fn same_element(cur: &Value, item: &Value, keys: &[&str], l: &ListSemantics) -> bool {
+    keys.iter().all(|k| l.key(cur, k) == l.key(item, k))
+}
+
+/// A keyed list's semantics and the keys its elements are told apart by.
+type Keys<'a> = (&'a ListSemantics, &'a [&'a str]);
+
+fn merge_list(
+    cur: &mut Vec<Value>,
+    patch: &[Value],
+    (l, keys): Keys<'_>,
+    node: Option<&ListTree>,
+    mode: Lists,
+) -> Result<(), PatchError> {
     if patch
         .iter()
         .any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace"))
@@ -204,12 +249,15 @@ fn merge_list(cur: &mut Vec<Value>, patch: &[Value], key: &str) -> Result<(), Pa
         return Ok(());
     }
     for item in patch {
-        let Some(kv) = item.get(key) else {
+        // Strategic merge patch needs its merge key in every element.
+        if let (Lists::Strategic, [key]) = (mode, keys)
+            && item.get(key).is_none()
+        {
             return Err(PatchError::Invalid(format!(
                 "map: {item} does not contain declared merge key: {key}"
             )));
-        };
-        let pos = cur.iter().position(|c| c.get(key) == Some(kv));
+        }
+        let pos = cur.iter().position(|c| same_element(c, item, keys, l));
         if item.get("$patch").and_then(Value::as_str) == Some("delete") {
             if let Some(i) = pos {
                 cur.remove(i);
@@ -217,10 +265,10 @@ fn merge_list(cur: &mut Vec<Value>, patch: &[Value], key: &str) -> Result<(), Pa
             continue;
         }
         match pos {
-            Some(i) => smp_value(&mut cur[i], item, key)?,
+            Some(i) => merge_value(&mut cur[i], item, node, mode)?,
             None => {
                 let mut fresh = Value::Object(Map::new());
-                smp_value(&mut fresh, item, key)?;
+                merge_value(&mut fresh, item, node, mode)?;
                 cur.push(fresh);
             }
         }
@@ -228,12 +276,10 @@ fn merge_list(cur: &mut Vec<Value>, patch: &[Value], key: &str) -> Result<(), Pa
     Ok(())
 }
 
-fn reorder(items: &mut Vec<Value>, order: &[Value], key: &str) {
+fn reorder(items: &mut Vec<Value>, order: &[Value], (l, keys): Keys<'_>) {
     let mut out = Vec::with_capacity(items.len());
     for o in order {
-        if let Some(kv) = o.get(key)
-            && let Some(i) = items.iter().position(|c| c.get(key) == Some(kv))
-        {
+        if let Some(i) = items.iter().position(|c| same_element(c, o, keys, l)) {
             out.push(items.remove(i));
         }
     }

@@ -340,7 +340,7 @@ pub async fn create_object(
     admission::chain::validate(state, &attrs, &obj, None).await?;
     if let Some(ctx) = ctx.filter(|c| !is_apply(c)) {
         let manager = crate::managed::manager_of(ctx);
-        crate::managed::record_update(&manager, &t.def.api_version(), None, None, &mut obj);
+        crate::managed::record_update(&manager, t.def, None, None, &mut obj);
     }
     if dry {
         return Ok(obj);
@@ -520,13 +520,7 @@ pub async fn update_with(
         admission::chain::validate(state, &attrs, &new, Some(&cur.value)).await?;
         if let Some(ctx) = ctx.filter(|c| !is_apply(c)) {
             let manager = crate::managed::manager_of(ctx);
-            crate::managed::record_update(
-                &manager,
-                &t.def.api_version(),
-                sub,
-                Some(&cur.value),
-                &mut new,
-            );
+            crate::managed::record_update(&manager, t.def, sub, Some(&cur.value), &mut new);
         }
         let mut allocated = None;
         if !dry {

@@ -133,6 +133,7 @@ pub fn served(crd: &Value) -> Vec<&'static ResourceDef> {
                 w => w.to_owned(),
             });
         let custom: &'static Custom = Box::leak(Box::new(Custom {
+            lists: kestrel_api::lists::ListTree::from_structural(&schema),
             schema,
             storage_version,
             deprecation_warning,

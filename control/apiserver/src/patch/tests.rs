@@ -2,6 +2,14 @@ use serde_json::json;
 
 use super::*;
 
+fn lists(group: &str, kind: &str) -> &'static ListTree {
+    kestrel_api::registry::RESOURCES
+        .iter()
+        .find(|d| d.group == group && d.kind == kind)
+        .expect("kind")
+        .lists()
+}
+
 #[test]
 fn merge_patch_rfc7386() {
     let mut t = json!({"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]});
@@ -53,6 +61,7 @@ fn strategic_merges_containers_by_name() {
             {"name": "c", "image": "c:1"},
             {"name": "b", "$patch": "delete"}
         ]}}),
+        lists("", "Pod"),
     )
     .expect("smp");
     assert_eq!(
@@ -76,6 +85,7 @@ fn strategic_directives() {
                      "ports": [{"port": 80, "name": "web"}],
                      "args": ["c"],
                      "strategy": {"$retainKeys": ["type"], "type": "Recreate", "rollingUpdate": null}}}),
+        lists("", "Service"),
     )
     .expect("smp");
     assert_eq!(t["metadata"]["finalizers"], json!(["a", "b"]));
@@ -88,13 +98,116 @@ fn strategic_directives() {
     assert_eq!(t["spec"]["strategy"], json!({"type": "Recreate"}));
 
     let mut r = json!({"data": {"a": "1"}});
-    strategic_merge(&mut r, &json!({"data": {"$patch": "replace", "b": "2"}})).expect("replace");
+    strategic_merge(
+        &mut r,
+        &json!({"data": {"$patch": "replace", "b": "2"}}),
+        lists("", "ConfigMap"),
+    )
+    .expect("replace");
     assert_eq!(r, json!({"data": {"b": "2"}}));
     let mut d = json!({"metadata": {"finalizers": ["a", "b"]}});
     strategic_merge(
         &mut d,
         &json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]}}),
+        lists("", "ConfigMap"),
     )
     .expect("del");
     assert_eq!(d, json!({"metadata": {"finalizers": ["b"]}}));
+}
+
+#[test]
+fn merge_keys_follow_the_schema_not_the_field_name() {
+    // The same `ports` name: a container's merge by containerPort, reached
+    // through a Deployment's template; a NetworkPolicy's are atomic.
+    let mut d = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "c", "ports": [{"containerPort": 80, "name": "http"}]}]}}}});
+    strategic_merge(
+        &mut d,
+        &json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "c", "ports": [{"containerPort": 81}]}]}}}}),
+        lists("apps", "Deployment"),
+    )
+    .expect("smp");
+    assert_eq!(
+        d.pointer("/spec/template/spec/containers/0/ports"),
+        Some(&json!([{"containerPort": 80, "name": "http"}, {"containerPort": 81}]))
+    );
+    let mut np = json!({"spec": {"ingress": [{"ports": [{"port": 80}]}]}});
+    strategic_merge(
+        &mut np,
+        &json!({"spec": {"ingress": [{"ports": [{"port": 81}]}]}}),
+        lists("networking.k8s.io", "NetworkPolicy"),
+    )
+    .expect("smp");
+    assert_eq!(
+        np,
+        json!({"spec": {"ingress": [{"ports": [{"port": 81}]}]}})
+    );
+    // A missing merge key is refused, with upstream's message.
+    let err = strategic_merge(
+        &mut json!({"spec": {"containers": []}}),
+        &json!({"spec": {"containers": [{"image": "x"}]}}),
+        lists("", "Pod"),
+    )
+    .expect_err("no name");
+    assert!(
+        err.to_string()
+            .contains("does not contain declared merge key: name"),
+        "{err}"
+    );
+}
+
+#[test]
+fn apply_merges_by_all_list_map_keys_with_their_defaults() {
+    // 53/UDP and 53/TCP are two ports; an applied port without a protocol
+    // is the TCP one.
+    let mut svc = json!({"spec": {"ports": [
+        {"port": 53, "protocol": "UDP", "name": "dns"},
+        {"port": 53, "protocol": "TCP", "name": "dns-tcp"}]}});
+    apply_merge(
+        &mut svc,
+        &json!({"spec": {"ports": [{"port": 53, "targetPort": 5353}]}}),
+        lists("", "Service"),
+    )
+    .expect("apply");
+    assert_eq!(
+        svc["spec"]["ports"],
+        json!([{"port": 53, "protocol": "UDP", "name": "dns"},
+               {"port": 53, "protocol": "TCP", "name": "dns-tcp", "targetPort": 5353}])
+    );
+    // Finalizers are a set.
+    let mut m = json!({"metadata": {"finalizers": ["a"]}});
+    apply_merge(
+        &mut m,
+        &json!({"metadata": {"finalizers": ["b", "a"]}}),
+        lists("", "ConfigMap"),
+    )
+    .expect("apply");
+    assert_eq!(m["metadata"]["finalizers"], json!(["a", "b"]));
+}
+
+#[test]
+fn custom_resources_apply_by_their_schemas_list_map_keys() {
+    let schema = kestrel_api::schema::Structural::parse(
+        &json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "routes": {"type": "array", "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["host"],
+                "items": {"type": "object", "required": ["host"], "properties": {
+                    "host": {"type": "string"}, "weight": {"type": "integer"}}}},
+            "args": {"type": "array", "items": {"type": "string"}}}}}}),
+        "spec.validation.openAPIV3Schema",
+    )
+    .expect("structural");
+    let t = ListTree::from_structural(&schema);
+    let mut cr = json!({"spec": {"routes": [{"host": "a", "weight": 1}], "args": ["x"]}});
+    apply_merge(
+        &mut cr,
+        &json!({"spec": {"routes": [{"host": "b", "weight": 2}], "args": ["y"]}}),
+        &t,
+    )
+    .expect("apply");
+    assert_eq!(
+        cr,
+        json!({"spec": {"routes": [{"host": "a", "weight": 1}, {"host": "b", "weight": 2}], "args": ["y"]}})
+    );
 }
