@@ -4,10 +4,20 @@
 //! Syntax: comma-separated requirements, each one of
 //! `k`, `!k`, `k=v`, `k==v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`,
 //! `k > 3`, `k < 3`. An empty selector matches everything.
+//!
+//! Also the two other selectors built from the same requirements: plain
+//! label sets ([`set_matches`]: Service `spec.selector`, `nodeSelector`)
+//! and node selector terms ([`NodeTerm`]: node affinity).
+//!
+//! This is the one label matcher of Kestrel: the API server, the
+//! scheduler, the controllers and the NetworkPolicy compiler all match
+//! through it. What a missing (`nil`) selector means differs by
+//! API field and is decided by each caller.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
+use k8s_openapi::api::core::v1::NodeSelectorTerm;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::validation;
@@ -56,7 +66,12 @@ impl Requirement {
     /// Whether a label set satisfies this requirement. As upstream, `!=` and
     /// `notin` also match objects that lack the key.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        let v = labels.get(&self.key);
+        self.matches_value(labels.get(&self.key).map(String::as_str))
+    }
+
+    /// Whether the key's value (`None`: the key is absent) satisfies this
+    /// requirement.
+    pub fn matches_value(&self, v: Option<&str>) -> bool {
         match &self.op {
             Op::In(vals) => v.is_some_and(|v| vals.iter().any(|x| x == v)),
             Op::NotIn(vals) => v.is_none_or(|v| !vals.iter().any(|x| x == v)),
@@ -70,6 +85,80 @@ impl Requirement {
                 .is_some_and(|x| x < *n),
         }
     }
+
+    /// One structured requirement (`matchExpressions` item) as upstream's
+    /// `labels.NewRequirement` checks it. `Gt`/`Lt` only when `numeric`
+    /// (node selectors); label selectors know four operators.
+    fn structured(
+        key: &str,
+        operator: &str,
+        values: Option<&[String]>,
+        numeric: bool,
+    ) -> Result<Self, SelectorError> {
+        check_key(key)?;
+        let vals = values.unwrap_or_default();
+        let op = match operator {
+            "In" | "NotIn" => {
+                if vals.is_empty() {
+                    return Err(SelectorError::InvalidValue(
+                        "for 'in', 'notin' operators, values set can't be empty".to_owned(),
+                    ));
+                }
+                for v in vals {
+                    check_value(v)?;
+                }
+                if operator == "In" {
+                    Op::In(vals.to_vec())
+                } else {
+                    Op::NotIn(vals.to_vec())
+                }
+            }
+            "Exists" | "DoesNotExist" => {
+                if !vals.is_empty() {
+                    return Err(SelectorError::InvalidValue(
+                        "values set must be empty for exists and does not exist".to_owned(),
+                    ));
+                }
+                if operator == "Exists" {
+                    Op::Exists
+                } else {
+                    Op::DoesNotExist
+                }
+            }
+            "Gt" | "Lt" if numeric => {
+                let [v] = vals else {
+                    return Err(SelectorError::InvalidValue(
+                        "for 'Gt', 'Lt' operators, exactly one value is required".to_owned(),
+                    ));
+                };
+                check_value(v)?;
+                let n: i64 = v.parse().map_err(|_| {
+                    SelectorError::InvalidValue(format!(
+                        "for 'Gt', 'Lt' operators, the value must be an integer: {v:?}"
+                    ))
+                })?;
+                if operator == "Gt" {
+                    Op::Gt(n)
+                } else {
+                    Op::Lt(n)
+                }
+            }
+            other => return Err(SelectorError::UnknownOperator(other.to_owned())),
+        };
+        Ok(Self {
+            key: key.to_owned(),
+            op,
+        })
+    }
+}
+
+/// Whether `labels` has every pair of `set`: an equality-based selector
+/// from a plain map, as upstream's `labels.SelectorFromSet` (Service
+/// `spec.selector`, `nodeSelector`, a template's labels). An empty set
+/// matches everything; whether an empty or missing map selects anything
+/// at all is the caller's business.
+pub fn set_matches(set: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    set.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 /// A parsed label selector: the AND of its requirements.
@@ -157,7 +246,11 @@ impl Selector {
         })
     }
 
-    /// Convert a structured `metav1.LabelSelector`. An empty one matches all.
+    /// Convert a structured `metav1.LabelSelector`, as upstream's
+    /// `LabelSelectorAsSelector`. An empty one matches all. An error (an
+    /// unknown operator, a bad key or value) is for the caller to report;
+    /// callers that cannot report one match nothing, as upstream's
+    /// controllers do.
     pub fn from_label_selector(sel: &LabelSelector) -> Result<Self, SelectorError> {
         let mut reqs = Vec::new();
         for (k, v) in sel.match_labels.iter().flatten() {
@@ -169,47 +262,84 @@ impl Selector {
             });
         }
         for e in sel.match_expressions.iter().flatten() {
-            check_key(&e.key)?;
-            let vals = e.values.clone().unwrap_or_default();
-            let op = match e.operator.as_str() {
-                "In" | "NotIn" => {
-                    if vals.is_empty() {
-                        return Err(SelectorError::InvalidValue(
-                            "for 'in', 'notin' operators, values set can't be empty".to_owned(),
-                        ));
-                    }
-                    for v in &vals {
-                        check_value(v)?;
-                    }
-                    if e.operator == "In" {
-                        Op::In(vals)
-                    } else {
-                        Op::NotIn(vals)
-                    }
-                }
-                "Exists" | "DoesNotExist" => {
-                    if !vals.is_empty() {
-                        return Err(SelectorError::InvalidValue(
-                            "values set must be empty for exists and does not exist".to_owned(),
-                        ));
-                    }
-                    if e.operator == "Exists" {
-                        Op::Exists
-                    } else {
-                        Op::DoesNotExist
-                    }
-                }
-                other => return Err(SelectorError::UnknownOperator(other.to_owned())),
-            };
-            reqs.push(Requirement {
-                key: e.key.clone(),
-                op,
-            });
+            reqs.push(Requirement::structured(
+                &e.key,
+                &e.operator,
+                e.values.as_deref(),
+                false,
+            )?);
         }
         Ok(Self {
             reqs,
             nothing: false,
         })
+    }
+}
+
+/// One `NodeSelectorTerm` (node affinity), as upstream's `nodeaffinity`
+/// package reads it: requirements on the node's labels (`matchExpressions`,
+/// with `Gt`/`Lt`) and on its fields (`matchFields`: `In`/`NotIn` of one
+/// value; a node has one field, `metadata.name`), all of which must hold.
+/// A term with no requirements selects no node; so does the default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeTerm {
+    labels: Vec<Requirement>,
+    fields: Vec<Requirement>,
+}
+
+impl NodeTerm {
+    /// Convert a term. Upstream treats a term that does not convert as
+    /// selecting no node (`NodeTerm::default()`).
+    pub fn new(t: &NodeSelectorTerm) -> Result<Self, SelectorError> {
+        let labels = t
+            .match_expressions
+            .iter()
+            .flatten()
+            .map(|r| Requirement::structured(&r.key, &r.operator, r.values.as_deref(), true))
+            .collect::<Result<_, _>>()?;
+        let fields = t
+            .match_fields
+            .iter()
+            .flatten()
+            .map(|r| {
+                // Field values are not label values (node names run to 253
+                // characters): only the operator and the count are checked.
+                let vals = r.values.as_deref().unwrap_or_default();
+                let op = match r.operator.as_str() {
+                    "In" => Op::In(vals.to_vec()),
+                    "NotIn" => Op::NotIn(vals.to_vec()),
+                    other => return Err(SelectorError::UnknownOperator(other.to_owned())),
+                };
+                if vals.len() != 1 {
+                    return Err(SelectorError::InvalidValue(format!(
+                        "{}: values: must have one element",
+                        r.key
+                    )));
+                }
+                Ok(Requirement {
+                    key: r.key.clone(),
+                    op,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { labels, fields })
+    }
+
+    /// Whether the node `name` with `labels` satisfies the term. An empty
+    /// name (a node not yet named) skips the field requirements, as
+    /// upstream.
+    pub fn matches(&self, labels: &BTreeMap<String, String>, name: &str) -> bool {
+        if self.labels.is_empty() && self.fields.is_empty() {
+            return false;
+        }
+        // Upstream reads a field the node lacks as the empty string.
+        let field = |key: &str| if key == "metadata.name" { name } else { "" };
+        self.labels.iter().all(|r| r.matches(labels))
+            && (name.is_empty()
+                || self
+                    .fields
+                    .iter()
+                    .all(|r| r.matches_value(Some(field(&r.key)))))
     }
 }
 

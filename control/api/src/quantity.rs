@@ -147,6 +147,22 @@ mod tests {
     }
 
     #[test]
+    fn quantities_parse_like_upstream() {
+        // The agent's cases (cgroup settings, resourceFieldRef values).
+        assert_eq!(milli("250m"), Ok(250));
+        assert_eq!(milli("2"), Ok(2000));
+        assert_eq!(milli("+2"), Ok(2000));
+        assert_eq!(milli("1n"), Ok(1));
+        assert_eq!(units("64Mi"), Ok(64 << 20));
+        assert_eq!(units("1e3"), Ok(1000));
+        assert_eq!(units("1E3"), Ok(1000));
+        assert_eq!(units("1Ei"), Ok(1 << 60));
+        assert_eq!(units("0.5"), Ok(1));
+        assert_eq!(units("-1.5"), Ok(-2));
+        assert!(units("12Qi").is_err());
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         for s in [
             "",

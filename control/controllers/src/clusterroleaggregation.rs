@@ -11,7 +11,6 @@ use futures::stream;
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
 use kube::ResourceExt as _;
 use kube::api::{Api, Patch, PatchParams};
-use kube::core::SelectorExt as _;
 use kube::runtime::controller::{Action, ReconcileRequest, applier};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::utils::CancelableJoinHandle;

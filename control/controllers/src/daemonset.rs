@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
     PodSpec, Taint, Toleration,
 };
+use kestrel_api::labels::{self, NodeTerm};
 use kube::ResourceExt as _;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -91,35 +92,14 @@ fn tolerates(t: &Toleration, taint: &Taint) -> bool {
     effect_ok && key_ok && value_ok
 }
 
-fn requirement_holds(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    let num = |v: &str| v.parse::<i64>().ok();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" => value
-            .and_then(num)
-            .zip(values.first().and_then(|x| num(x)))
-            .is_some_and(|(a, b)| a > b),
-        "Lt" => value
-            .and_then(num)
-            .zip(values.first().and_then(|x| num(x)))
-            .is_some_and(|(a, b)| a < b),
-        _ => false,
-    }
-}
-
 /// Where a daemon pod belongs on `node`: (should run, may keep running).
 fn placement(node: &Node, spec: &PodSpec) -> (bool, bool) {
     let labels = node.labels();
     let name = node.name_any();
     let selector_ok = spec
         .node_selector
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
+        .as_ref()
+        .is_none_or(|s| labels::set_matches(s, labels));
     let terms = spec
         .affinity
         .as_ref()
@@ -129,17 +109,12 @@ fn placement(node: &Node, spec: &PodSpec) -> (bool, bool) {
                 .as_ref()
         })
         .map(|r| r.node_selector_terms.as_slice());
+    // As upstream's nodeaffinity: a term that does not convert, or has no
+    // requirements, selects no node.
     let affinity_ok = terms.is_none_or(|terms| {
-        terms.iter().any(|t| {
-            t.match_expressions
-                .iter()
-                .flatten()
-                .all(|r| requirement_holds(r, labels.get(&r.key).map(String::as_str)))
-                && t.match_fields
-                    .iter()
-                    .flatten()
-                    .all(|r| r.key == "metadata.name" && requirement_holds(r, Some(name.as_str())))
-        })
+        terms
+            .iter()
+            .any(|t| NodeTerm::new(t).unwrap_or_default().matches(labels, &name))
     });
     let fits = selector_ok && affinity_ok;
     let mut tolerations = spec.tolerations.clone().unwrap_or_default();
@@ -462,6 +437,23 @@ mod tests {
             vec![taint("node.kubernetes.io/not-ready", "NoExecute")],
         );
         assert_eq!(placement(&n, &spec), (true, true));
+    }
+
+    #[test]
+    fn required_affinity_as_upstream() {
+        let with = |term: serde_json::Value| -> PodSpec {
+            serde_json::from_value(json!({"containers": [], "affinity": {"nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}}))
+            .expect("spec")
+        };
+        let n = node(&[("gen", "5")], vec![]);
+        let gt = |v: &str| json!({"matchExpressions": [{"key": "gen", "operator": "Gt", "values": [v]}]});
+        assert_eq!(placement(&n, &with(gt("4"))), (true, true));
+        assert_eq!(placement(&n, &with(gt("5"))), (false, false));
+        // A term with no requirements, or one that does not convert,
+        // selects no node.
+        assert_eq!(placement(&n, &with(json!({}))), (false, false));
+        assert_eq!(placement(&n, &with(gt("x"))), (false, false));
     }
 
     #[test]

@@ -189,7 +189,7 @@ impl<'a> Sync<'a> {
             .await;
             return Ok(Action::await_change());
         };
-        if sel.selects_all() {
+        if sel.is_empty() {
             rec.publish(
                 self.d,
                 EventType::Warning,

@@ -29,6 +29,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kestrel_api::labels;
 use kestrel_client::events::{EventType, Recorder};
 use kube::ResourceExt as _;
 use kube::api::{Api, PostParams};
@@ -258,8 +259,7 @@ fn external_name(svc: &Service) -> bool {
 }
 
 fn selects(sel: &BTreeMap<String, String>, pod: &Pod) -> bool {
-    let labels = pod.labels();
-    sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+    labels::set_matches(sel, pod.labels())
 }
 
 fn error_policy(svc: Arc<Service>, e: &Error, ctx: Arc<Ctx>) -> Action {

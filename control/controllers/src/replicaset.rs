@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
+use kestrel_api::labels;
 use kube::ResourceExt as _;
 use kube::runtime::controller::Action;
 use serde_json::json;
@@ -118,12 +119,7 @@ async fn update_status(
         .unwrap_or_default();
     let fully_labeled = active
         .iter()
-        .filter(|p| {
-            let labels = p.labels();
-            template_labels
-                .iter()
-                .all(|(k, v)| labels.get(k) == Some(v))
-        })
+        .filter(|p| labels::set_matches(&template_labels, p.labels()))
         .count();
     let count = |f: &dyn Fn(&Pod) -> bool| active.iter().filter(|p| f(p)).count();
     let old = rs.status.clone().unwrap_or_default();

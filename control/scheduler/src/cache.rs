@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Taint};
+use kestrel_api::quantity;
 
 use crate::pod_info::{HostPort, InvalidPod, PodInfo, Resources};
-use crate::quantity;
 
 /// One node and what is placed on it.
 #[derive(Debug, Clone, Default)]

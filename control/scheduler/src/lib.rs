@@ -17,7 +17,6 @@
 pub mod cache;
 pub mod plugins;
 pub mod pod_info;
-pub use kestrel_api::quantity;
 pub mod queue;
 mod report;
 mod run;

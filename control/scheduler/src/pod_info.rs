@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
-    Container, NodeSelector, Pod, PodAffinityTerm, PodSpec, PreferredSchedulingTerm, Toleration,
-    TopologySpreadConstraint, WeightedPodAffinityTerm,
+    Container, Pod, PodAffinityTerm, PodSpec, Toleration, TopologySpreadConstraint,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-
-use crate::quantity;
+use kestrel_api::labels::{NodeTerm, Selector};
+use kestrel_api::quantity;
 
 /// Requests of the resources the scheduler accounts for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -85,8 +85,9 @@ pub struct AffinityTerm {
     pub namespaces: Vec<String>,
     /// An empty namespaceSelector: every namespace.
     pub all_namespaces: bool,
-    /// `None` selects nothing, as upstream.
-    pub selector: Option<LabelSelector>,
+    /// Converted once; a missing or invalid selector selects nothing, as
+    /// upstream.
+    pub selector: Selector,
     /// The node label that defines the topology domain.
     pub topology_key: String,
     /// For preferred terms; 1 for required ones.
@@ -109,7 +110,7 @@ impl AffinityTerm {
         Self {
             namespaces,
             all_namespaces,
-            selector: t.label_selector.clone(),
+            selector: selector(t.label_selector.as_ref()),
             topology_key: t.topology_key.clone(),
             weight: i64::from(weight),
         }
@@ -118,10 +119,7 @@ impl AffinityTerm {
     /// Whether this term selects the pod `ns`/`labels`.
     pub fn matches(&self, ns: &str, labels: &BTreeMap<String, String>) -> bool {
         (self.all_namespaces || self.namespaces.iter().any(|n| n == ns))
-            && self
-                .selector
-                .as_ref()
-                .is_some_and(|s| crate::plugins::selector_matches(s, labels))
+            && self.selector.matches(labels)
     }
 }
 
@@ -134,8 +132,9 @@ pub struct SpreadConstraint {
     pub topology_key: String,
     /// DoNotSchedule (true) or ScheduleAnyway.
     pub hard: bool,
-    /// Which pods count (matchLabelKeys already merged in).
-    pub selector: Option<LabelSelector>,
+    /// Which pods count (matchLabelKeys already merged in); a missing or
+    /// invalid selector counts none.
+    pub selector: Selector,
     /// Fewer eligible domains than this make the global minimum 0.
     pub min_domains: i64,
     /// nodeAffinityPolicy: Honor (default) counts only nodes the pod's
@@ -148,8 +147,8 @@ pub struct SpreadConstraint {
 
 impl SpreadConstraint {
     fn new(c: &TopologySpreadConstraint, labels: &BTreeMap<String, String>) -> Self {
-        let mut selector = c.label_selector.clone();
-        if let (Some(sel), Some(keys)) = (selector.as_mut(), c.match_label_keys.as_ref()) {
+        let mut ls = c.label_selector.clone();
+        if let (Some(sel), Some(keys)) = (ls.as_mut(), c.match_label_keys.as_ref()) {
             let ml = sel.match_labels.get_or_insert_with(BTreeMap::new);
             for k in keys {
                 if let Some(v) = labels.get(k) {
@@ -161,7 +160,7 @@ impl SpreadConstraint {
             max_skew: i64::from(c.max_skew),
             topology_key: c.topology_key.clone(),
             hard: c.when_unsatisfiable != "ScheduleAnyway",
-            selector,
+            selector: selector(ls.as_ref()),
             min_domains: i64::from(c.min_domains.unwrap_or(1)),
             honor_node_affinity: c.node_affinity_policy.as_deref() != Some("Ignore"),
             honor_taints: c.node_taints_policy.as_deref() == Some("Honor"),
@@ -171,12 +170,24 @@ impl SpreadConstraint {
     /// Whether this constraint counts the pod `ns`/`labels`. Only pods in
     /// the incoming pod's namespace count, as upstream.
     pub fn counts(&self, own_ns: &str, ns: &str, labels: &BTreeMap<String, String>) -> bool {
-        own_ns == ns
-            && self
-                .selector
-                .as_ref()
-                .is_some_and(|s| crate::plugins::selector_matches(s, labels))
+        own_ns == ns && self.selector.matches(labels)
     }
+}
+
+/// A pod selector of an affinity term or spread constraint, converted once
+/// per pod rather than per node. `nil` selects nothing, as upstream.
+fn selector(s: Option<&LabelSelector>) -> Selector {
+    s.and_then(|s| Selector::from_label_selector(s).ok())
+        .unwrap_or_else(Selector::nothing)
+}
+
+/// A preferred node affinity term, converted once.
+#[derive(Debug, Clone)]
+pub struct PreferredNodeTerm {
+    /// What a node that matches adds to its score.
+    pub weight: i64,
+    /// The term; an invalid one matches no node.
+    pub term: NodeTerm,
 }
 
 /// The scheduling-relevant summary of a Pod.
@@ -193,8 +204,10 @@ pub struct PodInfo {
     /// Requests with upstream's non-zero defaults, for scoring.
     pub non_zero: Resources,
     pub node_selector: BTreeMap<String, String>,
-    pub required_node_affinity: Option<NodeSelector>,
-    pub preferred_node_affinity: Vec<PreferredSchedulingTerm>,
+    /// The required node selector terms (ORed), converted once; an invalid
+    /// term matches no node.
+    pub required_node_affinity: Option<Vec<NodeTerm>>,
+    pub preferred_node_affinity: Vec<PreferredNodeTerm>,
     pub tolerations: Vec<Toleration>,
     pub required_affinity: Vec<AffinityTerm>,
     pub required_anti_affinity: Vec<AffinityTerm>,
@@ -321,10 +334,23 @@ impl PodInfo {
             requests,
             non_zero,
             node_selector: spec.node_selector.clone().unwrap_or_default(),
-            required_node_affinity: na.required_during_scheduling_ignored_during_execution,
+            required_node_affinity: na.required_during_scheduling_ignored_during_execution.map(
+                |s| {
+                    s.node_selector_terms
+                        .iter()
+                        .map(|t| NodeTerm::new(t).unwrap_or_default())
+                        .collect()
+                },
+            ),
             preferred_node_affinity: na
                 .preferred_during_scheduling_ignored_during_execution
-                .unwrap_or_default(),
+                .iter()
+                .flatten()
+                .map(|p| PreferredNodeTerm {
+                    weight: i64::from(p.weight),
+                    term: NodeTerm::new(&p.preference).unwrap_or_default(),
+                })
+                .collect(),
             tolerations: spec.tolerations.clone().unwrap_or_default(),
             required_affinity: required(pa.required_during_scheduling_ignored_during_execution),
             required_anti_affinity: required(

@@ -196,3 +196,156 @@ fn json_labels() {
     assert!(Selector::everything().matches_json(None));
     assert!(!Selector::nothing().matches_json(Some(&v)));
 }
+
+fn structured(v: serde_json::Value) -> Result<Selector, SelectorError> {
+    let sel: LabelSelector = serde_json::from_value(v).expect("selector");
+    Selector::from_label_selector(&sel)
+}
+
+#[test]
+fn structured_selector_operators() {
+    let l = labels(&[("app", "web"), ("tier", "1")]);
+    let m = |v: serde_json::Value| structured(v).expect("convert").matches(&l);
+    assert!(m(serde_json::json!({})));
+    assert!(m(serde_json::json!({"matchLabels": {"app": "web"}})));
+    assert!(!m(serde_json::json!({"matchLabels": {"app": "db"}})));
+    assert!(m(serde_json::json!({"matchExpressions": [
+        {"key": "tier", "operator": "In", "values": ["1", "2"]}]})));
+    assert!(m(serde_json::json!({"matchExpressions": [
+        {"key": "gone", "operator": "NotIn", "values": ["x"]}]})));
+    assert!(!m(serde_json::json!({"matchExpressions": [
+        {"key": "tier", "operator": "NotIn", "values": ["1"]}]})));
+    assert!(m(serde_json::json!({"matchExpressions": [
+        {"key": "app", "operator": "Exists"}]})));
+    assert!(!m(serde_json::json!({"matchExpressions": [
+        {"key": "app", "operator": "DoesNotExist"}]})));
+}
+
+#[test]
+fn structured_selector_errors_as_upstream() {
+    for bad in [
+        serde_json::json!({"matchExpressions": [{"key": "a", "operator": "In", "values": []}]}),
+        serde_json::json!({"matchExpressions": [{"key": "a", "operator": "NotIn"}]}),
+        serde_json::json!({"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}),
+        // Gt/Lt are node selector operators only.
+        serde_json::json!({"matchExpressions": [{"key": "a", "operator": "Gt", "values": ["1"]}]}),
+        serde_json::json!({"matchExpressions": [{"key": "a", "operator": "in", "values": ["x"]}]}),
+        serde_json::json!({"matchExpressions": [{"key": "a b", "operator": "Exists"}]}),
+        serde_json::json!({"matchLabels": {"a": "-x"}}),
+    ] {
+        assert!(structured(bad.clone()).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn plain_sets() {
+    let l = labels(&[("app", "web"), ("tier", "1")]);
+    assert!(set_matches(&labels(&[]), &l));
+    assert!(set_matches(&labels(&[("app", "web")]), &l));
+    assert!(!set_matches(&labels(&[("app", "web"), ("x", "y")]), &l));
+    assert!(!set_matches(&labels(&[("app", "")]), &labels(&[])));
+}
+
+fn term(v: serde_json::Value) -> Result<NodeTerm, SelectorError> {
+    let t: NodeSelectorTerm = serde_json::from_value(v).expect("term");
+    NodeTerm::new(&t)
+}
+
+#[test]
+fn node_terms() {
+    let small = labels(&[("gen", "3"), ("zone", "a")]);
+    let m = |v: serde_json::Value, l: &BTreeMap<String, String>, name: &str| {
+        term(v).expect("convert").matches(l, name)
+    };
+    let e = |r: serde_json::Value| serde_json::json!({"matchExpressions": [r]});
+    let f = |r: serde_json::Value| serde_json::json!({"matchFields": [r]});
+    use serde_json::json;
+    assert!(m(
+        e(json!({"key": "gen", "operator": "Lt", "values": ["4"]})),
+        &small,
+        "small"
+    ));
+    assert!(!m(
+        e(json!({"key": "gen", "operator": "Gt", "values": ["4"]})),
+        &small,
+        "small"
+    ));
+    assert!(!m(
+        e(json!({"key": "zone", "operator": "Gt", "values": ["4"]})),
+        &small,
+        "small"
+    ));
+    assert!(m(
+        e(json!({"key": "zone", "operator": "NotIn", "values": ["b"]})),
+        &small,
+        "small"
+    ));
+    assert!(m(
+        e(json!({"key": "zone", "operator": "In", "values": ["a"]})),
+        &small,
+        "small"
+    ));
+    assert!(!m(
+        e(json!({"key": "gpu", "operator": "Exists"})),
+        &small,
+        "small"
+    ));
+    assert!(m(
+        f(json!({"key": "metadata.name", "operator": "In", "values": ["small"]})),
+        &small,
+        "small"
+    ));
+    assert!(!m(
+        f(json!({"key": "metadata.name", "operator": "In", "values": ["small"]})),
+        &small,
+        "big"
+    ));
+    assert!(m(
+        f(json!({"key": "metadata.name", "operator": "NotIn", "values": ["big"]})),
+        &small,
+        "small"
+    ));
+    // Node names are not label values.
+    let long = "n".repeat(200);
+    assert!(m(
+        f(json!({"key": "metadata.name", "operator": "In", "values": [long]})),
+        &small,
+        &long
+    ));
+    // A node without a name skips the field requirements, as upstream.
+    assert!(m(
+        f(json!({"key": "metadata.name", "operator": "In", "values": ["x"]})),
+        &small,
+        ""
+    ));
+    // Labels and fields must both hold.
+    assert!(!m(
+        json!({"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}],
+               "matchFields": [{"key": "metadata.name", "operator": "In", "values": ["big"]}]}),
+        &small,
+        "small"
+    ));
+    // A term with no requirements selects nothing; so does the default.
+    assert!(!m(json!({}), &small, "small"));
+    assert!(!m(
+        json!({"matchExpressions": [], "matchFields": []}),
+        &small,
+        "small"
+    ));
+    assert!(!NodeTerm::default().matches(&small, "small"));
+}
+
+#[test]
+fn node_term_errors_as_upstream() {
+    use serde_json::json;
+    for bad in [
+        json!({"matchExpressions": [{"key": "gen", "operator": "Gt", "values": ["1", "2"]}]}),
+        json!({"matchExpressions": [{"key": "gen", "operator": "Lt", "values": ["x"]}]}),
+        json!({"matchExpressions": [{"key": "gen", "operator": "Near"}]}),
+        json!({"matchExpressions": [{"key": "gen", "operator": "In"}]}),
+        json!({"matchFields": [{"key": "metadata.name", "operator": "Exists"}]}),
+        json!({"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["a", "b"]}]}),
+    ] {
+        assert!(term(bad.clone()).is_err(), "{bad}");
+    }
+}

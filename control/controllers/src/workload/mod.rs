@@ -19,9 +19,9 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kestrel_api::labels::Selector;
 use kestrel_client::events::{EventType, Recorder};
 use kube::Resource;
-use kube::core::{Selector, SelectorExt as _};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use serde::de::DeserializeOwned;
@@ -267,16 +267,17 @@ where
     }
 }
 
-/// A label selector as kube's matcher; `None` for one that does not parse.
+/// A label selector, converted; `None` for a missing one or one that does
+/// not convert (either selects nothing here).
 pub(crate) fn selector(ls: Option<&LabelSelector>) -> Option<Selector> {
-    ls.cloned().and_then(|ls| Selector::try_from(ls).ok())
+    ls.and_then(|ls| Selector::from_label_selector(ls).ok())
 }
 
 /// Whether `sel` picks an object with `labels`. An empty selector picks
 /// nothing here: a workload that selects everything would adopt every pod
 /// in its namespace, and the API server refuses such selectors anyway.
 pub(crate) fn selects(sel: &Selector, labels: &BTreeMap<String, String>) -> bool {
-    !sel.selects_all() && sel.matches(labels)
+    !sel.is_empty() && sel.matches(labels)
 }
 
 /// The owner reference a controller puts on what it creates or adopts.

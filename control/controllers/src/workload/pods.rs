@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use kestrel_api::labels::Selector;
 use kestrel_client::events::{EventType, Recorder};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::core::Selector;
 use kube::{Resource, ResourceExt as _};
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -107,8 +107,8 @@ impl Score for NodeAffinity {
             *o = pod
                 .preferred_node_affinity
                 .iter()
-                .filter(|p| term_matches(&p.preference, n))
-                .map(|p| i64::from(p.weight))
+                .filter(|p| term_matches(&p.term, n))
+                .map(|p| p.weight)
                 .sum();
         }
         normalize(out, false);

@@ -5,11 +5,11 @@
 //! does not fit in upstream's words, so the FailedScheduling message reads
 //! exactly as kube-scheduler's.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 
-use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::api::core::v1::{Taint, Toleration};
+use kestrel_api::labels::{self, NodeTerm};
 use rand::Rng as _;
 
 use crate::cache::{Cache, NodeInfo};
@@ -242,79 +242,20 @@ fn select_best(scores: &[i64]) -> usize {
     best
 }
 
-/// Whether `labels` satisfy a metav1 LabelSelector (an empty selector
-/// matches everything).
-pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    if let Some(ml) = &sel.match_labels
-        && !ml.iter().all(|(k, v)| labels.get(k) == Some(v))
-    {
-        return false;
-    }
-    sel.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.as_deref().unwrap_or_default();
-        let got = labels.get(&e.key);
-        match e.operator.as_str() {
-            "In" => got.is_some_and(|v| values.contains(v)),
-            "NotIn" => got.is_none_or(|v| !values.contains(v)),
-            "Exists" => got.is_some(),
-            "DoesNotExist" => got.is_none(),
-            _ => false,
-        }
-    })
-}
-
-fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&String>) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.contains(v)),
-        "NotIn" => value.is_none_or(|v| !values.contains(v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        op @ ("Gt" | "Lt") => {
-            let (Some(v), [bound]) = (value, values) else {
-                return false;
-            };
-            match (v.parse::<i64>(), bound.parse::<i64>()) {
-                (Ok(v), Ok(b)) if op == "Gt" => v > b,
-                (Ok(v), Ok(b)) => v < b,
-                _ => false,
-            }
-        }
-        _ => false,
-    }
-}
-
 /// Whether a node selector term selects `node`. A term with no
 /// requirements selects nothing, as upstream.
-pub fn term_matches(t: &NodeSelectorTerm, node: &NodeInfo) -> bool {
-    let exprs = t.match_expressions.as_deref().unwrap_or_default();
-    let fields = t.match_fields.as_deref().unwrap_or_default();
-    if exprs.is_empty() && fields.is_empty() {
-        return false;
-    }
-    exprs
-        .iter()
-        .all(|r| requirement_matches(r, node.labels.get(&r.key)))
-        && fields
-            .iter()
-            .all(|r| r.key == "metadata.name" && requirement_matches(r, Some(&node.name)))
+pub fn term_matches(t: &NodeTerm, node: &NodeInfo) -> bool {
+    t.matches(&node.labels, &node.name)
 }
 
 /// nodeSelector and required node affinity together.
 pub fn node_affinity_matches(pod: &PodInfo, node: &NodeInfo) -> bool {
-    if !pod
-        .node_selector
-        .iter()
-        .all(|(k, v)| node.labels.get(k) == Some(v))
-    {
+    if !labels::set_matches(&pod.node_selector, &node.labels) {
         return false;
     }
     match &pod.required_node_affinity {
         None => true,
-        Some(sel) => sel
-            .node_selector_terms
-            .iter()
-            .any(|t| term_matches(t, node)),
+        Some(terms) => terms.iter().any(|t| term_matches(t, node)),
     }
 }
 

@@ -526,36 +526,3 @@ fn sampling_rotates_the_start_so_all_nodes_get_used() {
     let used = c.nodes().filter(|n| !n.pods.is_empty()).count();
     assert!(used > 900, "only {used} of 1000 nodes used");
 }
-
-#[test]
-fn label_selector_operators() {
-    let labels: std::collections::BTreeMap<String, String> = [
-        ("app".to_owned(), "web".to_owned()),
-        ("tier".to_owned(), "1".to_owned()),
-    ]
-    .into();
-    let sel = |v: Value| -> LabelSelector { serde_json::from_value(v).expect("selector") };
-    assert!(selector_matches(&sel(json!({})), &labels));
-    assert!(selector_matches(
-        &sel(json!({"matchLabels": {"app": "web"}})),
-        &labels
-    ));
-    assert!(!selector_matches(
-        &sel(json!({"matchLabels": {"app": "db"}})),
-        &labels
-    ));
-    assert!(selector_matches(
-        &sel(
-            json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["1", "2"]}]})
-        ),
-        &labels
-    ));
-    assert!(selector_matches(
-        &sel(json!({"matchExpressions": [{"key": "gone", "operator": "NotIn", "values": ["x"]}]})),
-        &labels
-    ));
-    assert!(!selector_matches(
-        &sel(json!({"matchExpressions": [{"key": "app", "operator": "DoesNotExist"}]})),
-        &labels
-    ));
-}

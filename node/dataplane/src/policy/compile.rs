@@ -43,6 +43,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kestrel_api::labels::Selector;
 use kestrel_ebpf_common::policy::{
     NO_POLICY, PolicyEndpoint, PolicyKey, direction, endpoint_flags, identity, port_range_prefixes,
     prefix,
@@ -329,64 +330,13 @@ struct LabelsKey {
 // ---------------------------------------------------------------------------
 // Parsed policies.
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Req {
-    In(String, Vec<String>),
-    NotIn(String, Vec<String>),
-    Exists(String),
-    DoesNotExist(String),
-    /// An operator this code does not know: matches nothing.
-    Invalid,
-}
-
-/// A label selector, parsed once per compile.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Selector {
-    labels: Vec<(String, String)>,
-    reqs: Vec<Req>,
-}
-
-impl Selector {
-    fn parse(sel: Option<&LabelSelector>) -> Self {
-        let Some(sel) = sel else {
-            return Self::default();
-        };
-        let labels = sel
-            .match_labels
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let reqs = sel
-            .match_expressions
-            .iter()
-            .flatten()
-            .map(|r| {
-                let values = r.values.clone().unwrap_or_default();
-                match r.operator.as_str() {
-                    "In" => Req::In(r.key.clone(), values),
-                    "NotIn" => Req::NotIn(r.key.clone(), values),
-                    "Exists" => Req::Exists(r.key.clone()),
-                    "DoesNotExist" => Req::DoesNotExist(r.key.clone()),
-                    _ => Req::Invalid,
-                }
-            })
-            .collect();
-        Self { labels, reqs }
-    }
-
-    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.labels
-            .iter()
-            .all(|(k, v)| labels.get(k).is_some_and(|l| l == v))
-            && self.reqs.iter().all(|r| match r {
-                Req::In(k, vs) => labels.get(k).is_some_and(|l| vs.contains(l)),
-                Req::NotIn(k, vs) => labels.get(k).is_none_or(|l| !vs.contains(l)),
-                Req::Exists(k) => labels.contains_key(k),
-                Req::DoesNotExist(k) => !labels.contains_key(k),
-                Req::Invalid => false,
-            })
-    }
+/// A policy's label selector, converted once per compile: a missing one
+/// (an omitted `podSelector` of a peer) selects everything, as an empty
+/// one does; one that does not convert selects nothing.
+fn selector(sel: Option<&LabelSelector>) -> Selector {
+    sel.map_or_else(Selector::everything, |s| {
+        Selector::from_label_selector(s).unwrap_or_else(|_| Selector::nothing())
+    })
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -492,8 +442,8 @@ fn parse_peers(peers: Option<&Vec<NetworkPolicyPeer>>) -> Option<Vec<Peer>> {
                 match (&p.namespace_selector, &p.pod_selector) {
                     (None, None) => Peer::Nothing,
                     (ns, pods) => Peer::Pods {
-                        namespaces: ns.as_ref().map(|s| Selector::parse(Some(s))),
-                        pods: Selector::parse(pods.as_ref()),
+                        namespaces: ns.as_ref().map(|s| selector(Some(s))),
+                        pods: selector(pods.as_ref()),
                     },
                 }
             })
@@ -518,7 +468,7 @@ fn parse_policy(np: &NetworkPolicy, id: u32) -> Option<Parsed> {
     Some(Parsed {
         id,
         namespace,
-        select: Selector::parse(spec.pod_selector.as_ref()),
+        select: selector(spec.pod_selector.as_ref()),
         ingress: ingress.then(|| {
             spec.ingress
                 .iter()

@@ -13,6 +13,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::serde_json::{self, Value, json};
+use kestrel_api::labels::Selector;
 use kestrel_ebpf_common::policy::{NO_POLICY, PolicyKey, direction, endpoint_flags, identity};
 
 use super::compile::{PolicyCompiler, PolicyNames, PolicyNode, PolicyState, key_bytes};
@@ -237,28 +238,9 @@ const PROBE_PORTS: &[(u8, u16)] = &[
 // The reference evaluator: the API's words, one flow at a time.
 
 fn ref_selector(sel: Option<&LabelSelector>, l: &BTreeMap<String, String>) -> bool {
-    let Some(sel) = sel else {
-        return true;
-    };
-    for (k, v) in sel.match_labels.iter().flatten() {
-        if l.get(k) != Some(v) {
-            return false;
-        }
-    }
-    for r in sel.match_expressions.iter().flatten() {
-        let vals = r.values.clone().unwrap_or_default();
-        let ok = match r.operator.as_str() {
-            "In" => l.get(&r.key).is_some_and(|v| vals.contains(v)),
-            "NotIn" => !l.get(&r.key).is_some_and(|v| vals.contains(v)),
-            "Exists" => l.contains_key(&r.key),
-            "DoesNotExist" => !l.contains_key(&r.key),
-            _ => false,
-        };
-        if !ok {
-            return false;
-        }
-    }
-    true
+    // Selector semantics are kestrel_api::labels' (tested there); this
+    // model checks what the compiler builds from them.
+    sel.is_none_or(|s| Selector::from_label_selector(s).is_ok_and(|s| s.matches(l)))
 }
 
 fn pod_ip(p: &Pod) -> Option<Ipv4Addr> {
