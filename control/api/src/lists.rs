@@ -93,6 +93,36 @@ impl ListTree {
         self.list.is_none() && self.children.is_empty()
     }
 
+    /// `v` with every keyed list element's missing key fields set to their
+    /// defaults, so the element is found by the key path managedFields
+    /// names it with (an applied port without `protocol` is the TCP one).
+    pub fn with_key_defaults(&self, v: &Value) -> Value {
+        let mut out = v.clone();
+        self.fill_key_defaults(&mut out);
+        out
+    }
+
+    fn fill_key_defaults(&self, v: &mut Value) {
+        let Value::Object(m) = v else { return };
+        for (k, child) in m.iter_mut() {
+            let Some(node) = self.child(k) else { continue };
+            match child {
+                Value::Array(items) => {
+                    for e in items.iter_mut() {
+                        if let (Some(l), Value::Object(em)) = (node.list(), &mut *e) {
+                            for (dk, dv) in &l.key_defaults {
+                                em.entry(dk.clone()).or_insert_with(|| dv.clone());
+                            }
+                        }
+                        node.fill_key_defaults(e);
+                    }
+                }
+                Value::Object(_) => node.fill_key_defaults(child),
+                _ => {}
+            }
+        }
+    }
+
     /// The tree of the definition `root` in `defs` (OpenAPI definitions
     /// already [`annotate`]d), following `$ref`s.
     pub fn from_openapi(defs: &Map<String, Value>, root: &str) -> ListTree {

@@ -53,6 +53,9 @@ pub async fn apply(
     let api_version = t.def.api_version();
     let lists = t.def.lists();
     let mine = owned_fields(&applied, sub, lists);
+    // The applied configuration with its list keys' defaults, to find the
+    // live values of the fields it names.
+    let keyed = lists.with_key_defaults(&applied);
 
     if state.cache.get(&t.key()).is_none() && sub.is_none() {
         let mut obj = applied.clone();
@@ -86,7 +89,7 @@ pub async fn apply(
             if p.last().map(String::as_str) == Some(".") {
                 continue;
             }
-            let differs = lookup(cur, p) != lookup(&applied, p);
+            let differs = lookup(cur, p) != lookup(&keyed, p);
             if !differs {
                 continue;
             }
@@ -130,7 +133,7 @@ pub async fn apply(
         // Forcing takes the fields away from their previous owners.
         for e in &mut others {
             e.fields
-                .retain(|p| !mine.contains(p) || lookup(cur, p) == lookup(&applied, p));
+                .retain(|p| !mine.contains(p) || lookup(cur, p) == lookup(&keyed, p));
         }
 
         let mut doc = cur.clone();

@@ -639,3 +639,97 @@ spec:
         "{table}"
     );
 }
+
+/// Server-side apply on a custom resource merges `x-kubernetes-list-type:
+/// map` lists by all their keys, a key left out having its schema default:
+/// two managers own one element each, a third applying an equal value
+/// co-owns it, and a different value is a conflict naming the element.
+#[tokio::test]
+async fn apply_merges_custom_lists_by_their_map_keys() {
+    let (_dir, _s, k) = setup().await;
+    let crd = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: routes.lists.example.com}
+spec:
+  group: lists.example.com
+  scope: Namespaced
+  names: {plural: routes, kind: Route}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              backends:
+                type: array
+                x-kubernetes-list-type: map
+                x-kubernetes-list-map-keys: [host, port]
+                items:
+                  type: object
+                  required: [host]
+                  properties:
+                    host: {type: string}
+                    port: {type: integer, default: 80}
+                    weight: {type: integer}
+"#;
+    assert!(k.apply(crd).await.ok);
+    established(&k, "routes.lists.example.com").await;
+    let route = |backend: &str| {
+        format!(
+            "apiVersion: lists.example.com/v1\nkind: Route\nmetadata: {{name: r, namespace: default}}\nspec:\n  backends:\n  - {backend}\n"
+        )
+    };
+    let apply = |manager: &'static str, body: String| {
+        let k = &k;
+        async move {
+            k.run(
+                &[
+                    "apply",
+                    "--server-side",
+                    &format!("--field-manager={manager}"),
+                    "-f",
+                    "-",
+                ],
+                Some(&body),
+            )
+            .await
+        }
+    };
+    assert!(apply("team-a", route("{host: a, weight: 1}")).await.ok);
+    assert!(
+        apply("team-b", route("{host: b, port: 8080, weight: 2}"))
+            .await
+            .ok
+    );
+    assert_eq!(
+        k.ok(&["get", "route", "r", "-o", "jsonpath={.spec.backends}"])
+            .await,
+        r#"[{"host":"a","port":80,"weight":1},{"host":"b","port":8080,"weight":2}]"#
+    );
+    let managed = k
+        .ok(&["get", "route", "r", "-o", "json", "--show-managed-fields"])
+        .await;
+    assert!(
+        managed.contains(r#"k:{\"host\":\"a\",\"port\":80}"#),
+        "{managed}"
+    );
+    // The same value: co-owned, no conflict.
+    assert!(apply("team-c", route("{host: a, weight: 1}")).await.ok);
+    // A different value: a conflict with the element's owners.
+    let o = apply("team-c", route("{host: a, weight: 5}")).await;
+    assert!(!o.ok);
+    assert!(
+        o.stderr.contains(
+            r#"conflict with "team-a" using lists.example.com/v1: .spec.backends[host="a",port=80].weight"#
+        ),
+        "{}",
+        o.stderr
+    );
+    assert!(!o.stderr.contains("].host"), "{}", o.stderr);
+}

@@ -135,3 +135,19 @@ fn custom_resources_use_their_schema_list_types() {
         Some(&["uid".to_owned()][..])
     );
 }
+
+#[test]
+fn key_defaults_fill_missing_keys() {
+    let t = def("", "Service").lists();
+    let v = json!({"spec": {"ports": [{"port": 53}, {"port": 53, "protocol": "UDP"}]}});
+    assert_eq!(
+        t.with_key_defaults(&v),
+        json!({"spec": {"ports": [{"port": 53, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}]}})
+    );
+    let pod = def("", "Pod").lists();
+    let p = json!({"spec": {"containers": [{"name": "c", "ports": [{"containerPort": 80}]}]}});
+    assert_eq!(
+        pod.with_key_defaults(&p)["spec"]["containers"][0]["ports"][0]["protocol"],
+        "TCP"
+    );
+}
