@@ -282,6 +282,27 @@ fn map_selector(v: Option<&Value>) -> String {
     parts.join(",")
 }
 
+/// ComponentStatus: `Healthy` or `Unhealthy` from its Healthy condition,
+/// `Unknown` without one, as upstream's printer.
+pub fn component_health(v: &Value) -> Value {
+    let healthy = v
+        .get("conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some("Healthy"));
+    Value::from(
+        match healthy
+            .and_then(|c| c.get("status"))
+            .and_then(Value::as_str)
+        {
+            Some("True") => "Healthy",
+            Some(_) => "Unhealthy",
+            None => "Unknown",
+        },
+    )
+}
+
 /// Services: the selector map.
 pub fn service_selector(v: &Value) -> Value {
     none_if_empty(map_selector(v.pointer("/spec/selector")))

@@ -276,6 +276,9 @@ pub enum Hooks {
     Pod,
     /// Deletion through the namespace lifecycle (Terminating, finalize).
     Namespace,
+    /// Not stored: read as the control plane's health, on each request
+    /// (the deprecated ComponentStatus).
+    ComponentStatus,
 }
 
 /// How the generic write path treats a kind: upstream's per-kind strategy
@@ -730,6 +733,34 @@ pub static RESOURCES: &[ResourceDef] = &[
         field_selectors: &[],
         strategy: Strategy::DEFAULT,
         name_rule: NameRule::Subdomain,
+    },
+    // The deprecated ComponentStatus, computed on each read: the
+    // scheduler's and controller manager's Leases and the store's health.
+    ResourceDef {
+        group: "",
+        version: "v1",
+        kind: "ComponentStatus",
+        types: Types::Typed(TypeOps::of::<k8s::core::v1::ComponentStatus>()),
+        list_kind: "ComponentStatusList",
+        plural: "componentstatuses",
+        singular: "componentstatus",
+        short_names: &["cs"],
+        namespaced: false,
+        verbs: &["get", "list"],
+        subresources: &[],
+        categories: &[],
+        columns: &[
+            NAME,
+            col("Status", "string", 0, Cell::Func(printers::component_health)),
+            col("Message", "string", 0, Cell::JsonPath(r#".conditions[?(@.type=="Healthy")].message"#)),
+            col("Error", "string", 0, Cell::JsonPath(r#".conditions[?(@.type=="Healthy")].error"#)),
+        ],
+        field_selectors: &[],
+        strategy: Strategy {
+            hooks: Hooks::ComponentStatus,
+            ..Strategy::DEFAULT
+        },
+        name_rule: NameRule::PathSegment,
     },
     ResourceDef {
         group: "",

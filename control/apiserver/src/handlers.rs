@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::body::{self, PatchType};
 use crate::cache::{self};
+use crate::kinds;
 use crate::patch;
 use crate::state::{AppState, Ctx, ListOpts, Target, json_bytes, json_response};
 use crate::table;
@@ -140,6 +141,10 @@ pub async fn resource(
     if !allowed {
         return Err(ApiError::MethodNotAllowed);
     }
+    if let Some((items, warning)) = kinds::computed(state, def).await {
+        ctx.warnings.add(warning.to_owned());
+        return computed(state, &ctx, &t, &items);
+    }
     if let Some(c) = def.types.custom() {
         if let Some(w) = &c.deprecation_warning {
             ctx.warnings.add(w.clone());
@@ -181,6 +186,30 @@ pub async fn resource(
         )),
         _ => Err(ApiError::MethodNotAllowed),
     }
+}
+
+/// `get` and `list` of a kind computed on read: the same answers, Table
+/// output and selectors as for stored objects.
+fn computed(
+    state: &AppState,
+    ctx: &Ctx,
+    t: &Target,
+    items: &[Value],
+) -> Result<Response<Body>, ApiError> {
+    if let Some(name) = &t.name {
+        let obj = items
+            .iter()
+            .find(|o| str_at(o, "/metadata/name") == Some(name))
+            .ok_or_else(|| t.not_found())?;
+        return Ok(respond_object(ctx, t, StatusCode::OK, obj));
+    }
+    let opts = ListOpts::parse(ctx, t)?;
+    let refs: Vec<Item<'_>> = items
+        .iter()
+        .filter(|o| opts.matches(o))
+        .map(|o| (o, None))
+        .collect();
+    Ok(list_body(t, ctx, &refs, state.cache.revision(), None))
 }
 
 fn respond_object(ctx: &Ctx, t: &Target, code: StatusCode, obj: &Value) -> Response<Body> {

@@ -698,3 +698,90 @@ async fn kubectl_generators_send_protobuf() {
     assert_eq!(rb["subjects"][0]["name"], "robot", "{rb}");
     assert_eq!(rb["roleRef"]["name"], "reader", "{rb}");
 }
+
+/// `kubectl get cs` as upstream answers it: the scheduler and controller
+/// manager healthy while their leader-election Leases are held and fresh,
+/// the store healthy while it answers, and the deprecation warning.
+#[tokio::test]
+async fn kubectl_get_componentstatuses() {
+    let (_dir, _s, k) = setup().await;
+    // This server runs neither the scheduler nor the controller manager.
+    let o = k.run(&["get", "cs"], None).await;
+    assert!(o.ok, "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("v1 ComponentStatus is deprecated in v1.19+"),
+        "{}",
+        o.stderr
+    );
+    let row = |out: &str, name: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let header = o.stdout.lines().next().unwrap_or_default().to_owned();
+    for col in ["NAME", "STATUS", "MESSAGE", "ERROR"] {
+        assert!(header.contains(col), "{header}");
+    }
+    let words = |r: String| r.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(
+        words(row(&o.stdout, "sqlite-0")),
+        ["sqlite-0", "Healthy", "ok"],
+        "{}",
+        o.stdout
+    );
+    let sched = row(&o.stdout, "scheduler");
+    assert_eq!(words(sched.clone())[1], "Unhealthy", "{}", o.stdout);
+    assert!(
+        sched.contains("no kube-system/kube-scheduler Lease"),
+        "{sched}"
+    );
+
+    // A held, fresh Lease: healthy. A stale one: unhealthy, saying so.
+    let now = jiff::Timestamp::now();
+    let lease = |name: &str, renewed: jiff::Timestamp| {
+        format!(
+            "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: {name}, namespace: kube-system}}\nspec:\n  holderIdentity: test-holder\n  leaseDurationSeconds: 15\n  renewTime: \"{}\"\n",
+            renewed.strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        )
+    };
+    assert!(k.apply(&lease("kube-scheduler", now)).await.ok);
+    let old = now - jiff::SignedDuration::from_secs(120);
+    assert!(k.apply(&lease("kube-controller-manager", old)).await.ok);
+    let out = k.ok(&["get", "componentstatuses"]).await;
+    assert_eq!(
+        words(row(&out, "scheduler")),
+        ["scheduler", "Healthy", "ok"],
+        "{out}"
+    );
+    let cm = row(&out, "controller-manager");
+    assert!(
+        cm.contains("Unhealthy") && cm.contains("was last renewed 1"),
+        "{out}"
+    );
+    // One by name, and nothing to write.
+    let one = k
+        .ok(&[
+            "get",
+            "cs",
+            "scheduler",
+            "-o",
+            "jsonpath={.conditions[0].status}",
+        ])
+        .await;
+    assert_eq!(one, "True");
+    let o = k.run(&["delete", "cs", "scheduler"], None).await;
+    assert!(!o.ok);
+    assert!(
+        o.stderr.contains("MethodNotAllowed") || o.stderr.contains("not allowed"),
+        "{}",
+        o.stderr
+    );
+    let o = k.run(&["get", "cs", "nope"], None).await;
+    assert!(
+        o.stderr.contains(r#"componentstatuses "nope" not found"#),
+        "{}",
+        o.stderr
+    );
+}

@@ -348,6 +348,10 @@ fn revision_of(header: Option<&etcd_client::ResponseHeader>) -> Result<Revision>
 
 #[async_trait::async_trait]
 impl Store for EtcdStore {
+    fn backend_name(&self) -> &'static str {
+        "etcd"
+    }
+
     async fn current_revision(&self) -> Result<Revision> {
         let resp = self
             .retry(

@@ -221,6 +221,9 @@ pub type WatchStream = BoxStream<'static, Result<Event>>;
 /// The store interface shared by the embedded and etcd backends.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// The backend's name (`sqlite`, `etcd`), as health reports show it.
+    fn backend_name(&self) -> &'static str;
+
     /// The latest revision written.
     async fn current_revision(&self) -> Result<Revision>;
 

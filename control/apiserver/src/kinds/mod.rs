@@ -4,6 +4,7 @@
 //! kind's strategy (generation, who writes status, TTL, finalizers) is data
 //! on the definition itself.
 
+mod componentstatus;
 mod namespace;
 
 use std::sync::Arc;
@@ -44,6 +45,21 @@ pub fn updated(state: &AppState, def: &ResourceDef, old: &Value, new: &Value) {
 pub fn deleted(state: &AppState, def: &ResourceDef, obj: &Value) {
     if def.strategy.hooks == Hooks::Service {
         admission::release_service(state, obj);
+    }
+}
+
+/// The objects of a kind that is computed on each read instead of
+/// stored (ComponentStatus), with the warning its reads carry. `None` for
+/// stored kinds.
+pub async fn computed(
+    state: &Arc<AppState>,
+    def: &ResourceDef,
+) -> Option<(Vec<Value>, &'static str)> {
+    match def.strategy.hooks {
+        Hooks::ComponentStatus => {
+            Some((componentstatus::all(state).await, componentstatus::WARNING))
+        }
+        _ => None,
     }
 }
 

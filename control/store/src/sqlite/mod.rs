@@ -266,6 +266,10 @@ impl Inner {
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {
+    fn backend_name(&self) -> &'static str {
+        "sqlite"
+    }
+
     async fn current_revision(&self) -> Result<Revision> {
         Ok(self.inner.shared.revision.load(Ordering::SeqCst))
     }
