@@ -303,6 +303,24 @@ pub fn component_health(v: &Value) -> Value {
     )
 }
 
+/// PodDisruptionBudget: `spec.minAvailable`, `N/A` when unset.
+pub fn pdb_min_available(v: &Value) -> Value {
+    int_or_string_or_na(v.pointer("/spec/minAvailable"))
+}
+
+/// PodDisruptionBudget: `spec.maxUnavailable`, `N/A` when unset.
+pub fn pdb_max_unavailable(v: &Value) -> Value {
+    int_or_string_or_na(v.pointer("/spec/maxUnavailable"))
+}
+
+fn int_or_string_or_na(v: Option<&Value>) -> Value {
+    match v {
+        Some(Value::Number(n)) => Value::from(n.to_string()),
+        Some(Value::String(s)) => Value::from(s.clone()),
+        _ => Value::from("N/A"),
+    }
+}
+
 /// Services: the selector map.
 pub fn service_selector(v: &Value) -> Value {
     none_if_empty(map_selector(v.pointer("/spec/selector")))

@@ -1069,6 +1069,31 @@ pub static RESOURCES: &[ResourceDef] = &[
         name_rule: NameRule::Subdomain,
     },
     // ---- networking.k8s.io/v1
+    // ---- policy/v1: disruption budgets, honoured by pod eviction
+    ResourceDef {
+        group: "policy",
+        version: "v1",
+        kind: "PodDisruptionBudget",
+        types: Types::Typed(TypeOps::of::<k8s::policy::v1::PodDisruptionBudget>()),
+        list_kind: "PodDisruptionBudgetList",
+        plural: "poddisruptionbudgets",
+        singular: "poddisruptionbudget",
+        short_names: &["pdb"],
+        namespaced: true,
+        verbs: ALL_VERBS,
+        subresources: &[Subresource::Status],
+        categories: &[],
+        columns: &[
+            NAME,
+            col("Min Available", "string", 0, Cell::Func(printers::pdb_min_available)),
+            col("Max Unavailable", "string", 0, Cell::Func(printers::pdb_max_unavailable)),
+            col("Allowed Disruptions", "integer", 0, Cell::Path("status.disruptionsAllowed")),
+            AGE,
+        ],
+        field_selectors: &[],
+        strategy: Strategy::DEFAULT,
+        name_rule: NameRule::Subdomain,
+    },
     ResourceDef {
         group: "networking.k8s.io",
         version: "v1",

@@ -183,6 +183,15 @@ pub enum ApiError {
         /// Field-level causes.
         causes: Vec<FieldError>,
     },
+    /// 429: refused for now, e.g. an eviction a disruption budget does not
+    /// allow; the causes say why (`DisruptionBudget`).
+    #[error("{message}")]
+    TooManyRequests {
+        /// The message.
+        message: String,
+        /// `(reason, message)` of each cause.
+        causes: Vec<(String, String)>,
+    },
     /// 500: a server-side failure, e.g. the store.
     #[error("{0}")]
     Internal(String),
@@ -237,6 +246,7 @@ impl ApiError {
             Self::RequestEntityTooLarge => 413,
             Self::UnsupportedMediaType(_) => 415,
             Self::Invalid { .. } => 422,
+            Self::TooManyRequests { .. } => 429,
             Self::Internal(_) => 500,
             Self::ServiceUnavailable(_) => 503,
             Self::Timeout(_) => 504,
@@ -258,6 +268,7 @@ impl ApiError {
             Self::RequestEntityTooLarge => "RequestEntityTooLarge",
             Self::UnsupportedMediaType(_) => "UnsupportedMediaType",
             Self::Invalid { .. } => "Invalid",
+            Self::TooManyRequests { .. } => "TooManyRequests",
             Self::Internal(_) => "InternalError",
             Self::ServiceUnavailable(_) => "ServiceUnavailable",
             Self::Timeout(_) => "Timeout",
@@ -293,6 +304,19 @@ impl ApiError {
                 kind: Some(kind.clone()),
                 name: Some(name.clone()),
                 causes: Some(causes.iter().map(to_cause).collect()),
+                ..Default::default()
+            }),
+            Self::TooManyRequests { causes, .. } if !causes.is_empty() => Some(StatusDetails {
+                causes: Some(
+                    causes
+                        .iter()
+                        .map(|(reason, message)| StatusCause {
+                            field: None,
+                            message: Some(message.clone()),
+                            reason: Some(reason.clone()),
+                        })
+                        .collect(),
+                ),
                 ..Default::default()
             }),
             _ => None,

@@ -169,13 +169,7 @@ pub async fn resource(
             crate::serviceaccount::token_request(state, &ctx, &t).await
         }
         ("create", Some(Subresource::Eviction)) => {
-            let obj = delete_one(state, &t, &DeleteOpts::default(), dry_run(&ctx)?).await?;
-            drop(obj);
-            Ok(json_bytes(
-                StatusCode::CREATED,
-                kestrel_api::status::success_status(None),
-                "application/json",
-            ))
+            crate::eviction::evict(state, &ctx, &t, dry_run(&ctx)?).await
         }
         ("update", sub) => update(state, &ctx, &t, sub).await,
         ("patch", sub) => patch_handler(state, &ctx, &t, sub).await,

@@ -18,6 +18,7 @@ mod bootstrap;
 mod cache;
 mod crd;
 mod discovery;
+mod eviction;
 mod handlers;
 mod kinds;
 mod managed;

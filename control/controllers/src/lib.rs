@@ -20,6 +20,7 @@ pub use workloads::{run_workloads, run_workloads_with};
 // Infrastructure controllers.
 pub mod clusterdns;
 pub mod clusterroleaggregation;
+pub mod disruption;
 pub mod endpointslice;
 pub mod gc;
 pub mod legacytoken;

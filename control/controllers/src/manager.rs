@@ -28,8 +28,8 @@ use crate::legacytoken::{self, LegacyTokenSigner};
 use crate::rootca;
 
 use crate::{
-    clusterdns, clusterroleaggregation, endpointslice, gc, namespace, nodeipam, nodelifecycle,
-    resourcequota, serviceaccount,
+    clusterdns, clusterroleaggregation, disruption, endpointslice, gc, namespace, nodeipam,
+    nodelifecycle, resourcequota, serviceaccount,
 };
 
 /// Namespace of the leader-election Lease.
@@ -234,6 +234,7 @@ impl Manager {
         spawn!(|c, _o| clusterdns::run(c));
         spawn!(|c, _o| clusterroleaggregation::run(c));
         spawn!(|c, _o| resourcequota::run(c));
+        spawn!(|c, _o| disruption::run(c));
         spawn!(|c, _o| gc::run(c));
         spawn!(|c, _o| namespace::run(c));
         spawn!(|c, _o| serviceaccount::run(c));

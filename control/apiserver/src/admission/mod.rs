@@ -535,6 +535,7 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Result<(
             }
         }
         ("apiregistration.k8s.io", "APIService") => crate::apiservice::validate(obj, &mut errs),
+        ("policy", "PodDisruptionBudget") => crate::kinds::disruption::validate(obj, &mut errs),
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
             crate::crd::define::validate(obj, old, &mut errs);
         }

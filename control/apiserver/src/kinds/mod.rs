@@ -5,6 +5,7 @@
 //! on the definition itself.
 
 mod componentstatus;
+pub mod disruption;
 mod namespace;
 
 use std::sync::Arc;

@@ -6,6 +6,7 @@
 mod clusterdns;
 mod clusterroleaggregation;
 mod common;
+mod disruption;
 mod endpointslice;
 mod gc;
 mod leader;
