@@ -303,6 +303,11 @@ pub fn component_health(v: &Value) -> Value {
     )
 }
 
+/// PriorityClass: `globalDefault`, false when unset.
+pub fn global_default(v: &Value) -> Value {
+    Value::from(v.get("globalDefault").and_then(Value::as_bool).unwrap_or(false))
+}
+
 /// PodDisruptionBudget: `spec.minAvailable`, `N/A` when unset.
 pub fn pdb_min_available(v: &Value) -> Value {
     int_or_string_or_na(v.pointer("/spec/minAvailable"))

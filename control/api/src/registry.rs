@@ -1069,6 +1069,31 @@ pub static RESOURCES: &[ResourceDef] = &[
         name_rule: NameRule::Subdomain,
     },
     // ---- networking.k8s.io/v1
+    // ---- scheduling.k8s.io/v1: pod priority (the Priority admission plugin)
+    ResourceDef {
+        group: "scheduling.k8s.io",
+        version: "v1",
+        kind: "PriorityClass",
+        types: Types::Typed(TypeOps::of::<k8s::scheduling::v1::PriorityClass>()),
+        list_kind: "PriorityClassList",
+        plural: "priorityclasses",
+        singular: "priorityclass",
+        short_names: &["pc"],
+        namespaced: false,
+        verbs: ALL_VERBS,
+        subresources: &[],
+        categories: &[],
+        columns: &[
+            NAME,
+            col("Value", "integer", 0, Cell::Path("value")),
+            col("Global-Default", "boolean", 0, Cell::Func(printers::global_default)),
+            AGE,
+            col("PreemptionPolicy", "string", 0, Cell::Path("preemptionPolicy")),
+        ],
+        field_selectors: &[],
+        strategy: Strategy::DEFAULT,
+        name_rule: NameRule::Subdomain,
+    },
     // ---- policy/v1: disruption budgets, honoured by pod eviction
     ResourceDef {
         group: "policy",

@@ -91,6 +91,21 @@ pub async fn run(state: &Arc<AppState>) -> Result<(), Error> {
     .await
     .map_err(|e| Error::Bootstrap(e.to_string()))?;
     ensure_dns_service(state).await?;
+    let classes = registry::lookup("scheduling.k8s.io", "v1", "priorityclasses")
+        .ok_or_else(|| Error::Config("priorityclasses missing from the registry".to_owned()))?;
+    for (name, value, description) in admission::priority::SYSTEM_CLASSES {
+        let t = Target {
+            def: classes,
+            ns: None,
+            name: Some((*name).to_owned()),
+        };
+        ensure(
+            state,
+            &t,
+            json!({"metadata": {"name": name}, "value": value, "description": description}),
+        )
+        .await?;
+    }
     crate::apiservice::sync(state)
         .await
         .map_err(|e| Error::Bootstrap(e.to_string()))

@@ -186,3 +186,113 @@ spec:
     );
     s.stop().await;
 }
+
+/// PriorityClasses and the Priority plugin: the system classes exist, a
+/// pod's class (or the one global default) becomes its priority, and bad
+/// classes and pods are refused with upstream's messages.
+#[tokio::test]
+async fn priority_classes_resolve_pod_priority() {
+    let (_dir, _s, k) = setup().await;
+    let pcs = k.ok(&["get", "pc"]).await;
+    assert!(
+        pcs.lines()
+            .next()
+            .unwrap_or_default()
+            .contains("GLOBAL-DEFAULT"),
+        "{pcs}"
+    );
+    assert!(
+        pcs.contains("system-node-critical") && pcs.contains("2000001000"),
+        "{pcs}"
+    );
+    assert!(
+        pcs.contains("system-cluster-critical") && pcs.contains("2000000000"),
+        "{pcs}"
+    );
+
+    let class = |name: &str, value: i64, default: bool| {
+        format!(
+            "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {{name: {name}}}\nvalue: {value}\nglobalDefault: {default}\n"
+        )
+    };
+    assert!(k.apply(&class("high", 1000, false)).await.ok);
+    assert!(k.apply(&class("low", 10, true)).await.ok);
+    let o = k.apply(&class("other", 5, true)).await;
+    assert!(
+        o.stderr.contains(r#"priorityclasses.scheduling.k8s.io "other" is forbidden: PriorityClass low is already marked as default. Only one default can exist"#),
+        "{}",
+        o.stderr
+    );
+    let o = k.apply(&class("huge", 2_000_000_000, false)).await;
+    assert!(
+        o.stderr.contains(
+            "value: Forbidden: maximum allowed value of a user defined priority is 1000000000"
+        ),
+        "{}",
+        o.stderr
+    );
+    let o = k.apply(&class("system-mine", 5, false)).await;
+    assert!(
+        o.stderr.contains(
+            "priority class names with 'system-' prefix are reserved for system use only"
+        ),
+        "{}",
+        o.stderr
+    );
+    let o = k.apply(&class("high", 2000, false)).await;
+    assert!(
+        o.stderr
+            .contains("value: Forbidden: may not be changed in an update."),
+        "{}",
+        o.stderr
+    );
+
+    let pod = |name: &str, extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n{extra}  containers:\n  - {{name: c, image: busybox}}\n"
+        )
+    };
+    assert!(k.apply(&pod("plain", "")).await.ok);
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "pod",
+            "plain",
+            "-o",
+            "jsonpath={.spec.priorityClassName} {.spec.priority} {.spec.preemptionPolicy}"
+        ])
+        .await,
+        "low 10 PreemptLowerPriority"
+    );
+    assert!(
+        k.apply(&pod("urgent", "  priorityClassName: high\n"))
+            .await
+            .ok
+    );
+    assert_eq!(
+        k.ok(&["get", "pod", "urgent", "-o", "jsonpath={.spec.priority}"])
+            .await,
+        "1000"
+    );
+    let o = k.apply(&pod("lost", "  priorityClassName: nope\n")).await;
+    assert!(
+        o.stderr
+            .contains(r#"pods "lost" is forbidden: no PriorityClass with name nope was found"#),
+        "{}",
+        o.stderr
+    );
+    let o = k
+        .apply(&pod("sneaky", "  priorityClassName: high\n  priority: 5\n"))
+        .await;
+    assert!(
+        o.stderr.contains("the integer value of priority (5) must not be provided in pod spec; priority admission controller computed 1000 from the given PriorityClass name"),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        k.run(&["get", "pod", "lost"], None)
+            .await
+            .stderr
+            .contains("not found")
+    );
+}

@@ -34,6 +34,7 @@ PACKAGES = [
     "api/certificates/v1",
     "api/rbac/v1",
     "api/policy/v1",
+    "api/scheduling/v1",
     "api/autoscaling/v1",
     "api/authorization/v1",
     "api/authentication/v1",

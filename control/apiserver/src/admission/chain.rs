@@ -110,6 +110,7 @@ pub const PLUGINS: &[&str] = &[
     "LimitRanger",
     "ServiceAccount",
     "DefaultTolerationSeconds",
+    "Priority",
     "MutatingAdmissionWebhook",
     "NodeRestriction",
     "PodSecurity",
@@ -143,6 +144,9 @@ pub async fn mutate(
         if enabled(state, "DefaultTolerationSeconds") {
             super::default_tolerations(&state.config, obj);
         }
+        if enabled(state, "Priority") {
+            super::priority::admit_pod(state, obj)?;
+        }
     }
     if enabled(state, "MutatingAdmissionWebhook") {
         super::webhook::mutate(state, a, obj, old).await?;
@@ -174,6 +178,13 @@ pub async fn validate(
             )
             .await?;
         }
+    }
+    if enabled(state, "Priority")
+        && a.target.def.group == "scheduling.k8s.io"
+        && a.kind() == "PriorityClass"
+        && a.operation != Operation::Delete
+    {
+        super::priority::admit_class(state, a, obj)?;
     }
     if enabled(state, "PodSecurity") {
         super::podsecurity::admit(state, a, obj, old)?;

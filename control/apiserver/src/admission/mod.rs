@@ -5,6 +5,7 @@
 pub mod chain;
 pub mod limitranger;
 pub mod podsecurity;
+pub mod priority;
 pub mod quota;
 pub mod webhook;
 
@@ -234,6 +235,11 @@ pub fn set_defaults(def: &ResourceDef, obj: &mut Value) {
             }
             if let Some(t) = template_spec(obj) {
                 default_pod_spec(t);
+            }
+        }
+        ("scheduling.k8s.io", "PriorityClass") => {
+            if let Some(o) = obj.as_object_mut() {
+                default(o, "preemptionPolicy", json!("PreemptLowerPriority"));
             }
         }
         ("apps", "ReplicaSet") => {
@@ -536,6 +542,7 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Result<(
         }
         ("apiregistration.k8s.io", "APIService") => crate::apiservice::validate(obj, &mut errs),
         ("policy", "PodDisruptionBudget") => crate::kinds::disruption::validate(obj, &mut errs),
+        ("scheduling.k8s.io", "PriorityClass") => priority::validate_class(obj, old, &mut errs),
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
             crate::crd::define::validate(obj, old, &mut errs);
         }

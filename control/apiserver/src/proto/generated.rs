@@ -114,6 +114,9 @@ pub(super) fn decode_kind(
         ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
             decode_as::<k8s_pb::api::rbac::v1::RoleBinding>(raw)
         }
+        ("scheduling.k8s.io/v1", "PriorityClass") => {
+            decode_as::<k8s_pb::api::scheduling::v1::PriorityClass>(raw)
+        }
         ("apiregistration.k8s.io/v1", "APIService") => {
             decode_as::<k8s_pb::kube_aggregator::pkg::apis::apiregistration::v1::APIService>(raw)
         }
@@ -4201,6 +4204,18 @@ impl ToJson for k8s_pb::api::rbac::v1::Subject {
         o.str("apiGroup", &self.api_group);
         o.str("name", &self.name);
         o.str("namespace", &self.namespace);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::scheduling::v1::PriorityClass {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("metadata", &self.metadata)?;
+        o.int("value", self.value.map(i64::from));
+        o.bool("globalDefault", self.global_default);
+        o.str("description", &self.description);
+        o.str("preemptionPolicy", &self.preemption_policy);
         Ok(o.done())
     }
 }
