@@ -303,9 +303,71 @@ pub fn component_health(v: &Value) -> Value {
     )
 }
 
+/// Ingress: `spec.ingressClassName`.
+pub fn ingress_class(v: &Value) -> Value {
+    Value::from(
+        v.pointer("/spec/ingressClassName")
+            .and_then(Value::as_str)
+            .unwrap_or("<none>"),
+    )
+}
+
+/// Ingress: the rules' hosts, `*` for a rule without one.
+pub fn ingress_hosts(v: &Value) -> Value {
+    let hosts: Vec<&str> = arr(v, "spec.rules")
+        .iter()
+        .map(|r| r.get("host").and_then(Value::as_str).unwrap_or("*"))
+        .collect();
+    Value::from(if hosts.is_empty() {
+        "*".to_owned()
+    } else {
+        hosts.join(",")
+    })
+}
+
+/// Ingress: the load balancer's addresses.
+pub fn ingress_address(v: &Value) -> Value {
+    let addrs: Vec<&str> = arr(v, "status.loadBalancer.ingress")
+        .iter()
+        .filter_map(|i| {
+            i.get("ip")
+                .or_else(|| i.get("hostname"))
+                .and_then(Value::as_str)
+        })
+        .collect();
+    Value::from(addrs.join(","))
+}
+
+/// Ingress: 80, and 443 when it has TLS.
+pub fn ingress_ports(v: &Value) -> Value {
+    Value::from(if arr(v, "spec.tls").is_empty() {
+        "80"
+    } else {
+        "80, 443"
+    })
+}
+
+/// IngressClass: the parameters reference, `<none>` without one.
+pub fn ingress_class_parameters(v: &Value) -> Value {
+    let Some(p) = v.pointer("/spec/parameters") else {
+        return Value::from("<none>");
+    };
+    let s = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or("");
+    let group = s("apiGroup");
+    Value::from(if group.is_empty() {
+        format!("{}/{}", s("kind"), s("name"))
+    } else {
+        format!("{group}/{}/{}", s("kind"), s("name"))
+    })
+}
+
 /// PriorityClass: `globalDefault`, false when unset.
 pub fn global_default(v: &Value) -> Value {
-    Value::from(v.get("globalDefault").and_then(Value::as_bool).unwrap_or(false))
+    Value::from(
+        v.get("globalDefault")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    )
 }
 
 /// PodDisruptionBudget: `spec.minAvailable`, `N/A` when unset.

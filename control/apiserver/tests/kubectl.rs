@@ -785,3 +785,87 @@ async fn kubectl_get_componentstatuses() {
         o.stderr
     );
 }
+
+/// Ingresses, IngressClasses and RuntimeClasses are served and validated
+/// as upstream's (no Ingress controller runs, so no address is written).
+#[tokio::test]
+async fn kubectl_ingress_and_runtime_classes() {
+    let (_dir, _s, k) = setup().await;
+    let o = k
+        .apply(
+            r#"
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: edge}
+spec: {controller: example.com/edge}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: web, namespace: default}
+spec:
+  ingressClassName: edge
+  tls: [{hosts: [web.example.com]}]
+  rules:
+  - host: web.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+---
+apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata: {name: runc}
+handler: runc
+"#,
+        )
+        .await;
+    assert!(o.ok, "{}", o.stderr);
+    let ing = k.ok(&["get", "ing", "web"]).await;
+    let header = ing.lines().next().unwrap_or_default();
+    for col in ["NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"] {
+        assert!(header.contains(col), "{ing}");
+    }
+    let row: Vec<&str> = ing
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[..4], ["web", "edge", "web.example.com", "80,"], "{ing}");
+    assert!(k.ok(&["get", "runtimeclass"]).await.contains("runc"));
+    let bad = k
+        .apply(
+            r#"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: bad, namespace: default}
+spec:
+  rules:
+  - host: 10.0.0.1
+    http:
+      paths:
+      - {path: api, pathType: Exact, backend: {service: {name: web, port: {number: 80}}}}
+"#,
+        )
+        .await;
+    assert!(!bad.ok);
+    assert!(
+        bad.stderr.contains(r#"spec.rules[0].host: Invalid value: "10.0.0.1": must be a DNS name, not an IP address"#)
+            && bad.stderr.contains(r#"spec.rules[0].http.paths[0].path: Invalid value: "api": must be an absolute path"#),
+        "{}",
+        bad.stderr
+    );
+    let o = k
+        .apply("apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: edge}\nspec: {controller: example.com/other}\n")
+        .await;
+    assert!(
+        o.stderr.contains("spec.controller: field is immutable"),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        k.run(&["get", "ing", "bad"], None)
+            .await
+            .stderr
+            .contains("not found")
+    );
+}

@@ -35,6 +35,7 @@ PACKAGES = [
     "api/rbac/v1",
     "api/policy/v1",
     "api/scheduling/v1",
+    "api/node/v1",
     "api/autoscaling/v1",
     "api/authorization/v1",
     "api/authentication/v1",

@@ -543,6 +543,13 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Result<(
         ("apiregistration.k8s.io", "APIService") => crate::apiservice::validate(obj, &mut errs),
         ("policy", "PodDisruptionBudget") => crate::kinds::disruption::validate(obj, &mut errs),
         ("scheduling.k8s.io", "PriorityClass") => priority::validate_class(obj, old, &mut errs),
+        ("networking.k8s.io", "Ingress") => crate::kinds::ingress::validate_ingress(obj, &mut errs),
+        ("networking.k8s.io", "IngressClass") => {
+            crate::kinds::ingress::validate_ingress_class(obj, old, &mut errs);
+        }
+        ("node.k8s.io", "RuntimeClass") => {
+            crate::kinds::ingress::validate_runtime_class(obj, old, &mut errs);
+        }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
             crate::crd::define::validate(obj, old, &mut errs);
         }

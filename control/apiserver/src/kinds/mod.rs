@@ -6,6 +6,7 @@
 
 mod componentstatus;
 pub mod disruption;
+pub mod ingress;
 mod namespace;
 
 use std::sync::Arc;

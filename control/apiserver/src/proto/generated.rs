@@ -101,6 +101,7 @@ pub(super) fn decode_kind(
         ("networking.k8s.io/v1", "ServiceCIDR") => {
             decode_as::<k8s_pb::api::networking::v1::ServiceCIDR>(raw)
         }
+        ("node.k8s.io/v1", "RuntimeClass") => decode_as::<k8s_pb::api::node::v1::RuntimeClass>(raw),
         ("policy/v1", "PodDisruptionBudget") => {
             decode_as::<k8s_pb::api::policy::v1::PodDisruptionBudget>(raw)
         }
@@ -4074,6 +4075,34 @@ impl ToJson for k8s_pb::api::networking::v1::ServiceCIDRStatus {
     fn to_json(&self) -> Result<Value, ProtoError> {
         let mut o = Obj::default();
         o.msgs("conditions", &self.conditions)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::node::v1::Overhead {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.map_msg("podFixed", &self.pod_fixed)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::node::v1::RuntimeClass {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("metadata", &self.metadata)?;
+        o.str("handler", &self.handler);
+        o.msg("overhead", &self.overhead)?;
+        o.msg("scheduling", &self.scheduling)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::node::v1::Scheduling {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.map_str("nodeSelector", &self.node_selector);
+        o.msgs("tolerations", &self.tolerations)?;
         Ok(o.done())
     }
 }
