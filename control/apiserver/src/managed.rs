@@ -392,7 +392,12 @@ pub fn record_update(
         None => now.clone(),
         Some(old) => now
             .iter()
-            .filter(|p| lookup(old, p) != lookup(new, p))
+            // A keyed element's `.` is its existence: owned by the writer
+            // that added it, not by every writer that changes a field in it.
+            .filter(|p| match p.last().map(String::as_str) {
+                Some(".") => lookup(old, p).is_none(),
+                _ => lookup(old, p) != lookup(new, p),
+            })
             .cloned()
             .collect(),
     };
@@ -484,6 +489,39 @@ mod tests {
             "{c}"
         );
         assert!(c["f:env"].get("k:{\"name\":\"E\"}").is_some(), "{c}");
+    }
+
+    #[test]
+    fn an_update_owns_the_elements_it_adds_not_those_it_changes() {
+        let d = def("", "Pod");
+        let old = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "i", "env": [{"name": "A", "value": "1"}]}]}});
+        let mut old_rec = old.clone();
+        record_update("creator", d, None, None, &mut old_rec);
+        let mut new = old_rec.clone();
+        new["spec"]["containers"][0]["env"] =
+            json!([{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]);
+        record_update("patcher", d, None, Some(&old_rec), &mut new);
+        let mf = new["metadata"]["managedFields"]
+            .as_array()
+            .expect("entries")
+            .clone();
+        let patcher = mf
+            .iter()
+            .find(|e| e["manager"] == "patcher")
+            .expect("patcher");
+        let c = &patcher["fieldsV1"]["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"];
+        assert!(c.get(".").is_none(), "{c}");
+        assert!(c["f:env"]["k:{\"name\":\"B\"}"].get(".").is_some(), "{c}");
+        let creator = mf
+            .iter()
+            .find(|e| e["manager"] == "creator")
+            .expect("creator");
+        assert!(
+            creator["fieldsV1"]["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"]
+                .get(".")
+                .is_some()
+        );
     }
 
     fn def(group: &str, kind: &str) -> &'static ResourceDef {
