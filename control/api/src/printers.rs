@@ -303,6 +303,51 @@ pub fn component_health(v: &Value) -> Value {
     )
 }
 
+/// PodTemplate: the template's container names.
+pub fn podtemplate_containers(v: &Value) -> Value {
+    container_field(v, "template.spec.containers", "name")
+}
+
+/// PodTemplate: the template's images.
+pub fn podtemplate_images(v: &Value) -> Value {
+    container_field(v, "template.spec.containers", "image")
+}
+
+/// PodTemplate: the template's labels, `k=v,...` or `<none>`.
+pub fn template_labels(v: &Value) -> Value {
+    let labels: Vec<String> = v
+        .pointer("/template/metadata/labels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    Value::from(if labels.is_empty() {
+        "<none>".to_owned()
+    } else {
+        labels.join(",")
+    })
+}
+
+/// ControllerRevision: its controller as `kind.group/name`.
+pub fn revision_controller(v: &Value) -> Value {
+    let owner = arr(v, "metadata.ownerReferences")
+        .iter()
+        .find(|o| o.get("controller").and_then(Value::as_bool) == Some(true));
+    Value::from(match owner {
+        Some(o) => {
+            let s = |k: &str| o.get(k).and_then(Value::as_str).unwrap_or("");
+            let group = s("apiVersion").rsplit_once('/').map_or("", |(g, _)| g);
+            if group.is_empty() {
+                format!("{}/{}", s("kind").to_lowercase(), s("name"))
+            } else {
+                format!("{}.{group}/{}", s("kind").to_lowercase(), s("name"))
+            }
+        }
+        None => "<none>".to_owned(),
+    })
+}
+
 /// Ingress: `spec.ingressClassName`.
 pub fn ingress_class(v: &Value) -> Value {
     Value::from(
@@ -468,20 +513,21 @@ pub fn ready_of_replicas(v: &Value) -> Value {
 
 /// Workloads: container names of the pod template.
 pub fn template_containers(v: &Value) -> Value {
-    let names: Vec<&str> = arr(v, "spec.template.spec.containers")
-        .iter()
-        .filter_map(|c| c.get("name").and_then(Value::as_str))
-        .collect();
-    none_if_empty(names.join(","))
+    container_field(v, "spec.template.spec.containers", "name")
 }
 
 /// Workloads: container images of the pod template.
 pub fn template_images(v: &Value) -> Value {
-    let imgs: Vec<&str> = arr(v, "spec.template.spec.containers")
+    container_field(v, "spec.template.spec.containers", "image")
+}
+
+/// One field of each container in the list at `path`, comma-joined.
+fn container_field(v: &Value, path: &str, field: &str) -> Value {
+    let values: Vec<&str> = arr(v, path)
         .iter()
-        .filter_map(|c| c.get("image").and_then(Value::as_str))
+        .filter_map(|c| c.get(field).and_then(Value::as_str))
         .collect();
-    none_if_empty(imgs.join(","))
+    none_if_empty(values.join(","))
 }
 
 fn label_selector_string(sel: Option<&Value>) -> String {

@@ -869,3 +869,52 @@ spec:
             .contains("not found")
     );
 }
+
+/// PodTemplates and ControllerRevisions, served and validated.
+#[tokio::test]
+async fn kubectl_pod_templates_and_controller_revisions() {
+    let (_dir, _s, k) = setup().await;
+    let o = k
+        .apply(
+            "apiVersion: v1\nkind: PodTemplate\nmetadata: {name: t, namespace: default}\ntemplate:\n  metadata: {labels: {app: t}}\n  spec:\n    containers: [{name: c, image: busybox}]\n",
+        )
+        .await;
+    assert!(o.ok, "{}", o.stderr);
+    let row: Vec<String> = k
+        .ok(&["get", "podtemplate", "t"])
+        .await
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(row, ["t", "c", "busybox", "app=t"]);
+    let o = k
+        .apply("apiVersion: v1\nkind: PodTemplate\nmetadata: {name: bad, namespace: default}\ntemplate:\n  spec:\n    containers: []\n")
+        .await;
+    assert!(
+        o.stderr
+            .contains("template.spec.containers: Required value"),
+        "{}",
+        o.stderr
+    );
+    let rev = |n: i64, data: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: ControllerRevision\nmetadata: {{name: r, namespace: default}}\nrevision: {n}\ndata: {data}\n"
+        )
+    };
+    assert!(k.apply(&rev(1, "{a: 1}")).await.ok);
+    let o = k.apply(&rev(1, "{a: 2}")).await;
+    assert!(
+        o.stderr.contains("data: Invalid value") || o.stderr.contains("data: field is immutable"),
+        "{}",
+        o.stderr
+    );
+    let o = k.apply(&rev(-1, "{a: 1}")).await;
+    assert!(
+        o.stderr.contains("must be greater than or equal to 0"),
+        "{}",
+        o.stderr
+    );
+}

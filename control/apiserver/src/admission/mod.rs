@@ -543,6 +543,25 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Result<(
         ("apiregistration.k8s.io", "APIService") => crate::apiservice::validate(obj, &mut errs),
         ("policy", "PodDisruptionBudget") => crate::kinds::disruption::validate(obj, &mut errs),
         ("scheduling.k8s.io", "PriorityClass") => priority::validate_class(obj, old, &mut errs),
+        ("", "PodTemplate") => {
+            check_pod_spec(obj.pointer("/template/spec"), "template.spec", &mut errs);
+        }
+        ("apps", "ControllerRevision") => {
+            if let Some(r) = obj.get("revision").and_then(Value::as_i64)
+                && r < 0
+            {
+                errs.push(FieldError::invalid(
+                    "revision",
+                    &r.to_string(),
+                    "must be greater than or equal to 0",
+                ));
+            }
+            if let Some(old) = old
+                && old.get("data") != obj.get("data")
+            {
+                errs.push(FieldError::immutable("data"));
+            }
+        }
         ("networking.k8s.io", "Ingress") => crate::kinds::ingress::validate_ingress(obj, &mut errs),
         ("networking.k8s.io", "IngressClass") => {
             crate::kinds::ingress::validate_ingress_class(obj, old, &mut errs);
