@@ -337,8 +337,9 @@ pub(crate) fn entry_json(
         "apiVersion": api_version,
         "time": meta::now_rfc3339(),
         "fieldsType": "FieldsV1",
-        "fieldsV1": to_fields_v1(fields),
     });
+    // Moved in, not through `json!`, which would serialize the set again.
+    e["fieldsV1"] = to_fields_v1(fields);
     if sub == Some(Subresource::Status) {
         e["subresource"] = json!("status");
     }
@@ -382,7 +383,8 @@ pub fn record_update(
             } else {
                 let mut e = entry_json(manager, "Update", api_version, sub, &BTreeSet::new());
                 e["fieldsV1"] = fields;
-                m.insert("managedFields".into(), json!([e]));
+                // Not `json!([e])`: that serializes `e` into a new value.
+                m.insert("managedFields".into(), Value::Array(vec![e]));
             }
         }
         return;

@@ -62,6 +62,17 @@ pub(crate) fn cache_err(e: cache::CacheError) -> ApiError {
 /// Encode for storage: resourceVersion lives in the store's revision, not in
 /// the value, and custom resources are stored in their storage version.
 fn encode(def: &ResourceDef, obj: &Value) -> Bytes {
+    let custom_version = def
+        .types
+        .custom()
+        .filter(|c| c.storage_version != def.version);
+    let meta = obj.get("metadata").and_then(Value::as_object);
+    let clean =
+        meta.is_none_or(|m| !m.contains_key("resourceVersion") && !m.contains_key("selfLink"));
+    if clean && custom_version.is_none() {
+        // Nothing to take out: serialize as is, without copying the object.
+        return Bytes::from(serde_json::to_vec(obj).unwrap_or_default());
+    }
     let mut o = obj.clone();
     if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("resourceVersion");
@@ -155,7 +166,9 @@ fn check_type(t: &Target, obj: &mut Value) -> Result<(), ApiError> {
 /// upstream's decoder answers; unknown fields are dropped unless the client
 /// asked for `fieldValidation=Strict`.
 fn normalize(t: &Target, ctx: Option<&Ctx>, obj: Value) -> Result<Value, ApiError> {
-    let before = obj.clone();
+    let strict = ctx.filter(|c| c.q("fieldValidation") == Some("Strict"));
+    // The input is kept only when unknown fields must be reported.
+    let before = strict.map(|_| obj.clone());
     let kind = t.def.kind;
     let prefix = format!(
         "{kind} in version {:?} cannot be handled as a {kind}",
@@ -166,9 +179,7 @@ fn normalize(t: &Target, ctx: Option<&Ctx>, obj: Value) -> Result<Value, ApiErro
         .types
         .normalize(obj)
         .map_err(|e| ApiError::BadRequest(format!("{prefix}: {e}")))?;
-    if let Some(ctx) = ctx
-        && ctx.q("fieldValidation") == Some("Strict")
-    {
+    if let Some(before) = before {
         let mut unknown = Vec::new();
         unknown_fields(&before, &out, "", &mut unknown);
         if !unknown.is_empty() {

@@ -28,7 +28,10 @@
 //!   large strings and list equality stay unmetered but linear in input size.
 
 use cel::common::ast::{CallExpr, EntryExpr, Expr, IdedExpr, LiteralValue};
-use cel::common::types::{CelInt, CelList, CelString as Str, DYN_TYPE, INT_TYPE};
+use cel::common::types::{
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString as Str, CelUInt,
+    DYN_TYPE, INT_TYPE,
+};
 use cel::common::value::{CowVal, Val};
 use cel::{Context, DeclarationError, Env, ExecutionError, Value};
 use std::cell::Cell;
@@ -78,12 +81,13 @@ pub fn compile(rule: &str, message_expression: Option<&str>) -> Result<Rule, Str
 
 /// `self` and `oldSelf` converted to CEL once, for every rule of one
 /// schema node (converting the value is most of a simple rule's cost).
-pub struct Bindings {
-    ctx: Context<'static, 'static>,
+/// The CEL values borrow the JSON's strings.
+pub struct Bindings<'v> {
+    ctx: Context<'v, 'v>,
     has_old: bool,
 }
 
-impl std::fmt::Debug for Bindings {
+impl std::fmt::Debug for Bindings<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bindings")
             .field("has_old", &self.has_old)
@@ -91,13 +95,13 @@ impl std::fmt::Debug for Bindings {
     }
 }
 
-impl Bindings {
+impl<'v> Bindings<'v> {
     /// Bind `self` and, on update, `oldSelf`.
-    pub fn new(self_: &serde_json::Value, old_self: Option<&serde_json::Value>) -> Self {
+    pub fn new(self_: &'v serde_json::Value, old_self: Option<&'v serde_json::Value>) -> Self {
         let mut ctx = Context::with_env(env());
-        ctx.add_variable_from_value("self", to_cel(self_));
+        ctx.add_variable_as_val("self", to_val(self_));
         if let Some(old) = old_self {
-            ctx.add_variable_from_value("oldSelf", to_cel(old));
+            ctx.add_variable_as_val("oldSelf", to_val(old));
         }
         Self {
             ctx,
@@ -129,7 +133,7 @@ impl Rule {
 
     /// Evaluate against bindings shared by the rules of one node; as
     /// [`Rule::eval`].
-    pub fn eval_with(&self, b: &Bindings) -> Result<Option<String>, String> {
+    pub fn eval_with(&self, b: &Bindings<'_>) -> Result<Option<String>, String> {
         if self.uses_old_self && !b.has_old {
             return Ok(None);
         }
@@ -280,23 +284,26 @@ fn find_all_n(this: &Str<'_>, re: &Str<'_>, n: &CelInt) -> Fallible<CelList<'sta
 }
 
 /// JSON as CEL: objects → maps, arrays → lists, integers → int (uint past
-/// i64), other numbers → double.
-fn to_cel(v: &serde_json::Value) -> Value {
+/// i64), other numbers → double. Built directly as the evaluator's values
+/// (what `Value` → `Box<dyn Val>` gives), borrowing the strings.
+fn to_val(v: &serde_json::Value) -> Box<dyn Val + '_> {
     match v {
-        serde_json::Value::Null => Value::Null,
-        serde_json::Value::Bool(b) => Value::Bool(*b),
+        serde_json::Value::Null => Box::new(CelNull),
+        serde_json::Value::Bool(b) => Box::new(CelBool::from(*b)),
         serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => Value::Int(i),
-            (None, Some(u)) => Value::UInt(u),
-            _ => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+            (Some(i), _) => Box::new(CelInt::from(i)),
+            (None, Some(u)) => Box::new(CelUInt::from(u)),
+            _ => Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN))),
         },
-        serde_json::Value::String(s) => Value::String(Arc::new(s.clone())),
-        serde_json::Value::Array(a) => Value::List(Arc::new(a.iter().map(to_cel).collect())),
-        serde_json::Value::Object(o) => Value::from(
+        serde_json::Value::String(s) => Box::new(Str::from(s.as_str())),
+        serde_json::Value::Array(a) => Box::new(CelList::from(
+            a.iter().map(to_val).collect::<Vec<Box<dyn Val + '_>>>(),
+        )),
+        serde_json::Value::Object(o) => Box::new(CelMap::from(
             o.iter()
-                .map(|(k, v)| (k.clone(), to_cel(v)))
+                .map(|(k, v)| (CelMapKey::from(k.as_str()), to_val(v)))
                 .collect::<HashMap<_, _>>(),
-        ),
+        )),
     }
 }
 

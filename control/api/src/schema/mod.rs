@@ -25,6 +25,7 @@ mod tests;
 pub use crate::status::FieldError;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 /// The deepest nesting of schema nodes (`properties`, `items`,
 /// `additionalProperties`, `allOf`/`anyOf`/`oneOf`/`not`) a schema may have.
@@ -141,6 +142,11 @@ pub struct Structural {
     /// Every other keyword as given (description, title, example, ...) plus
     /// the scalar keywords above, for [`Structural::to_openapi`].
     extra: Map<String, Value>,
+    /// Whether this node or one below it has a compiled CEL rule (computed
+    /// on first use), so validation skips the subtrees without any.
+    rules_below: OnceLock<bool>,
+    /// Whether this node or one below it is a set or map list.
+    keyed_lists_below: OnceLock<bool>,
 }
 
 /// Keywords holding sub-schemas, rebuilt from the parsed children.
@@ -277,6 +283,38 @@ impl Structural {
         path.split('.')
             .filter(|s| !s.is_empty())
             .try_fold(self, |node, key| node.child(key))
+    }
+
+    /// The schemas the CEL and list-type walks descend into.
+    fn walked_children(&self) -> impl Iterator<Item = &Structural> {
+        let additional = match &self.additional_properties {
+            Some(AdditionalProperties::Schema(s)) => Some(&**s),
+            _ => None,
+        };
+        self.properties
+            .values()
+            .chain(additional)
+            .chain(self.items.as_deref())
+    }
+
+    /// Whether this node or one the CEL walk reaches below it has a
+    /// compiled rule.
+    pub(crate) fn has_rules_below(&self) -> bool {
+        *self.rules_below.get_or_init(|| {
+            self.validations.iter().any(|r| r.compiled.is_some())
+                || self.walked_children().any(Structural::has_rules_below)
+        })
+    }
+
+    /// Whether this node or one the list-type walk reaches below it is a
+    /// `set` or `map` list.
+    pub(crate) fn has_keyed_lists_below(&self) -> bool {
+        *self.keyed_lists_below.get_or_init(|| {
+            matches!(self.list_type.as_deref(), Some("set" | "map"))
+                || self
+                    .walked_children()
+                    .any(Structural::has_keyed_lists_below)
+        })
     }
 
     /// The schema of the value at `key` of an object of this schema.

@@ -269,12 +269,13 @@ impl<'a> Openapi<'a> {
         if old.is_some_and(|o| o == v) {
             return;
         }
-        let types: Vec<&str> = if s.int_or_string {
-            vec!["integer", "string"]
+        let one = [s.type_.as_str()];
+        let types: &[&str] = if s.int_or_string {
+            &["integer", "string"]
         } else if s.type_.is_empty() {
-            vec![]
+            &[]
         } else {
-            vec![s.type_.as_str()]
+            &one
         };
         let format = formats::supported(&s.format);
         if v.is_null() {
@@ -289,7 +290,7 @@ impl<'a> Openapi<'a> {
             self.enumeration(s, v, name);
             return;
         }
-        self.types(s, v, name, &types, format.is_some());
+        self.types(s, v, name, types, format.is_some());
         self.combinators(s, v, name);
         match v {
             Value::String(text) => {
@@ -340,7 +341,6 @@ impl<'a> Openapi<'a> {
             sch == "number" && v.as_f64().is_some_and(is_json_integer) && contains("integer");
         let int_float = sch == "integer" && contains("number");
         let stringish = matches!(v, Value::String(_) | Value::Array(_));
-        let field = self.field(name);
         if !stringish
             && has_format
             && !(contains(sch) || data_format == s.format || float_int || int_float)
@@ -350,8 +350,11 @@ impl<'a> Openapi<'a> {
                 s.format,
                 go_quote(data_format)
             );
-            self.errs
-                .push(type_invalid(&field, &go_quote(data_format), &msg));
+            self.errs.push(type_invalid(
+                &self.field(name),
+                &go_quote(data_format),
+                &msg,
+            ));
             return;
         }
         if !(contains("number") || contains("integer")) && has_format && stringish {
@@ -363,7 +366,8 @@ impl<'a> Openapi<'a> {
                 types.join(","),
                 go_quote(sch)
             );
-            self.errs.push(type_invalid(&field, &go_quote(sch), &msg));
+            self.errs
+                .push(type_invalid(&self.field(name), &go_quote(sch), &msg));
         }
     }
 
@@ -436,20 +440,20 @@ impl<'a> Openapi<'a> {
 
     fn string(&mut self, s: &Structural, text: &str, name: &str) {
         let len = text.chars().count() as i64;
-        let field = self.field(name);
         if let Some(max) = s.max_length.filter(|m| len > *m) {
-            self.errs.push(too_long(&field, max));
+            self.errs.push(too_long(&self.field(name), max));
         } else if let Some(min) = s.min_length.filter(|m| len < *m) {
             let msg = format!("{name} in body should be at least {min} chars long");
-            self.errs.push(invalid(&field, Some(&go_quote(text)), &msg));
+            self.errs
+                .push(invalid(&self.field(name), Some(&go_quote(text)), &msg));
         } else if let Some(re) = s.pattern.as_ref().filter(|re| !re.is_match(text)) {
             let msg = format!("{name} in body should match '{}'", re.as_str());
-            self.errs.push(invalid(&field, Some(&go_quote(text)), &msg));
+            self.errs
+                .push(invalid(&self.field(name), Some(&go_quote(text)), &msg));
         }
     }
 
     fn number(&mut self, s: &Structural, n: Num, name: &str, int_type: bool) {
-        let field = self.field(name);
         let range_ok = |f: f64| !int_type || fits_i64(f);
         if let Num::Float(f) = n
             && !range_ok(f)
@@ -491,11 +495,12 @@ impl<'a> Openapi<'a> {
                 Some((true, f)) => {
                     let msg =
                         format!("factor MultipleOf declared for {name} must be positive: {f}");
-                    self.errs.push(invalid(&field, Some(&f), &msg));
+                    self.errs.push(invalid(&self.field(name), Some(&f), &msg));
                 }
                 Some((false, f)) => {
                     let msg = format!("{name} in body should be a multiple of {f}");
-                    self.errs.push(invalid(&field, Some(&n.show()), &msg));
+                    self.errs
+                        .push(invalid(&self.field(name), Some(&n.show()), &msg));
                 }
                 None => {}
             }
@@ -522,34 +527,35 @@ impl<'a> Openapi<'a> {
                 ));
             }
             let lower = word == "greater than";
-            let (fails, shown) = match n {
-                Num::Int(i) if range_ok(b) => {
+            let int_bound = matches!(n, Num::Int(_)) && range_ok(b);
+            let fails = match n {
+                Num::Int(i) if int_bound => {
                     let bi = b as i64;
-                    (
-                        if lower {
-                            i < bi || (exclusive && i == bi)
-                        } else {
-                            i > bi || (exclusive && i == bi)
-                        },
-                        bi.to_string(),
-                    )
+                    if lower {
+                        i < bi || (exclusive && i == bi)
+                    } else {
+                        i > bi || (exclusive && i == bi)
+                    }
                 }
                 _ => {
                     let d = n.f();
-                    (
-                        if lower {
-                            d < b || (exclusive && d == b)
-                        } else {
-                            d > b || (exclusive && d == b)
-                        },
-                        go_float(b),
-                    )
+                    if lower {
+                        d < b || (exclusive && d == b)
+                    } else {
+                        d > b || (exclusive && d == b)
+                    }
                 }
             };
             if fails {
+                let shown = if int_bound {
+                    (b as i64).to_string()
+                } else {
+                    go_float(b)
+                };
                 let eq = if exclusive { "" } else { " or equal to" };
                 let msg = format!("{name} in body should be {word}{eq} {shown}");
-                self.errs.push(invalid(&field, Some(&n.show()), &msg));
+                self.errs
+                    .push(invalid(&self.field(name), Some(&n.show()), &msg));
             }
         }
     }
@@ -562,14 +568,17 @@ impl<'a> Openapi<'a> {
                 self.node(item, v, &format!("{name}[{i}]"), old);
             }
         }
-        let field = self.field(name);
         if let Some(min) = s.min_items.filter(|m| (items.len() as i64) < *m) {
             let msg = format!("{name} in body should have at least {min} items");
-            self.errs
-                .push(invalid(&field, Some(&items.len().to_string()), &msg));
+            self.errs.push(invalid(
+                &self.field(name),
+                Some(&items.len().to_string()),
+                &msg,
+            ));
         }
         if let Some(max) = s.max_items.filter(|m| (items.len() as i64) > *m) {
-            self.errs.push(too_many(&field, items.len(), max));
+            self.errs
+                .push(too_many(&self.field(name), items.len(), max));
         }
     }
 
@@ -593,21 +602,22 @@ impl<'a> Openapi<'a> {
         name: &str,
         old: Option<&Value>,
     ) {
-        let field = self.field(name);
         let n = map.len();
         if let Some(min) = s.min_properties.filter(|m| (n as i64) < *m) {
             let msg = format!("{name} in body should have at least {min} properties");
-            self.errs.push(invalid(&field, Some(&n.to_string()), &msg));
+            self.errs
+                .push(invalid(&self.field(name), Some(&n.to_string()), &msg));
         }
         if let Some(max) = s.max_properties.filter(|m| (n as i64) > *m) {
-            self.errs.push(too_many(&field, n, max));
+            self.errs.push(too_many(&self.field(name), n, max));
         }
         let old = old.and_then(Value::as_object);
         match &s.additional_properties {
             Some(AdditionalProperties::Bool(false)) => {
                 for k in map.keys().filter(|k| !s.properties.contains_key(*k)) {
                     let msg = format!("{name}.{k} in body is a forbidden property");
-                    self.errs.push(invalid(&field, Some(&go_quote(k)), &msg));
+                    self.errs
+                        .push(invalid(&self.field(name), Some(&go_quote(k)), &msg));
                 }
             }
             Some(AdditionalProperties::Schema(a)) => {
@@ -667,12 +677,19 @@ fn correlate<'v>(s: &Structural, old: &'v [Value], item: &Value) -> Option<&'v V
 
 /// `listtype.ValidateListSetsAndMaps` over the value at `path`.
 fn list_types(s: &Structural, v: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    if !s.has_keyed_lists_below() {
+        return; // nothing below can fail
+    }
     match v {
         Value::Object(map) => {
             for (k, v) in map {
                 if let Some(p) = s.properties.get(k) {
-                    list_types(p, v, &child(path, k), errs);
-                } else if let Some(AdditionalProperties::Schema(a)) = &s.additional_properties {
+                    if p.has_keyed_lists_below() {
+                        list_types(p, v, &child(path, k), errs);
+                    }
+                } else if let Some(AdditionalProperties::Schema(a)) = &s.additional_properties
+                    && a.has_keyed_lists_below()
+                {
                     list_types(a, v, &key(path, k), errs);
                 }
             }
@@ -690,7 +707,7 @@ fn list_types(s: &Structural, v: &Value, path: &str, errs: &mut Vec<FieldError>)
                 Some("map") => list_map(s, items, path, errs),
                 _ => {}
             }
-            if let Some(item) = &s.items {
+            if let Some(item) = s.items.as_deref().filter(|i| i.has_keyed_lists_below()) {
                 for (i, v) in items.iter().enumerate() {
                     list_types(item, v, &key(path, &i.to_string()), errs);
                 }
@@ -778,7 +795,7 @@ pub(super) fn cel_walk(
     ratchet: bool,
     errs: &mut Vec<FieldError>,
 ) -> bool {
-    if v.is_null() {
+    if v.is_null() || !s.has_rules_below() {
         return true;
     }
     // Converted once for all of this node's rules, and only when it has any.
@@ -839,8 +856,11 @@ pub(super) fn cel_walk(
             let old = old.and_then(Value::as_object);
             for (k, v) in map {
                 let o = old.and_then(|o| o.get(k));
+                // Paths are built only for subtrees with rules in them.
                 let next = match (s.properties.get(k), &s.additional_properties) {
+                    (Some(p), _) if !p.has_rules_below() => None,
                     (Some(p), _) => Some((p, child(path, k))),
+                    (None, Some(AdditionalProperties::Schema(a))) if !a.has_rules_below() => None,
                     (None, Some(AdditionalProperties::Schema(a))) => Some((&**a, key(path, k))),
                     _ => None,
                 };
@@ -852,7 +872,7 @@ pub(super) fn cel_walk(
             }
         }
         Value::Array(items) => {
-            if let Some(item) = &s.items {
+            if let Some(item) = s.items.as_deref().filter(|i| i.has_rules_below()) {
                 let old = old.and_then(Value::as_array);
                 for (i, v) in items.iter().enumerate() {
                     let o = old.and_then(|o| {
