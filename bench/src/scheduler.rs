@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use futures::{StreamExt as _, TryStreamExt as _};
-use k8s_openapi::api::core::v1::{Binding, Namespace, ObjectReference, Pod};
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::{Binding, Namespace, ObjectReference, Pod, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kestrel_scheduler::sim;
 use kube::api::{Api, PostParams};
@@ -50,6 +51,11 @@ pub struct Options {
     pub bind_concurrency: usize,
     /// Give up on a repetition after this long.
     pub time_limit: Duration,
+    /// The scheduler's pods have a ReplicaSet as their controller, so
+    /// default (system) topology spreading applies to them.
+    pub replica_set: bool,
+    /// Zones the simulated nodes are spread over (0: no zone label).
+    pub zones: usize,
 }
 
 /// One repetition.
@@ -80,9 +86,13 @@ pub struct Report {
     load: String,
 }
 
-fn pod(name: &str, scheduler: &str) -> Result<Pod> {
+fn pod(name: &str, scheduler: &str, owner: Option<&serde_json::Value>) -> Result<Pod> {
+    let mut meta = json!({"name": name, "labels": {"app": "bench"}});
+    if let Some(o) = owner {
+        meta["ownerReferences"] = json!([o]);
+    }
     serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"app": "bench"}},
+        "metadata": meta,
         "spec": {
             "schedulerName": scheduler,
             "containers": [{"name": "c", "image": "registry.local/bench:1",
@@ -92,25 +102,71 @@ fn pod(name: &str, scheduler: &str) -> Result<Pod> {
     .context("pod template")
 }
 
+/// A ReplicaSet `bench` selecting the pods (no controller acts on it);
+/// returns the owner reference its pods carry.
+async fn replica_set(
+    client: &kube::Client,
+    ns: &str,
+    replicas: usize,
+) -> Result<serde_json::Value> {
+    let rs: ReplicaSet = serde_json::from_value(json!({
+        "metadata": {"name": "bench"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "bench"}},
+            "template": {
+                "metadata": {"labels": {"app": "bench"}},
+                "spec": {"containers": [{"name": "c", "image": "registry.local/bench:1"}]}
+            }
+        }
+    }))?;
+    let rs = Api::<ReplicaSet>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &rs)
+        .await
+        .context("creating the ReplicaSet")?;
+    Ok(json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "bench",
+        "uid": rs.metadata.uid.unwrap_or_default(), "controller": true
+    }))
+}
+
 async fn create_pods(
     client: &kube::Client,
     ns: &str,
     n: usize,
     scheduler: &str,
     concurrency: usize,
+    owned: bool,
 ) -> Result<f64> {
     let nss: Api<Namespace> = Api::all(client.clone());
     let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
     nss.create(&PostParams::default(), &namespace)
         .await
         .with_context(|| format!("creating namespace {ns}"))?;
+    // No controller manager runs here to create the namespace's default
+    // ServiceAccount, which the ServiceAccount admission waits for.
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "default"}}))?;
+    match Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &sa)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(e).context("creating the default ServiceAccount"),
+    }
+    let owner = if owned {
+        Some(replica_set(client, ns, n).await?)
+    } else {
+        None
+    };
+    let owner = owner.as_ref();
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let t = Instant::now();
     futures::stream::iter(0..n)
         .map(|i| {
             let api = api.clone();
             async move {
-                let p = pod(&format!("pod-{i}"), scheduler)?;
+                let p = pod(&format!("pod-{i}"), scheduler, owner)?;
                 api.create(&PostParams::default(), &p)
                     .await
                     .context("creating a pod")?;
@@ -232,6 +288,7 @@ async fn measure(opts: &Options, nodes: usize, kubeconfig: &Path, dir: &Path) ->
     let sim = sim::Nodes {
         count: nodes,
         concurrency: 64,
+        zones: opts.zones,
         ..sim::Nodes::default()
     };
     sim.create(&client)
@@ -239,9 +296,11 @@ async fn measure(opts: &Options, nodes: usize, kubeconfig: &Path, dir: &Path) ->
         .context("creating simulated nodes")?;
 
     let c = opts.bind_concurrency;
-    create_pods(&client, "baseline", opts.pods, "bench-baseline", c).await?;
+    create_pods(&client, "baseline", opts.pods, "bench-baseline", c, false).await?;
     let baseline_pps = baseline_bind(&client, "baseline", opts.pods, &sim, c).await?;
-    let create_pps = create_pods(&client, "sched", opts.pods, "default-scheduler", c).await?;
+    let owned = opts.replica_set;
+    let create_pps =
+        create_pods(&client, "sched", opts.pods, "default-scheduler", c, owned).await?;
 
     // Watch the pods get bound.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
@@ -369,11 +428,23 @@ impl Report {
     /// The "## Scheduler" section of docs/benchmarks.md.
     pub fn to_markdown(&self) -> String {
         let mut s = String::from("## Scheduler\n\n");
+        let (mut pods, mut nodes, mut args) = (String::new(), String::new(), String::new());
+        if self.opts.replica_set {
+            pods.push_str(", owned by one ReplicaSet, so default topology spreading applies");
+            args.push_str(" --replica-set");
+        }
+        if self.opts.zones > 0 {
+            let _ = write!(nodes, ", in {} zones", self.opts.zones);
+            let _ = write!(args, " --zones {}", self.opts.zones);
+        }
+        if !args.is_empty() {
+            args.insert_str(0, " --");
+        }
         let _ = writeln!(
             s,
             "Run on {}, kernel {}, {}, load average {} at the start. Each figure is the median of {} repetitions, with [min–max]. \
-             {} pending pods (100m CPU, 256Mi each) per repetition; simulated nodes have 32 CPU, 256Gi, 110 pods. \
-             Reproduce with `AYA_BUILD_SKIP=1 cargo xtask bench scheduler`.\n",
+             {} pending pods (100m CPU, 256Mi each{pods}) per repetition; simulated nodes have 32 CPU, 256Gi, 110 pods{nodes}. \
+             Reproduce with `AYA_BUILD_SKIP=1 cargo xtask bench scheduler{args}`.\n",
             machine(),
             command_output("uname", &["-r"]),
             self.started,

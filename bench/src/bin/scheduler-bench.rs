@@ -23,6 +23,13 @@ struct Args {
     /// Repetitions per node count.
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// Give the scheduler's pods a ReplicaSet as their controller, so
+    /// default (system) topology spreading applies to them.
+    #[arg(long)]
+    replica_set: bool,
+    /// Spread the simulated nodes over this many zones (0: no zone label).
+    #[arg(long, default_value_t = 0)]
+    zones: usize,
     /// A short run: 100 and 500 nodes, 1,000 pods, 1 repetition.
     #[arg(long)]
     quick: bool,
@@ -45,6 +52,8 @@ async fn main() -> anyhow::Result<()> {
         reps: args.reps,
         bind_concurrency: 64,
         time_limit: Duration::from_secs(300),
+        replica_set: args.replica_set,
+        zones: args.zones,
     };
     if args.quick {
         opts.node_counts = vec![100, 500];

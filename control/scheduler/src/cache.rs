@@ -3,22 +3,33 @@
 //! the scheduler's own assumptions (a pod is counted on its node from the
 //! moment it is chosen, before the API server confirms the binding).
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Taint};
+use kestrel_api::labels::Selector;
 use kestrel_api::quantity;
 
-use crate::pod_info::{HostPort, InvalidPod, PodInfo, Resources};
+use crate::pod_info::{HOSTNAME_KEY, HostPort, InvalidPod, PodInfo, Resources, ZONE_KEY};
+use crate::workloads::Workloads;
 
 /// One node and what is placed on it.
 #[derive(Debug, Clone, Default)]
 pub struct NodeInfo {
     pub name: String,
+    /// Its index among the cache's slots (see [`Cache::matching_pods`]).
+    pub slot: usize,
     /// False for a slot that only holds pods of a node we have not seen
     /// (or that was deleted); such slots are never candidates.
     pub present: bool,
     pub labels: BTreeMap<String, String>,
+    /// The `kubernetes.io/hostname` label, copied out of `labels`:
+    /// spreading reads it on many nodes every cycle, and a map lookup
+    /// there costs a cache miss per key it compares.
+    pub hostname_label: Option<String>,
+    /// The `topology.kubernetes.io/zone` label, likewise.
+    pub zone_label: Option<String>,
     pub allocatable: Resources,
     /// Sum of the requests of the pods here.
     pub requested: Resources,
@@ -44,6 +55,8 @@ impl NodeInfo {
         self.name = node.metadata.name.clone().unwrap_or_default();
         self.present = true;
         self.labels = node.metadata.labels.clone().unwrap_or_default();
+        self.hostname_label = self.labels.get(HOSTNAME_KEY).cloned();
+        self.zone_label = self.labels.get(ZONE_KEY).cloned();
         let spec = node.spec.as_ref();
         self.unschedulable = spec.and_then(|s| s.unschedulable).unwrap_or(false);
         let mut taints = spec.and_then(|s| s.taints.clone()).unwrap_or_default();
@@ -127,6 +140,33 @@ impl NodeInfo {
     }
 }
 
+/// How many pods of one namespace one selector picks on each node slot
+/// (terminating pods aside), kept up to date as pods come and go.
+#[derive(Debug)]
+struct SelectorCounts {
+    namespace: String,
+    selector: Selector,
+    /// Shared with the cycle that asked; copied on write only if a caller
+    /// still holds it.
+    per_slot: Arc<Vec<u32>>,
+    last_used: u64,
+}
+
+impl SelectorCounts {
+    fn picks(&self, p: &PodInfo) -> bool {
+        !p.terminating && p.namespace == self.namespace && self.selector.matches(&p.labels)
+    }
+}
+
+/// Selectors counted at once; the least recently used goes first.
+const MAX_SELECTOR_COUNTS: usize = 32;
+
+#[derive(Debug, Default)]
+struct SelectorIndex {
+    counts: Vec<SelectorCounts>,
+    clock: u64,
+}
+
 #[derive(Debug)]
 struct PlacedPod {
     node: usize,
@@ -144,6 +184,12 @@ pub struct Cache {
     /// Where the next cycle starts looking, as upstream rotates it so that
     /// sampling does not always favour the first nodes.
     pub next_start: usize,
+    /// Selectors of Services and controllers, for default spreading.
+    pub workloads: Workloads,
+    /// Per-node counts for the spreading selectors recently asked about.
+    /// Filled in from `&self` while a cycle reads the cache, hence the
+    /// cell; the cache is only ever used under the scheduler's lock.
+    selector_counts: RefCell<SelectorIndex>,
 }
 
 impl Cache {
@@ -154,6 +200,7 @@ impl Cache {
         let i = self.slots.len();
         self.slots.push(NodeInfo {
             name: name.to_owned(),
+            slot: i,
             ..Default::default()
         });
         self.by_name.insert(name.to_owned(), i);
@@ -240,8 +287,67 @@ impl Cache {
         let key = pod.key();
         self.remove_pod(&key);
         let i = self.slot(node);
+        self.count_pod(i, &pod, true);
         self.slots[i].add_pod(pod);
         self.placed.insert(key, PlacedPod { node: i, assumed });
+    }
+
+    /// Keep the selector counts in step with a pod added to or removed
+    /// from slot `i`.
+    fn count_pod(&mut self, i: usize, pod: &PodInfo, added: bool) {
+        for c in &mut self.selector_counts.get_mut().counts {
+            if !c.picks(pod) {
+                continue;
+            }
+            let v = Arc::make_mut(&mut c.per_slot);
+            if v.len() <= i {
+                v.resize(i + 1, 0);
+            }
+            if added {
+                v[i] += 1;
+            } else {
+                v[i] = v[i].saturating_sub(1);
+            }
+        }
+    }
+
+    /// How many pods in `namespace` that `selector` picks (terminating
+    /// ones aside) each node slot holds, indexed by [`NodeInfo::slot`]
+    /// (a slot past the end holds none). Counted once per selector and
+    /// then kept up to date, so spreading a pod of a large group does not
+    /// walk every pod of every node each cycle.
+    pub fn matching_pods(&self, namespace: &str, selector: &Selector) -> Arc<Vec<u32>> {
+        let mut index = self.selector_counts.borrow_mut();
+        index.clock += 1;
+        let now = index.clock;
+        if let Some(c) = index
+            .counts
+            .iter_mut()
+            .find(|c| c.namespace == namespace && c.selector == *selector)
+        {
+            c.last_used = now;
+            return c.per_slot.clone();
+        }
+        let mut c = SelectorCounts {
+            namespace: namespace.to_owned(),
+            selector: selector.clone(),
+            per_slot: Arc::new(Vec::new()),
+            last_used: now,
+        };
+        let per_slot: Vec<u32> = self
+            .slots
+            .iter()
+            .map(|n| n.pods.iter().filter(|p| c.picks(p)).count() as u32)
+            .collect();
+        c.per_slot = Arc::new(per_slot);
+        let out = c.per_slot.clone();
+        if index.counts.len() >= MAX_SELECTOR_COUNTS
+            && let Some(oldest) = (0..index.counts.len()).min_by_key(|&i| index.counts[i].last_used)
+        {
+            index.counts.swap_remove(oldest);
+        }
+        index.counts.push(c);
+        out
     }
 
     /// Undo an assumption whose binding failed (no-op if it was observed).
@@ -267,7 +373,9 @@ impl Cache {
             return false;
         };
         let (ns, name) = key.split_once('/').unwrap_or(("", key));
-        self.slots[p.node].remove_pod(ns, name);
+        if let Some(pod) = self.slots[p.node].remove_pod(ns, name) {
+            self.count_pod(p.node, &pod, false);
+        }
         true
     }
 }
@@ -341,5 +449,60 @@ mod tests {
         assert!(c.set_node(&node("n", "True")).expect("node"));
         assert!(c.node("n").expect("n").taints.is_empty());
         assert!(!c.set_node(&node("n", "True")).expect("node"));
+    }
+    fn labeled(name: &str, ns: &str, app: &str, terminating: bool) -> Arc<PodInfo> {
+        let mut meta = json!({"name": name, "namespace": ns, "labels": {"app": app}});
+        if terminating {
+            meta["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        }
+        PodInfo::new(
+            &serde_json::from_value(json!({"metadata": meta, "spec": {"containers": []}}))
+                .expect("pod"),
+        )
+        .expect("valid")
+    }
+
+    #[test]
+    fn selector_counts_follow_pods_as_they_come_and_go() {
+        let mut c = Cache::default();
+        for n in ["n1", "n2"] {
+            c.set_node(&node(n, "True")).expect("node");
+        }
+        let web = Selector::parse("app=web").expect("selector");
+        c.assume(labeled("a", "ns", "web", false), "n1");
+        c.assume(labeled("other-ns", "x", "web", false), "n1");
+        c.assume(labeled("db", "ns", "db", false), "n2");
+        let slot = |c: &Cache, n: &str| c.node(n).expect("node").slot;
+        let count = |c: &Cache, n: &str| {
+            let s = slot(c, n);
+            c.matching_pods("ns", &web).get(s).copied().unwrap_or(0)
+        };
+        // Counted on first use...
+        assert_eq!((count(&c, "n1"), count(&c, "n2")), (1, 0));
+        // ...then kept up to date: placed, moved, terminating, forgotten.
+        c.assume(labeled("b", "ns", "web", false), "n2");
+        assert_eq!((count(&c, "n1"), count(&c, "n2")), (1, 1));
+        c.set_bound(labeled("a", "ns", "web", false), "n2");
+        assert_eq!((count(&c, "n1"), count(&c, "n2")), (0, 2));
+        c.set_bound(labeled("a", "ns", "web", true), "n2");
+        assert_eq!(count(&c, "n2"), 1);
+        c.forget("ns/b");
+        assert_eq!(count(&c, "n2"), 0);
+        // A node seen after the counting started.
+        c.set_node(&node("n3", "True")).expect("node");
+        c.assume(labeled("c", "ns", "web", false), "n3");
+        assert_eq!(count(&c, "n3"), 1);
+        // A held snapshot does not change under the caller.
+        let held = c.matching_pods("ns", &web);
+        c.assume(labeled("d", "ns", "web", false), "n1");
+        assert_eq!(held.get(slot(&c, "n1")).copied(), Some(0));
+        assert_eq!(count(&c, "n1"), 1);
+        // Evicted selectors are counted afresh when asked again.
+        for i in 0..=MAX_SELECTOR_COUNTS {
+            let s = Selector::parse(&format!("app=x{i}")).expect("selector");
+            c.matching_pods("ns", &s);
+        }
+        assert_eq!(count(&c, "n1"), 1);
+        assert_eq!(count(&c, "n3"), 1);
     }
 }

@@ -2,7 +2,10 @@
 //!
 //! It is a client of the API server. Two kube-rs watchers (nodes, pods)
 //! keep a [`cache::Cache`] of nodes with the resources their pods request,
-//! and a [`queue::Queue`] of this scheduler's pending pods. One loop pops a
+//! and a [`queue::Queue`] of this scheduler's pending pods; more watchers
+//! (Services, ReplicaSets, StatefulSets, and ReplicationControllers where
+//! served) keep the selectors default spreading needs
+//! ([`workloads::Workloads`]). One loop pops a
 //! pod, runs the filter and score plugins ([`plugins::Profile`]) against
 //! the cache, assumes the pod on the chosen node (so the next pod already
 //! sees it), and hands the binding to a concurrent task that POSTs
@@ -21,6 +24,7 @@ pub mod queue;
 mod report;
 mod run;
 pub mod sim;
+pub mod workloads;
 
 use std::time::Duration;
 

@@ -145,6 +145,12 @@ pub struct SpreadConstraint {
     pub honor_taints: bool,
 }
 
+/// The node label of upstream's per-node topology, which spreading counts
+/// on the node itself rather than over the whole cluster.
+pub const HOSTNAME_KEY: &str = "kubernetes.io/hostname";
+/// The node label of zones.
+pub const ZONE_KEY: &str = "topology.kubernetes.io/zone";
+
 impl SpreadConstraint {
     fn new(c: &TopologySpreadConstraint, labels: &BTreeMap<String, String>) -> Self {
         let mut ls = c.label_selector.clone();
@@ -164,6 +170,21 @@ impl SpreadConstraint {
             min_domains: i64::from(c.min_domains.unwrap_or(1)),
             honor_node_affinity: c.node_affinity_policy.as_deref() != Some("Ignore"),
             honor_taints: c.node_taints_policy.as_deref() == Some("Honor"),
+        }
+    }
+
+    /// One of upstream's system default constraints (`defaultingType:
+    /// System`): ScheduleAnyway over `topology_key` with the pod's default
+    /// selector, default policies.
+    pub fn system_default(topology_key: &str, max_skew: i64, selector: Selector) -> Self {
+        Self {
+            max_skew,
+            topology_key: topology_key.to_owned(),
+            hard: false,
+            selector,
+            min_domains: 1,
+            honor_node_affinity: true,
+            honor_taints: false,
         }
     }
 
@@ -190,6 +211,17 @@ pub struct PreferredNodeTerm {
     pub term: NodeTerm,
 }
 
+/// The pod's controller (the owner reference with `controller: true`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ControllerRef {
+    /// `apps/v1`, `v1`...
+    pub api_version: String,
+    /// `ReplicaSet`, `StatefulSet`...
+    pub kind: String,
+    /// In the pod's namespace.
+    pub name: String,
+}
+
 /// The scheduling-relevant summary of a Pod.
 #[derive(Debug, Clone, Default)]
 pub struct PodInfo {
@@ -198,6 +230,10 @@ pub struct PodInfo {
     pub uid: String,
     pub resource_version: String,
     pub labels: BTreeMap<String, String>,
+    /// Its controller, for the default spreading selector.
+    pub controller: Option<ControllerRef>,
+    /// Has a deletionTimestamp: spreading no longer counts it, as upstream.
+    pub terminating: bool,
     pub priority: i32,
     /// Requests, as the fit filter counts them.
     pub requests: Resources,
@@ -329,6 +365,17 @@ impl PodInfo {
         Ok(Arc::new(Self {
             name: meta.name.clone().unwrap_or_default(),
             uid: meta.uid.clone().unwrap_or_default(),
+            controller: meta
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.controller == Some(true))
+                .map(|o| ControllerRef {
+                    api_version: o.api_version.clone(),
+                    kind: o.kind.clone(),
+                    name: o.name.clone(),
+                }),
+            terminating: meta.deletion_timestamp.is_some(),
             resource_version: meta.resource_version.clone().unwrap_or_default(),
             priority: spec.priority.unwrap_or(0),
             requests,

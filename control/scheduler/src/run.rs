@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt as _, StreamExt as _};
-use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
+use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{
+    Binding, Node, ObjectReference, Pod, ReplicationController, Service,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kestrel_client::events::EventType;
 use kestrel_client::leader::LeaderElector;
@@ -23,6 +26,7 @@ use crate::plugins::Profile;
 use crate::pod_info::PodInfo;
 use crate::queue::Queue;
 use crate::report::Reporter;
+use crate::workloads::Kind;
 use crate::{Config, Result};
 
 /// Counters a caller can read while the scheduler runs.
@@ -118,14 +122,20 @@ impl Scheduler {
         let (synced_tx, mut synced_rx) = tokio::sync::watch::channel(0usize);
         let synced_tx = Arc::new(synced_tx);
         tasks.spawn(watch::<Node>(shared.clone(), synced_tx.clone()));
-        tasks.spawn(watch::<Pod>(shared.clone(), synced_tx));
+        tasks.spawn(watch::<Pod>(shared.clone(), synced_tx.clone()));
+        // What default spreading selects by.
+        tasks.spawn(watch::<Service>(shared.clone(), synced_tx.clone()));
+        tasks.spawn(watch::<ReplicaSet>(shared.clone(), synced_tx.clone()));
+        tasks.spawn(watch::<StatefulSet>(shared.clone(), synced_tx.clone()));
+        tasks.spawn(watch_replication_controllers(shared.clone(), synced_tx));
+        let watchers = 6;
         tasks.spawn(report_worker);
         tasks.spawn(flush_loop(shared.clone()));
 
         let synced = async {
-            // Both watchers have listed; a closed channel cannot happen
+            // Every watcher has listed; a closed channel cannot happen
             // while `tasks` holds them, but never spin if it does.
-            let _ = synced_rx.wait_for(|&n| n >= 2).await;
+            let _ = synced_rx.wait_for(|&n| n >= watchers).await;
         };
         tokio::select! {
             () = synced => {}
@@ -346,6 +356,73 @@ impl Watched for Pod {
             .chain(st.queue.keys())
             .cloned()
             .collect()
+    }
+}
+
+/// Namespaced objects are keyed `namespace/name`, as pods are.
+fn namespaced_key(meta: &ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or(""),
+        meta.name.as_deref().unwrap_or("")
+    )
+}
+
+macro_rules! watched_workload {
+    ($ty:ty, $kind:expr, $set:ident) => {
+        impl Watched for $ty {
+            fn key(&self) -> String {
+                namespaced_key(&self.metadata)
+            }
+            fn applied(shared: &Shared, o: &Self) {
+                shared.lock().cache.workloads.$set(o);
+            }
+            fn gone(shared: &Shared, key: &str) {
+                shared.lock().cache.workloads.remove($kind, key);
+            }
+            fn known(st: &State) -> Vec<String> {
+                st.cache.workloads.keys($kind)
+            }
+        }
+    };
+}
+
+watched_workload!(Service, Kind::Service, set_service);
+watched_workload!(
+    ReplicationController,
+    Kind::ReplicationController,
+    set_replication_controller
+);
+watched_workload!(ReplicaSet, Kind::ReplicaSet, set_replica_set);
+watched_workload!(StatefulSet, Kind::StatefulSet, set_stateful_set);
+
+/// Watch ReplicationControllers if the API server serves them (Kestrel's
+/// does not, and the watch of a kind that is not served would never
+/// sync); if it does not, count them as synced at once.
+async fn watch_replication_controllers(
+    shared: Arc<Shared>,
+    synced: Arc<tokio::sync::watch::Sender<usize>>,
+) {
+    let mut delay = Duration::from_millis(500);
+    let served = loop {
+        match shared.client.list_core_api_resources("v1").await {
+            Ok(list) => {
+                break list
+                    .resources
+                    .iter()
+                    .any(|r| r.name == "replicationcontrollers");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "core API discovery failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    };
+    if served {
+        watch::<ReplicationController>(shared, synced).await;
+    } else {
+        synced.send_modify(|n| *n += 1);
     }
 }
 

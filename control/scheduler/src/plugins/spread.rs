@@ -1,19 +1,37 @@
 //! topologySpreadConstraints: DoNotSchedule constraints filter,
-//! ScheduleAnyway constraints score.
+//! ScheduleAnyway constraints score; a pod with no constraints of its own
+//! is scored with upstream's system defaults.
 //!
-//! Matching pods are counted per domain over the eligible nodes: those
-//! that carry every constraint's topology key and, per the constraint's
-//! policies, pass the pod's node affinity (Honor by default) and taints
-//! (Ignore by default). A node may take the pod while its domain's count
-//! plus one (if the pod matches its own selector) exceeds the least
-//! loaded domain's by at most maxSkew. With fewer domains than minDomains
-//! the least count is taken as 0.
+//! The filter counts matching pods per domain over the eligible nodes:
+//! those that carry every constraint's topology key and, per each
+//! constraint's policies, pass the pod's node affinity (Honor by default)
+//! and taints (Ignore by default). A node may take the pod while its
+//! domain's count plus one (if the pod matches its own selector) exceeds
+//! the least loaded domain's by at most maxSkew. With fewer domains than
+//! minDomains the least count is taken as 0.
+//!
+//! The score is upstream's: for each constraint whose key the node has,
+//! the matching pods in the node's domain times log(domains + 2), plus
+//! maxSkew - 1 (so small skews barely count); the domains are those of
+//! the feasible nodes, and per-node (`kubernetes.io/hostname`) counts
+//! are the node's own pods. Lower sums score higher, normalized as
+//! `100 * (max + min - s) / max`. The system defaults (upstream's
+//! `defaultingType: System`) are `kubernetes.io/hostname` with maxSkew 3
+//! and `topology.kubernetes.io/zone` with maxSkew 5, both ScheduleAnyway,
+//! selecting the pods of the pod's Services and controller
+//! ([`crate::workloads`]); a node lacking one of their keys is scored on
+//! the others, while with the pod's own constraints it scores 0.
+//!
+//! Both read per-node counts of matching pods from the cache's selector
+//! index ([`Cache::matching_pods`]), kept up to date as pods are placed,
+//! rather than walk every pod of every node each cycle.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::{CycleState, Filter, Reason, Score, node_affinity_matches, untolerated_taint};
 use crate::cache::{Cache, NodeInfo};
-use crate::pod_info::{PodInfo, SpreadConstraint};
+use crate::pod_info::{HOSTNAME_KEY, PodInfo, SpreadConstraint, ZONE_KEY};
 
 #[derive(Debug)]
 struct Counted {
@@ -29,14 +47,58 @@ pub(super) struct State {
     constraints: Vec<Counted>,
 }
 
-fn eligible(pod: &PodInfo, cs: &[&SpreadConstraint], node: &NodeInfo) -> bool {
-    cs.iter().all(|c| node.labels.contains_key(&c.topology_key))
-        && cs
-            .iter()
-            .all(|c| !c.honor_node_affinity || node_affinity_matches(pod, node))
-        && cs
-            .iter()
-            .all(|c| !c.honor_taints || untolerated_taint(pod, node).is_none())
+/// A constraint's topology key, told apart once per cycle so that the
+/// well-known ones are read from the node's copies rather than its map.
+#[derive(Debug, Clone, Copy)]
+enum Key<'a> {
+    Hostname,
+    Zone,
+    Other(&'a str),
+}
+
+impl<'a> Key<'a> {
+    fn of(c: &'a SpreadConstraint) -> Self {
+        match c.topology_key.as_str() {
+            HOSTNAME_KEY => Self::Hostname,
+            ZONE_KEY => Self::Zone,
+            k => Self::Other(k),
+        }
+    }
+
+    fn value(self, node: &NodeInfo) -> Option<&str> {
+        match self {
+            Self::Hostname => node.hostname_label.as_deref(),
+            Self::Zone => node.zone_label.as_deref(),
+            Self::Other(k) => node.labels.get(k).map(String::as_str),
+        }
+    }
+}
+
+fn keys<'a>(cs: &[&'a SpreadConstraint]) -> Vec<Key<'a>> {
+    cs.iter().map(|c| Key::of(c)).collect()
+}
+
+/// Whether the node carries every one of the topology keys.
+fn has_keys(keys: &[Key<'_>], node: &NodeInfo) -> bool {
+    keys.iter().all(|k| k.value(node).is_some())
+}
+
+/// The constraint's nodeAffinityPolicy and nodeTaintsPolicy admit `node`.
+fn included(c: &SpreadConstraint, pod: &PodInfo, node: &NodeInfo) -> bool {
+    (!c.honor_node_affinity || node_affinity_matches(pod, node))
+        && (!c.honor_taints || untolerated_taint(pod, node).is_none())
+}
+
+/// For each constraint, the pods it counts on each node slot: in the
+/// pod's namespace, matching the selector, not terminating.
+fn matching(pod: &PodInfo, cs: &[&SpreadConstraint], cache: &Cache) -> Vec<Arc<Vec<u32>>> {
+    cs.iter()
+        .map(|c| cache.matching_pods(&pod.namespace, &c.selector))
+        .collect()
+}
+
+fn on(per_slot: &[u32], node: &NodeInfo) -> i64 {
+    i64::from(per_slot.get(node.slot).copied().unwrap_or(0))
 }
 
 /// Counts of matching pods per domain for each constraint in `which`.
@@ -55,20 +117,26 @@ fn count(pod: &PodInfo, cache: &Cache, which: &[usize]) -> Vec<Counted> {
             )),
         })
         .collect();
+    let keys = keys(&cs);
+    let matching = matching(pod, &cs, cache);
     for node in cache.nodes() {
-        if !eligible(pod, &cs, node) {
+        if !has_keys(&keys, node) {
             continue;
         }
-        for (c, counted) in cs.iter().zip(out.iter_mut()) {
-            let Some(v) = node.labels.get(&c.topology_key) else {
+        for (((c, k), m), counted) in cs.iter().zip(&keys).zip(&matching).zip(out.iter_mut()) {
+            if !included(c, pod, node) {
+                continue;
+            }
+            let Some(v) = k.value(node) else {
                 continue;
             };
-            let n = node
-                .pods
-                .iter()
-                .filter(|e| c.counts(&pod.namespace, &e.namespace, &e.labels))
-                .count() as i64;
-            *counted.counts.entry(v.clone()).or_default() += n;
+            let n = on(m, node);
+            match counted.counts.get_mut(v) {
+                Some(total) => *total += n,
+                None => {
+                    counted.counts.insert(v.to_owned(), n);
+                }
+            }
         }
     }
     for (c, counted) in cs.iter().zip(out.iter_mut()) {
@@ -125,44 +193,141 @@ impl Filter for PodTopologySpread {
     }
 }
 
+/// Upstream's system default constraints for a pod with none of its own;
+/// none when its default selector is empty (no Service or known
+/// controller selects it).
+pub fn system_defaults(pod: &PodInfo, cache: &Cache) -> Vec<SpreadConstraint> {
+    let selector = cache.workloads.default_selector(pod);
+    if selector.is_empty() {
+        return Vec::new();
+    }
+    vec![
+        SpreadConstraint::system_default(HOSTNAME_KEY, 3, selector.clone()),
+        SpreadConstraint::system_default(ZONE_KEY, 5, selector),
+    ]
+}
+
+/// One soft constraint's domains among the feasible nodes.
+struct Domains<'a> {
+    /// log(number of domains + 2).
+    weight: f64,
+    /// Matching pods per domain value of a feasible node; empty for the
+    /// hostname key, whose counts are each node's own.
+    counts: HashMap<&'a str, i64>,
+}
+
+/// Upstream's raw spreading scores of `nodes` (lower is better); `None`
+/// for a node the pod's own constraints cannot score (a key missing).
+fn raw_scores(
+    pod: &PodInfo,
+    cs: &[&SpreadConstraint],
+    require_all_keys: bool,
+    nodes: &[&NodeInfo],
+    cache: &Cache,
+) -> Vec<Option<i64>> {
+    let keys = keys(cs);
+    let ignored: Vec<bool> = nodes
+        .iter()
+        .map(|n| require_all_keys && !has_keys(&keys, n))
+        .collect();
+    let scored = ignored.iter().filter(|&&i| !i).count();
+    let mut domains: Vec<Domains<'_>> = keys
+        .iter()
+        .map(|&k| {
+            if matches!(k, Key::Hostname) {
+                return Domains {
+                    weight: ((scored + 2) as f64).ln(),
+                    counts: HashMap::new(),
+                };
+            }
+            // A node without the key is a domain of its own ("") for the
+            // weight, as upstream counts it, but never scored on it.
+            let mut counts = HashMap::new();
+            let mut unlabeled = false;
+            for (n, _) in nodes.iter().zip(&ignored).filter(|(_, i)| !**i) {
+                match k.value(n) {
+                    Some(v) => {
+                        counts.insert(v, 0);
+                    }
+                    None => unlabeled = true,
+                }
+            }
+            let size = counts.len() + usize::from(unlabeled && !counts.contains_key(""));
+            Domains {
+                weight: ((size + 2) as f64).ln(),
+                counts,
+            }
+        })
+        .collect();
+    let matching = matching(pod, cs, cache);
+    if domains.iter().any(|d| !d.counts.is_empty()) {
+        for node in cache.nodes() {
+            if require_all_keys && !has_keys(&keys, node) {
+                continue;
+            }
+            for (((c, k), m), d) in cs.iter().zip(&keys).zip(&matching).zip(domains.iter_mut()) {
+                let n = on(m, node);
+                if n == 0 || d.counts.is_empty() || !included(c, pod, node) {
+                    continue;
+                }
+                if let Some(total) = d.counts.get_mut(k.value(node).unwrap_or("")) {
+                    *total += n;
+                }
+            }
+        }
+    }
+    nodes
+        .iter()
+        .zip(&ignored)
+        .map(|(n, &ignored)| {
+            if ignored {
+                return None;
+            }
+            let mut sum = 0.0;
+            for (((c, k), m), d) in cs.iter().zip(&keys).zip(&matching).zip(&domains) {
+                let Some(v) = k.value(n) else {
+                    continue;
+                };
+                let count = match k {
+                    Key::Hostname => on(m, n),
+                    _ => d.counts.get(v).copied().unwrap_or(0),
+                };
+                sum += count as f64 * d.weight + (c.max_skew - 1) as f64;
+            }
+            Some(sum.round() as i64)
+        })
+        .collect()
+}
+
 impl Score for PodTopologySpread {
     fn weight(&self) -> i64 {
         2
     }
 
-    /// Fewer matching pods in a node's domains is better; each constraint
-    /// weighs by the log of its number of domains, as upstream, so a
-    /// zone-level constraint is not drowned by a hostname-level one.
     fn score(&self, pod: &PodInfo, nodes: &[&NodeInfo], cache: &Cache, out: &mut [i64]) -> bool {
-        let soft: Vec<usize> = (0..pod.spread.len())
-            .filter(|&i| !pod.spread[i].hard)
-            .collect();
-        if soft.is_empty() {
+        let defaults;
+        let cs: Vec<&SpreadConstraint> = if pod.spread.is_empty() {
+            defaults = system_defaults(pod, cache);
+            defaults.iter().collect()
+        } else {
+            pod.spread.iter().filter(|c| !c.hard).collect()
+        };
+        if cs.is_empty() {
             return false;
         }
-        let counted = count(pod, cache, &soft);
-        let mut raw = vec![None; nodes.len()];
-        for (r, n) in raw.iter_mut().zip(nodes) {
-            let mut total = 0.0;
-            for c in &counted {
-                let sc = &pod.spread[c.index];
-                let Some(v) = n.labels.get(&sc.topology_key) else {
-                    total = f64::NAN;
-                    break;
-                };
-                let w = ((c.counts.len() + 2) as f64).ln();
-                total += (c.counts.get(v).copied().unwrap_or(0) + sc.max_skew - 1) as f64 * w;
-            }
-            *r = (!total.is_nan()).then_some(total);
+        // Only the pod's own constraints need every key on a node; the
+        // defaults spread by hostname on nodes without a zone.
+        let raw = raw_scores(pod, &cs, !pod.spread.is_empty(), nodes, cache);
+        let (mut min, mut max) = (i64::MAX, 0);
+        for &s in raw.iter().flatten() {
+            min = min.min(s);
+            max = max.max(s);
         }
-        let vals = raw.iter().flatten();
-        let min = vals.clone().copied().fold(f64::INFINITY, f64::min);
-        let max = vals.copied().fold(f64::NEG_INFINITY, f64::max);
         for (o, r) in out.iter_mut().zip(&raw) {
-            *o = match r {
+            *o = match *r {
                 None => 0,
-                Some(_) if max <= min => 100,
-                Some(v) => (100.0 * (max - v) / (max - min)) as i64,
+                Some(_) if max == 0 => 100,
+                Some(s) => 100 * (max + min - s) / max,
             };
         }
         true

@@ -526,3 +526,198 @@ fn sampling_rotates_the_start_so_all_nodes_get_used() {
     let used = c.nodes().filter(|n| !n.pods.is_empty()).count();
     assert!(used > 900, "only {used} of 1000 nodes used");
 }
+
+/// A pod of ReplicaSet `rs` (labels app=web), with `extra` metadata.
+fn replica(name: &str, rs: &str, extra: Value, spec: Value) -> Arc<PodInfo> {
+    let mut meta = json!({
+        "name": name, "namespace": "default", "labels": {"app": "web"},
+        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs,
+                             "uid": "u", "controller": true}]
+    });
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        meta[k] = v.clone();
+    }
+    let mut spec = spec;
+    if spec.get("containers").is_none() {
+        spec["containers"] = json!([{"name": "c"}]);
+    }
+    let p: Pod = serde_json::from_value(json!({"metadata": meta, "spec": spec})).expect("pod");
+    PodInfo::new(&p).expect("valid pod")
+}
+
+/// A cache whose workloads know ReplicaSet `web` (selector app=web).
+fn with_replica_set(nodes: Vec<Value>) -> Cache {
+    let mut c = cache_of(nodes);
+    c.workloads.set_replica_set(
+        &serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {}}
+        }))
+        .expect("replica set"),
+    );
+    c
+}
+
+/// The spreading plugin's normalized scores of every node, or `None`
+/// when it has nothing to say.
+fn spread_scores(c: &Cache, p: &PodInfo) -> Option<Vec<(String, i64)>> {
+    let nodes: Vec<&NodeInfo> = c.nodes().collect();
+    let mut out = vec![0; nodes.len()];
+    PodTopologySpread
+        .score(p, &nodes, c, &mut out)
+        .then(|| nodes.iter().map(|n| n.name.clone()).zip(out).collect())
+}
+
+fn scores(v: &[(&str, i64)]) -> Option<Vec<(String, i64)>> {
+    Some(v.iter().map(|(n, s)| ((*n).to_owned(), *s)).collect())
+}
+
+#[test]
+fn system_default_spreading_scores_as_upstream() {
+    let mut c = with_replica_set(vec![
+        node("a", "100", json!({})),
+        node("b", "100", json!({})),
+        node("c", "100", json!({})),
+    ]);
+    for i in 0..5 {
+        let n = if i == 0 { "b" } else { "c" };
+        c.assume(replica(&format!("old{i}"), "web", json!({}), json!({})), n);
+    }
+    // Another namespace, or not selected: not counted.
+    c.assume(pod_labeled("plain", json!({"app": "db"}), json!({})), "a");
+    // hostname, maxSkew 3, three nodes: count * ln(5) + 2 = 2, 3.6, 8.4,
+    // rounded 2, 4, 8; normalized 100 * (8 + 2 - s) / 8.
+    let p = replica("new", "web", json!({}), json!({}));
+    assert_eq!(
+        spread_scores(&c, &p),
+        scores(&[("a", 100), ("b", 75), ("c", 25)])
+    );
+    // Terminating pods no longer count: c has 3 of its 4, 3 * ln(5) + 2
+    // rounds to 7; normalized 100 * (7 + 2 - s) / 7.
+    c.assume(
+        replica(
+            "old4",
+            "web",
+            json!({"deletionTimestamp": "2026-01-01T00:00:00Z"}),
+            json!({}),
+        ),
+        "c",
+    );
+    assert_eq!(
+        spread_scores(&c, &p),
+        scores(&[("a", 100), ("b", 71), ("c", 28)])
+    );
+}
+
+#[test]
+fn system_defaults_need_a_selector() {
+    let mut c = with_replica_set(vec![
+        node("a", "100", json!({})),
+        node("b", "100", json!({})),
+    ]);
+    c.assume(replica("old", "web", json!({}), json!({})), "a");
+    // No Service, no known controller: no default spreading.
+    let orphan = pod_labeled("orphan", json!({"app": "web"}), json!({}));
+    assert_eq!(spread_scores(&c, &orphan), None);
+    let unknown = replica("unknown", "gone", json!({}), json!({}));
+    assert_eq!(spread_scores(&c, &unknown), None);
+    // A Service that selects it is enough. Two nodes: ln(4) per pod, + 2:
+    // 3 and 2; normalized 100 * (3 + 2 - s) / 3.
+    c.workloads.set_service(
+        &serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"selector": {"app": "web"}}
+        }))
+        .expect("service"),
+    );
+    assert_eq!(spread_scores(&c, &orphan), scores(&[("a", 66), ("b", 100)]));
+}
+
+#[test]
+fn system_defaults_score_nodes_without_a_zone_on_hostname_alone() {
+    let zone = |n: &str| node(n, "100", json!({"topology.kubernetes.io/zone": "z1"}));
+    let mut c = with_replica_set(vec![zone("a"), zone("b"), node("c", "100", json!({}))]);
+    for i in 0..2 {
+        c.assume(
+            replica(&format!("old{i}"), "web", json!({}), json!({})),
+            "a",
+        );
+    }
+    // hostname: ln(5) per pod, + 2; zone: domains {z1, none} so ln(4) per
+    // pod, + 4, only on nodes with a zone. a: 5.2 + 6.8 = 12, b: 2 + 6.8
+    // = 9, c: 2 (no zone term). Normalized 100 * (12 + 2 - s) / 12.
+    let p = replica("new", "web", json!({}), json!({}));
+    assert_eq!(
+        spread_scores(&c, &p),
+        scores(&[("a", 16), ("b", 41), ("c", 100)])
+    );
+    // The pod's own constraint needs its key on every scored node: c
+    // scores 0, and a and b tie (2 * ln(3) rounds to 2 for both zones'
+    // single domain).
+    let own = replica(
+        "own",
+        "web",
+        json!({}),
+        spread(1, "topology.kubernetes.io/zone", "ScheduleAnyway"),
+    );
+    assert_eq!(
+        spread_scores(&c, &own),
+        scores(&[("a", 100), ("b", 100), ("c", 0)])
+    );
+}
+
+#[test]
+fn own_constraints_replace_the_system_defaults() {
+    let mut c = with_replica_set(vec![
+        node("a", "100", json!({})),
+        node("b", "100", json!({})),
+    ]);
+    for i in 0..3 {
+        c.assume(
+            replica(&format!("old{i}"), "web", json!({}), json!({})),
+            "a",
+        );
+    }
+    // Only a DoNotSchedule constraint of its own: nothing to score, even
+    // though its ReplicaSet would give it defaults.
+    let hard = replica(
+        "hard",
+        "web",
+        json!({}),
+        json!({"topologySpreadConstraints": [{
+            "maxSkew": 5, "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": {"matchLabels": {"app": "web"}}
+        }]}),
+    );
+    assert_eq!(spread_scores(&c, &hard), None);
+    // A soft constraint of its own counts by its own selector: no app=db
+    // pods anywhere, so no preference.
+    let soft = replica(
+        "soft",
+        "web",
+        json!({}),
+        json!({"topologySpreadConstraints": [{
+            "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": {"app": "db"}}
+        }]}),
+    );
+    assert_eq!(spread_scores(&c, &soft), scores(&[("a", 100), ("b", 100)]));
+}
+
+#[test]
+fn replicas_spread_evenly_over_equal_nodes() {
+    let nodes: Vec<Value> = (0..50)
+        .map(|i| node(&format!("n{i:02}"), "32", json!({})))
+        .collect();
+    let mut c = with_replica_set(nodes);
+    for i in 0..200 {
+        place(
+            &mut c,
+            replica(&format!("web-{i}"), "web", json!({}), json!({})),
+        );
+    }
+    let most = c.nodes().map(|n| n.pods.len()).max().unwrap_or(0);
+    assert_eq!(most, 4, "200 replicas on 50 nodes");
+}
