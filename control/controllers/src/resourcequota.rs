@@ -4,14 +4,17 @@
 //! (`kestrel_api::quota`). It runs when a quota changes, when a counted
 //! object in its namespace is deleted or stops using what it was charged
 //! (a pod that finished or is terminating), and every 30 s. As upstream's
-//! replenishment, a create does not trigger it: admission already charged
-//! the create, and a recount racing that charge could undercount. The
+//! replenishment, a create does not trigger it, and neither does a status
+//! write (only a new `spec.hard` does): admission charges a create to
+//! `status.used` before it stores the object, and a recount started by
+//! that charge would list before the object exists and undercount it. The
 //! status write carries the resourceVersion of the quota read before the
 //! recount, so a charge made meanwhile makes it conflict and retry.
 //! Recomputing also gives back what a create charged but then failed to
 //! store.
 
 use std::collections::BTreeMap;
+use std::hash::{Hash as _, Hasher as _};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +30,7 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams}
 use kube::runtime::controller::{Action, ReconcileRequest, applier, trigger_self};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::utils::CancelableJoinHandle;
-use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::runtime::{PredicateConfig, WatchStreamExt as _, watcher};
 use serde_json::json;
 use tokio::runtime::Handle;
 
@@ -49,6 +52,21 @@ fn quotas_in(store: &Store<ResourceQuota>, ns: Option<String>) -> Vec<ObjectRef<
         .filter(|q| q.namespace() == ns)
         .map(|q| ObjectRef::from_obj(&*q))
         .collect()
+}
+
+/// What a quota change must alter to start a recount: its `spec.hard`.
+fn hard_limits(q: &ResourceQuota) -> Option<u64> {
+    let mut h = std::hash::DefaultHasher::new();
+    for (k, v) in q
+        .spec
+        .as_ref()
+        .and_then(|s| s.hard.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        (k, &v.0).hash(&mut h);
+    }
+    Some(h.finish())
 }
 
 type Queue = BoxStream<'static, Result<ReconcileRequest<ResourceQuota>, watcher::Error>>;
@@ -104,7 +122,8 @@ pub async fn run(client: kube::Client) -> Result<()> {
     )
     .default_backoff()
     .reflect(writer)
-    .touched_objects();
+    .touched_objects()
+    .predicate_filter(hard_limits, PredicateConfig::default());
     let queue: Vec<Queue> = vec![
         trigger_self(quota_stream, ()).boxed(),
         namespace_trigger::<Pod>(&client, quotas.clone()),
