@@ -167,6 +167,56 @@ struct SelectorIndex {
     clock: u64,
 }
 
+/// The values one node label takes, numbered, and each slot's.
+#[derive(Debug, Clone, Default)]
+pub struct LabelValues {
+    /// Per slot, an index into `names`, or [`NO_VALUE`] when the node
+    /// lacks the label; a slot past the end lacks it too.
+    pub ids: Vec<u32>,
+    /// Every value seen, in order of first sight (never forgotten).
+    pub names: Vec<String>,
+    by_name: HashMap<String, u32>,
+}
+
+/// A node without the label, in [`LabelValues::ids`].
+pub const NO_VALUE: u32 = u32::MAX;
+
+impl LabelValues {
+    /// The id of slot `i`'s value.
+    pub fn of(&self, i: usize) -> Option<u32> {
+        self.ids.get(i).copied().filter(|&id| id != NO_VALUE)
+    }
+
+    fn set(&mut self, i: usize, v: Option<&String>) {
+        let id = match v {
+            None => NO_VALUE,
+            Some(v) => match self.by_name.get(v) {
+                Some(&id) => id,
+                None => {
+                    let id = self.names.len() as u32;
+                    self.names.push(v.clone());
+                    self.by_name.insert(v.clone(), id);
+                    id
+                }
+            },
+        };
+        if self.ids.len() <= i {
+            self.ids.resize(i + 1, NO_VALUE);
+        }
+        self.ids[i] = id;
+    }
+}
+
+/// Label keys numbered at once; the least recently used goes first.
+const MAX_LABEL_INDEXES: usize = 8;
+
+#[derive(Debug)]
+struct LabelIndex {
+    key: String,
+    values: Arc<LabelValues>,
+    last_used: u64,
+}
+
 #[derive(Debug)]
 struct PlacedPod {
     node: usize,
@@ -190,6 +240,8 @@ pub struct Cache {
     /// Filled in from `&self` while a cycle reads the cache, hence the
     /// cell; the cache is only ever used under the scheduler's lock.
     selector_counts: RefCell<SelectorIndex>,
+    /// Numbered values of the topology keys recently asked about.
+    label_indexes: RefCell<(Vec<LabelIndex>, u64)>,
 }
 
 impl Cache {
@@ -220,7 +272,10 @@ impl Cache {
             info.taints.clone(),
             info.unschedulable,
         );
-        if let Err(e) = info.set_node(node) {
+        let set = info.set_node(node);
+        self.index_labels(i);
+        let info = &mut self.slots[i];
+        if let Err(e) = set {
             // Keep the pods; stop offering the node.
             info.present = false;
             self.present.retain(|&j| j != i);
@@ -237,6 +292,54 @@ impl Cache {
                 info.taints.clone(),
                 info.unschedulable,
             ))
+    }
+
+    /// Keep the label indexes in step with slot `i`'s labels.
+    fn index_labels(&mut self, i: usize) {
+        let labels = &self.slots[i].labels;
+        for ix in &mut self.label_indexes.get_mut().0 {
+            Arc::make_mut(&mut ix.values).set(i, labels.get(&ix.key));
+        }
+    }
+
+    /// The values of node label `key`, numbered, with each slot's: for
+    /// counting per topology domain over every node with dense arrays
+    /// rather than a string lookup per node. Built on first use, then
+    /// kept up to date as nodes change.
+    pub fn label_values(&self, key: &str) -> Arc<LabelValues> {
+        let mut guard = self.label_indexes.borrow_mut();
+        let (indexes, clock) = &mut *guard;
+        *clock += 1;
+        if let Some(ix) = indexes.iter_mut().find(|ix| ix.key == key) {
+            ix.last_used = *clock;
+            return ix.values.clone();
+        }
+        let mut values = LabelValues::default();
+        for (i, n) in self.slots.iter().enumerate() {
+            values.set(i, n.labels.get(key));
+        }
+        let values = Arc::new(values);
+        if indexes.len() >= MAX_LABEL_INDEXES
+            && let Some(oldest) = (0..indexes.len()).min_by_key(|&i| indexes[i].last_used)
+        {
+            indexes.swap_remove(oldest);
+        }
+        indexes.push(LabelIndex {
+            key: key.to_owned(),
+            values: values.clone(),
+            last_used: *clock,
+        });
+        values
+    }
+
+    /// Slots of the present nodes, in their stable order.
+    pub fn present_slots(&self) -> &[usize] {
+        &self.present
+    }
+
+    /// The node (present or not) in slot `i`.
+    pub fn slot_node(&self, i: usize) -> &NodeInfo {
+        &self.slots[i]
     }
 
     /// The node is gone; its slot stays while pods still name it.

@@ -230,8 +230,9 @@ pub struct PodInfo {
     pub uid: String,
     pub resource_version: String,
     pub labels: BTreeMap<String, String>,
-    /// Its controller, for the default spreading selector.
-    pub controller: Option<ControllerRef>,
+    /// Its controller, for the default spreading selector (boxed: most
+    /// placed pods are only counted, and this keeps them small).
+    pub controller: Option<Box<ControllerRef>>,
     /// Has a deletionTimestamp: spreading no longer counts it, as upstream.
     pub terminating: bool,
     pub priority: i32,
@@ -370,10 +371,12 @@ impl PodInfo {
                 .iter()
                 .flatten()
                 .find(|o| o.controller == Some(true))
-                .map(|o| ControllerRef {
-                    api_version: o.api_version.clone(),
-                    kind: o.kind.clone(),
-                    name: o.name.clone(),
+                .map(|o| {
+                    Box::new(ControllerRef {
+                        api_version: o.api_version.clone(),
+                        kind: o.kind.clone(),
+                        name: o.name.clone(),
+                    })
                 }),
             terminating: meta.deletion_timestamp.is_some(),
             resource_version: meta.resource_version.clone().unwrap_or_default(),

@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{CycleState, Filter, Reason, Score, node_affinity_matches, untolerated_taint};
-use crate::cache::{Cache, NodeInfo};
+use crate::cache::{Cache, LabelValues, NodeInfo};
 use crate::pod_info::{HOSTNAME_KEY, PodInfo, SpreadConstraint, ZONE_KEY};
 
 #[derive(Debug)]
@@ -207,13 +207,36 @@ pub fn system_defaults(pod: &PodInfo, cache: &Cache) -> Vec<SpreadConstraint> {
     ]
 }
 
-/// One soft constraint's domains among the feasible nodes.
-struct Domains<'a> {
+/// One soft constraint's domains among the feasible nodes, for any key
+/// but the hostname (whose counts are each node's own).
+struct Domains {
     /// log(number of domains + 2).
     weight: f64,
-    /// Matching pods per domain value of a feasible node; empty for the
-    /// hostname key, whose counts are each node's own.
-    counts: HashMap<&'a str, i64>,
+    /// The key's values, numbered, and each slot's.
+    values: Arc<LabelValues>,
+    /// Matching pods per value id; only the values of feasible nodes
+    /// (`wanted`) are counted.
+    counts: Vec<i64>,
+    wanted: Vec<bool>,
+    /// A node without the key counts under the value "" (as upstream
+    /// keys it), which matters only if some node has "" for a value.
+    empty: Option<u32>,
+}
+
+impl Domains {
+    /// The domain `slot` counts under, if it is one to count.
+    fn of(&self, slot: usize) -> Option<usize> {
+        let id = self.values.of(slot).or(self.empty)? as usize;
+        self.wanted[id].then_some(id)
+    }
+}
+
+/// Whether every node passes the constraint's inclusion policies for this
+/// pod, so that counting needs no look at the nodes themselves.
+fn includes_all(c: &SpreadConstraint, pod: &PodInfo) -> bool {
+    !c.honor_taints
+        && (!c.honor_node_affinity
+            || (pod.node_selector.is_empty() && pod.required_node_affinity.is_none()))
 }
 
 /// Upstream's raw spreading scores of `nodes` (lower is better); `None`
@@ -230,52 +253,66 @@ fn raw_scores(
         .iter()
         .map(|n| require_all_keys && !has_keys(&keys, n))
         .collect();
-    let scored = ignored.iter().filter(|&&i| !i).count();
-    let mut domains: Vec<Domains<'_>> = keys
+    let scored: Vec<&NodeInfo> = nodes
         .iter()
-        .map(|&k| {
+        .zip(&ignored)
+        .filter(|(_, i)| !**i)
+        .map(|(n, _)| *n)
+        .collect();
+    let matching = matching(pod, cs, cache);
+    let domains: Vec<Option<Domains>> = cs
+        .iter()
+        .zip(&keys)
+        .zip(&matching)
+        .map(|((c, k), m)| {
             if matches!(k, Key::Hostname) {
-                return Domains {
-                    weight: ((scored + 2) as f64).ln(),
-                    counts: HashMap::new(),
-                };
+                return None;
             }
-            // A node without the key is a domain of its own ("") for the
-            // weight, as upstream counts it, but never scored on it.
-            let mut counts = HashMap::new();
+            let values = cache.label_values(&c.topology_key);
+            let empty = values
+                .names
+                .iter()
+                .position(String::is_empty)
+                .map(|e| e as u32);
+            let mut wanted = vec![false; values.names.len()];
             let mut unlabeled = false;
-            for (n, _) in nodes.iter().zip(&ignored).filter(|(_, i)| !**i) {
-                match k.value(n) {
-                    Some(v) => {
-                        counts.insert(v, 0);
-                    }
+            for n in &scored {
+                match values.of(n.slot) {
+                    Some(id) => wanted[id as usize] = true,
                     None => unlabeled = true,
                 }
             }
-            let size = counts.len() + usize::from(unlabeled && !counts.contains_key(""));
-            Domains {
+            // A node without the key is a domain of its own ("") for the
+            // weight, as upstream counts it, but never scored on it.
+            let named = wanted.iter().filter(|&&w| w).count();
+            let size = named + usize::from(unlabeled && !empty.is_some_and(|e| wanted[e as usize]));
+            let mut d = Domains {
                 weight: ((size + 2) as f64).ln(),
-                counts,
+                counts: vec![0; values.names.len()],
+                values,
+                wanted,
+                empty,
+            };
+            if named > 0 {
+                let fast = !require_all_keys && includes_all(c, pod);
+                for &slot in cache.present_slots() {
+                    let n = i64::from(m.get(slot).copied().unwrap_or(0));
+                    let Some(id) = (n > 0).then(|| d.of(slot)).flatten() else {
+                        continue;
+                    };
+                    if !fast {
+                        let node = cache.slot_node(slot);
+                        if (require_all_keys && !has_keys(&keys, node)) || !included(c, pod, node) {
+                            continue;
+                        }
+                    }
+                    d.counts[id] += n;
+                }
             }
+            Some(d)
         })
         .collect();
-    let matching = matching(pod, cs, cache);
-    if domains.iter().any(|d| !d.counts.is_empty()) {
-        for node in cache.nodes() {
-            if require_all_keys && !has_keys(&keys, node) {
-                continue;
-            }
-            for (((c, k), m), d) in cs.iter().zip(&keys).zip(&matching).zip(domains.iter_mut()) {
-                let n = on(m, node);
-                if n == 0 || d.counts.is_empty() || !included(c, pod, node) {
-                    continue;
-                }
-                if let Some(total) = d.counts.get_mut(k.value(node).unwrap_or("")) {
-                    *total += n;
-                }
-            }
-        }
-    }
+    let hostname_weight = ((scored.len() + 2) as f64).ln();
     nodes
         .iter()
         .zip(&ignored)
@@ -285,14 +322,15 @@ fn raw_scores(
             }
             let mut sum = 0.0;
             for (((c, k), m), d) in cs.iter().zip(&keys).zip(&matching).zip(&domains) {
-                let Some(v) = k.value(n) else {
-                    continue;
+                let (count, weight) = match d {
+                    None if k.value(n).is_some() => (on(m, n), hostname_weight),
+                    Some(d) => match d.values.of(n.slot) {
+                        Some(id) => (d.counts[id as usize], d.weight),
+                        None => continue,
+                    },
+                    None => continue,
                 };
-                let count = match k {
-                    Key::Hostname => on(m, n),
-                    _ => d.counts.get(v).copied().unwrap_or(0),
-                };
-                sum += count as f64 * d.weight + (c.max_skew - 1) as f64;
+                sum += count as f64 * weight + (c.max_skew - 1) as f64;
             }
             Some(sum.round() as i64)
         })
