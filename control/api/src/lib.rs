@@ -9,6 +9,7 @@
 //! - [`schema`]: CRD structural schemas: validation, pruning, defaulting, CEL.
 #![forbid(unsafe_code)]
 
+pub mod cron;
 pub mod fields;
 pub mod labels;
 pub mod lists;

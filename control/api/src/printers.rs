@@ -602,6 +602,50 @@ pub fn job_duration(v: &Value) -> Value {
     json!(human_duration(end.as_second() - start.as_second()))
 }
 
+/// CronJobs: the time zone, `<none>` for the controller's own.
+pub fn cronjob_time_zone(v: &Value) -> Value {
+    none_if_empty(s(v, "spec.timeZone").unwrap_or_default())
+}
+
+/// CronJobs: whether suspended, as upstream prints a bool pointer.
+pub fn cronjob_suspend(v: &Value) -> Value {
+    match v.pointer("/spec/suspend").and_then(Value::as_bool) {
+        Some(true) => json!("True"),
+        Some(false) => json!("False"),
+        None => json!("<unset>"),
+    }
+}
+
+/// CronJobs: how many of its Jobs are running.
+pub fn cronjob_active(v: &Value) -> Value {
+    json!(arr(v, "status.active").len())
+}
+
+/// CronJobs: time since the last scheduled run.
+pub fn cronjob_last_schedule(v: &Value) -> Value {
+    match s(v, "status.lastScheduleTime") {
+        Some(t) => age(Some(&t)),
+        None => json!("<none>"),
+    }
+}
+
+/// CronJobs: container names of the Job template's pods.
+pub fn cronjob_containers(v: &Value) -> Value {
+    container_field(v, "spec.jobTemplate.spec.template.spec.containers", "name")
+}
+
+/// CronJobs: container images of the Job template's pods.
+pub fn cronjob_images(v: &Value) -> Value {
+    container_field(v, "spec.jobTemplate.spec.template.spec.containers", "image")
+}
+
+/// CronJobs: the Job template's selector.
+pub fn cronjob_selector(v: &Value) -> Value {
+    none_if_empty(label_selector_string(
+        v.pointer("/spec/jobTemplate/spec/selector"),
+    ))
+}
+
 /// EndpointSlices: ports.
 pub fn slice_ports(v: &Value) -> Value {
     let ports: Vec<String> = arr(v, "ports")

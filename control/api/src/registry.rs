@@ -1084,6 +1084,55 @@ pub static RESOURCES: &[ResourceDef] = &[
         strategy: Strategy::DEFAULT,
         name_rule: NameRule::Subdomain,
     },
+    ResourceDef {
+        group: "batch",
+        version: "v1",
+        kind: "CronJob",
+        types: Types::Typed(TypeOps::of::<k8s::batch::v1::CronJob>()),
+        list_kind: "CronJobList",
+        plural: "cronjobs",
+        singular: "cronjob",
+        short_names: &["cj"],
+        namespaced: true,
+        verbs: ALL_VERBS,
+        subresources: &[Subresource::Status],
+        categories: CORE_ALL,
+        columns: &[
+            NAME,
+            col("Schedule", "string", 0, Cell::Path("spec.schedule")),
+            col(
+                "Timezone",
+                "string",
+                0,
+                Cell::Func(printers::cronjob_time_zone),
+            ),
+            col("Suspend", "boolean", 0, Cell::Func(printers::cronjob_suspend)),
+            col("Active", "integer", 0, Cell::Func(printers::cronjob_active)),
+            col(
+                "Last Schedule",
+                "date",
+                0,
+                Cell::Func(printers::cronjob_last_schedule),
+            ),
+            AGE,
+            col(
+                "Containers",
+                "string",
+                1,
+                Cell::Func(printers::cronjob_containers),
+            ),
+            col("Images", "string", 1, Cell::Func(printers::cronjob_images)),
+            col(
+                "Selector",
+                "string",
+                1,
+                Cell::Func(printers::cronjob_selector),
+            ),
+        ],
+        field_selectors: &[],
+        strategy: Strategy::DEFAULT,
+        name_rule: NameRule::Subdomain,
+    },
     // ---- discovery.k8s.io/v1
     ResourceDef {
         group: "discovery.k8s.io",
@@ -1721,6 +1770,6 @@ mod tests {
         let g = groups();
         assert_eq!(g[0], ("", vec!["v1"]));
         assert!(g.iter().any(|(n, _)| *n == "apps"));
-        assert_eq!(resources_in("batch", "v1").count(), 1);
+        assert_eq!(resources_in("batch", "v1").count(), 2);
     }
 }

@@ -7,6 +7,7 @@
 //! behind leader election when asked.
 #![forbid(unsafe_code)]
 
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod job;

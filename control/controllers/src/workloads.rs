@@ -25,6 +25,7 @@ pub async fn run_workloads_with(
         ("replicaset", crate::replicaset::controller(ctx.clone())),
         ("deployment", crate::deployment::controller(ctx.clone())),
         ("job", crate::job::controller(ctx.clone())),
+        ("cronjob", crate::cronjob::controller(ctx.clone())),
         ("daemonset", crate::daemonset::controller(ctx.clone())),
         ("statefulset", crate::statefulset::controller(ctx.clone())),
     ];
@@ -37,6 +38,7 @@ pub async fn run_workloads_with(
             Box::pin(ctx.daemonsets.run()),
             Box::pin(ctx.statefulsets.run()),
             Box::pin(ctx.jobs.run()),
+            Box::pin(ctx.cronjobs.run()),
         )
         .map(|_| ())
     };
@@ -51,6 +53,7 @@ pub async fn run_workloads_with(
             ctx.daemonsets.store().wait_until_ready(),
             ctx.statefulsets.store().wait_until_ready(),
             ctx.jobs.store().wait_until_ready(),
+            ctx.cronjobs.store().wait_until_ready(),
         )?;
         tracing::info!("workload controllers started");
         let names: Vec<_> = controllers.iter().map(|(n, _)| *n).collect();

@@ -180,7 +180,7 @@ pub fn prepare_create(def: &ResourceDef, obj: &mut Value) {
     let status = match (def.group, def.kind) {
         ("", "Pod") => Some(json!({"phase": "Pending"})),
         ("", "Service") => Some(json!({"loadBalancer": {}})),
-        ("apps", "Deployment") | ("batch", "Job") => Some(json!({})),
+        ("apps", "Deployment") | ("batch", "Job" | "CronJob") => Some(json!({})),
         ("apps", "ReplicaSet") => Some(json!({"replicas": 0})),
         ("apps", "StatefulSet") => Some(json!({"replicas": 0, "availableReplicas": 0})),
         ("apps", "DaemonSet") => Some(json!({
@@ -237,6 +237,7 @@ pub fn set_defaults(def: &ResourceDef, obj: &mut Value) {
                 default_pod_spec(t);
             }
         }
+        ("batch", "CronJob") => crate::kinds::cronjob::set_defaults(obj),
         ("scheduling.k8s.io", "PriorityClass") => {
             if let Some(o) = obj.as_object_mut() {
                 default(o, "preemptionPolicy", json!("PreemptLowerPriority"));
@@ -388,7 +389,7 @@ fn check_meta(def: &ResourceDef, obj: &Value, errs: &mut Vec<FieldError>) {
     ));
 }
 
-fn check_pod_spec(spec: Option<&Value>, path: &str, errs: &mut Vec<FieldError>) {
+pub(crate) fn check_pod_spec(spec: Option<&Value>, path: &str, errs: &mut Vec<FieldError>) {
     let containers = spec
         .and_then(|s| s.get("containers"))
         .and_then(Value::as_array);
@@ -542,6 +543,7 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Result<(
         }
         ("apiregistration.k8s.io", "APIService") => crate::apiservice::validate(obj, &mut errs),
         ("policy", "PodDisruptionBudget") => crate::kinds::disruption::validate(obj, &mut errs),
+        ("batch", "CronJob") => crate::kinds::cronjob::validate(obj, &mut errs),
         ("scheduling.k8s.io", "PriorityClass") => priority::validate_class(obj, old, &mut errs),
         ("", "PodTemplate") => {
             check_pod_spec(obj.pointer("/template/spec"), "template.spec", &mut errs);

@@ -5,6 +5,7 @@
 //! on the definition itself.
 
 mod componentstatus;
+pub mod cronjob;
 pub mod disruption;
 pub mod ingress;
 mod namespace;

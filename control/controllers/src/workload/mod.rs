@@ -15,7 +15,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt as _, StreamExt as _};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -71,6 +71,7 @@ pub struct Context {
     pub(crate) daemonsets: Informer<DaemonSet>,
     pub(crate) statefulsets: Informer<StatefulSet>,
     pub(crate) jobs: Informer<Job>,
+    pub(crate) cronjobs: Informer<CronJob>,
     pub(crate) expectations: Expectations,
     pub(crate) events: Recorders,
     failures: crate::manager::Backoff<String>,
@@ -94,6 +95,7 @@ pub struct Recorders {
     pub(crate) daemonset: Recorder,
     pub(crate) statefulset: Recorder,
     pub(crate) job: Recorder,
+    pub(crate) cronjob: Recorder,
 }
 
 impl Context {
@@ -108,6 +110,7 @@ impl Context {
             daemonsets: Informer::new(kube::Api::all(client.clone())),
             statefulsets: Informer::new(kube::Api::all(client.clone())),
             jobs: Informer::new(kube::Api::all(client.clone())),
+            cronjobs: Informer::new(kube::Api::all(client.clone())),
             expectations: Expectations::default(),
             events: Recorders {
                 replicaset: rec("replicaset-controller"),
@@ -115,6 +118,7 @@ impl Context {
                 daemonset: rec("daemonset-controller"),
                 statefulset: rec("statefulset-controller"),
                 job: rec("job-controller"),
+                cronjob: rec("cronjob-controller"),
             },
             failures: crate::manager::Backoff::default(),
             client,

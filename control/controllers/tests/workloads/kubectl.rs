@@ -38,8 +38,8 @@ impl Kubectl {
         }
     }
 
-    /// Run `args`, require success and return stdout.
-    pub async fn ok(&self, args: &[&str]) -> String {
+    /// Run `args`: success, stdout and stderr.
+    async fn run(&self, args: &[&str]) -> (bool, String, String) {
         let child = tokio::process::Command::new(&self.bin)
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
@@ -55,12 +55,24 @@ impl Kubectl {
             .await
             .unwrap_or_else(|_| panic!("kubectl {args:?} timed out"))
             .expect("kubectl output");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
+        (
             out.status.success(),
-            "kubectl {args:?} failed: {}\n{stdout}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Run `args`, require success and return stdout.
+    pub async fn ok(&self, args: &[&str]) -> String {
+        let (ok, stdout, stderr) = self.run(args).await;
+        assert!(ok, "kubectl {args:?} failed: {stderr}\n{stdout}");
         stdout
+    }
+
+    /// Run `args`, require failure and return stderr.
+    pub async fn fails(&self, args: &[&str]) -> String {
+        let (ok, stdout, stderr) = self.run(args).await;
+        assert!(!ok, "kubectl {args:?} succeeded: {stdout}");
+        stderr
     }
 }

@@ -2,6 +2,7 @@
 //! kubelet standing in for nodes. Each test is a user story: create, watch
 //! through the API, assert what a user would see.
 
+mod cronjob;
 mod daemonset;
 mod deployment;
 mod fake;
