@@ -99,9 +99,35 @@ async fn sync(cj: &CronJob, ctx: &Context) -> Result<Action> {
         .filter(|j| controller_of(&**j).is_some_and(|r| r.uid == uid))
         .collect();
 
-    // Running Jobs: those listed that still run, and any of ours that run
-    // but were not listed (created just before a crash).
+    // Our store may not have seen the status listing a Job we just
+    // created: read the CronJob again before calling a Job unexpected.
+    let unlisted = |status: &k8s_openapi::api::batch::v1::CronJobStatus, j: &Job| {
+        finished(j).is_none() && !status.active.iter().flatten().any(|r| r.uid == j.uid())
+    };
+    let mut status = status;
+    if mine.iter().any(|j| unlisted(&status, j)) {
+        let api: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
+        match api.get_opt(&cj.name_any()).await? {
+            Some(fresh) if fresh.uid() == cj.uid() => status = fresh.status.unwrap_or_default(),
+            _ => return Ok(Action::await_change()),
+        }
+    }
+    // Running Jobs: those listed that still run. One of ours that runs
+    // but is not listed (made by hand with `kubectl create job --from`, or
+    // created just before a crash) is reported, as upstream, not adopted.
     let mut active: Vec<ObjectReference> = Vec::new();
+    for j in mine.iter().filter(|j| unlisted(&status, j)) {
+        rec.publish(
+            cj,
+            EventType::Warning,
+            "UnexpectedJob",
+            &format!(
+                "Saw a job that the controller did not create or forgot: {}",
+                j.name_any()
+            ),
+        )
+        .await;
+    }
     for r in status.active.iter().flatten() {
         let job = mine.iter().find(|j| j.uid() == r.uid);
         match job {
@@ -130,11 +156,6 @@ async fn sync(cj: &CronJob, ctx: &Context) -> Result<Action> {
             }
         }
     }
-    for j in &mine {
-        if finished(j).is_none() && !active.iter().any(|r| r.uid == j.uid()) {
-            active.push(reference(j));
-        }
-    }
     let last_successful = mine
         .iter()
         .filter(|j| finished(j) == Some("Complete"))
@@ -144,10 +165,18 @@ async fn sync(cj: &CronJob, ctx: &Context) -> Result<Action> {
 
     cleanup_history(cj, ctx, &jobs_api, &mine, spec).await?;
 
-    let (last_schedule, action) = start_due_run(cj, ctx, &jobs_api, &mut active).await?;
+    let (last_schedule, action) = start_due_run(
+        cj,
+        ctx,
+        &jobs_api,
+        &mut active,
+        status.last_schedule_time.clone(),
+    )
+    .await?;
     write(
         ctx,
         cj,
+        &status,
         &active,
         last_schedule.as_ref(),
         last_successful.as_ref(),
@@ -163,6 +192,7 @@ async fn start_due_run(
     ctx: &Context,
     jobs_api: &Api<Job>,
     active: &mut Vec<ObjectReference>,
+    mut last_schedule: Option<Time>,
 ) -> Result<(Option<Time>, Action)> {
     let spec = &cj.spec;
     let rec = &ctx.events.cronjob;
@@ -171,10 +201,6 @@ async fn start_due_run(
         cj.name_any(),
         cj.uid().unwrap_or_default(),
     );
-    let mut last_schedule = cj
-        .status
-        .as_ref()
-        .and_then(|s| s.last_schedule_time.clone());
     let schedule = match Schedule::parse(&spec.schedule, spec.time_zone.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -358,11 +384,11 @@ async fn delete_job(cj: &CronJob, ctx: &Context, api: &Api<Job>, name: &str) -> 
 async fn write(
     ctx: &Context,
     cj: &CronJob,
+    cur: &k8s_openapi::api::batch::v1::CronJobStatus,
     active: &[ObjectReference],
     last_schedule: Option<&Time>,
     last_successful: Option<&Time>,
 ) -> Result<()> {
-    let cur = cj.status.clone().unwrap_or_default();
     let cur_active: Vec<_> = cur.active.iter().flatten().map(|r| &r.uid).collect();
     let new_active: Vec<_> = active.iter().map(|r| &r.uid).collect();
     if cur_active == new_active

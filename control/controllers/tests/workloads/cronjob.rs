@@ -216,6 +216,17 @@ async fn kubectl_creates_lists_and_runs_a_cronjob_by_hand() {
         Some("manual")
     );
     assert_eq!(job.owner_references()[0].kind, "CronJob");
+    // The controller reports, and does not adopt, a Job it did not start.
+    eventually(WAIT, "the hand-made job reported", || async {
+        events_about(&c, "nightly")
+            .await
+            .into_iter()
+            .find(|(r, m)| {
+                r == "UnexpectedJob"
+                    && m == "Saw a job that the controller did not create or forgot: by-hand"
+            })
+    })
+    .await;
     // Bad schedules and zones are refused with upstream's field errors.
     let err = k
         .fails(&[
