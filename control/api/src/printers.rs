@@ -602,6 +602,11 @@ pub fn job_duration(v: &Value) -> Value {
     json!(human_duration(end.as_second() - start.as_second()))
 }
 
+/// ReplicationControllers: the map selector.
+pub fn map_workload_selector(v: &Value) -> Value {
+    none_if_empty(map_selector(v.pointer("/spec/selector")))
+}
+
 /// CronJobs: the time zone, `<none>` for the controller's own.
 pub fn cronjob_time_zone(v: &Value) -> Value {
     none_if_empty(s(v, "spec.timeZone").unwrap_or_default())

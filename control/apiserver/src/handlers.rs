@@ -567,8 +567,14 @@ fn scale_of(t: &Target, obj: &Value) -> Value {
                 .to_owned()
         });
     let sel = custom_selector.unwrap_or_else(|| {
-        obj.pointer("/spec/selector/matchLabels")
-            .and_then(Value::as_object)
+        // A LabelSelector's matchLabels, or the plain map a core/v1
+        // ReplicationController selects with.
+        let map = if t.def.group.is_empty() {
+            obj.pointer("/spec/selector")
+        } else {
+            obj.pointer("/spec/selector/matchLabels")
+        };
+        map.and_then(Value::as_object)
             .map(|m| {
                 let mut parts: Vec<String> = m
                     .iter()

@@ -39,9 +39,9 @@ pub(crate) fn controller(ctx: Arc<Context>) -> BoxFuture<'static, ()> {
     drive(c, ctx, |job, ctx| async move { sync(&job, &ctx).await })
 }
 
-/// The Job's selector. The API server does not (yet) generate one for
-/// Jobs without `manualSelector`, so a Job stored without one selects its
-/// pods by the controller-uid label, as upstream's generated selector does.
+/// The Job's selector. The API server generates one for Jobs without
+/// `manualSelector` (the controller-uid label); a Job stored without one
+/// (`manualSelector: true` and none given) selects by that label too.
 fn job_selector(job: &Job) -> LabelSelector {
     job.spec
         .as_ref()

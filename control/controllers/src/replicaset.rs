@@ -1,17 +1,25 @@
 //! The ReplicaSet controller: keeps `spec.replicas` pods matching the
 //! selector alive, adopting orphans it selects and releasing pods it no
-//! longer selects, and reports how many are ready and available.
+//! longer selects, and reports how many are ready and available. The
+//! ReplicationController controller runs the same sync on a ReplicaSet
+//! view of each ReplicationController (`replicationcontroller.rs`), as
+//! upstream does.
 
 use std::collections::BTreeMap;
+use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use kestrel_api::labels;
+use kestrel_client::events::Recorder;
+use kube::Resource;
 use kube::ResourceExt as _;
 use kube::runtime::controller::Action;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::workload::pods::{
@@ -32,25 +40,40 @@ pub(crate) fn controller(ctx: Arc<Context>) -> BoxFuture<'static, ()> {
     let c = owning_pods(&ctx, &ctx.replicasets, |rs: &ReplicaSet| {
         Some(&rs.spec.selector)
     });
-    drive(c, ctx, |rs, ctx| async move { sync(&rs, &ctx).await })
+    drive(c, ctx, |rs, ctx| async move {
+        sync(&*rs, &rs, &ctx.events.replicaset, &ctx).await
+    })
 }
 
-async fn sync(rs: &ReplicaSet, ctx: &Context) -> Result<Action> {
-    let rec = &ctx.events.replicaset;
-    let _ns = rs.namespace().unwrap_or_default();
+/// Sync `owner` (a ReplicaSet, or a ReplicationController) whose spec and
+/// status `rs` holds: pods are owned by, events are about, and status is
+/// written to `owner`.
+pub(crate) async fn sync<K>(
+    owner: &K,
+    rs: &ReplicaSet,
+    rec: &Recorder,
+    ctx: &Context,
+) -> Result<Action>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
     let spec = &rs.spec;
     let deleting = rs.metadata.deletion_timestamp.is_some();
-    let Some((satisfied, mut active)) = owned_pods(ctx, rec, rs, &spec.selector, is_active).await?
+    let Some((satisfied, mut active)) =
+        owned_pods(ctx, rec, owner, &spec.selector, is_active).await?
     else {
         return Ok(Action::await_change());
     };
 
     let managed = if satisfied && !deleting {
-        manage(rs, ctx, &mut active).await
+        manage(owner, rs, rec, ctx, &mut active).await
     } else {
         Ok(())
     };
-    update_status(rs, ctx, &active, managed.as_ref().err()).await?;
+    update_status(owner, rs, ctx, &active, managed.as_ref().err()).await?;
     managed?;
 
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
@@ -65,28 +88,36 @@ async fn sync(rs: &ReplicaSet, ctx: &Context) -> Result<Action> {
 }
 
 /// Create or delete pods so that `replicas` are active.
-async fn manage(rs: &ReplicaSet, ctx: &Context, active: &mut [Arc<Pod>]) -> Result<()> {
-    let rec = &ctx.events.replicaset;
+async fn manage<K>(
+    owner: &K,
+    rs: &ReplicaSet,
+    rec: &Recorder,
+    ctx: &Context,
+    active: &mut [Arc<Pod>],
+) -> Result<()>
+where
+    K: Resource<DynamicType = ()>,
+{
     let ns = rs.namespace().unwrap_or_default();
     let want = usize::try_from(rs.spec.replicas.unwrap_or(1)).unwrap_or(0);
     if active.len() < want {
         let Some(template) = rs.spec.template.as_ref() else {
             return Err(Error::Invalid("spec.template is missing".to_owned()));
         };
-        let owner = controller_ref(rs)?;
+        let owner_ref = controller_ref(owner)?;
         let n = (want - active.len()).min(BURST);
         let generate = format!("{}-", rs.name_any());
         let none = BTreeMap::new();
         let (_, err) = slow_start(n, |_| {
             let pod = pod_from_template(
                 template,
-                owner.clone(),
+                owner_ref.clone(),
                 &ns,
                 None,
                 Some(generate.clone()),
                 &none,
             );
-            async move { create_pod(ctx, rec, rs, pod).await.map(|_| ()) }
+            async move { create_pod(ctx, rec, owner, pod).await.map(|_| ()) }
         })
         .await;
         if let Some(e) = err {
@@ -96,19 +127,26 @@ async fn manage(rs: &ReplicaSet, ctx: &Context, active: &mut [Arc<Pod>]) -> Resu
         sort_for_deletion(active);
         let n = (active.len() - want).min(BURST);
         let results =
-            futures::future::join_all(active[..n].iter().map(|p| delete_pod(ctx, rec, rs, p)))
+            futures::future::join_all(active[..n].iter().map(|p| delete_pod(ctx, rec, owner, p)))
                 .await;
         results.into_iter().collect::<Result<Vec<_>>>()?;
     }
     Ok(())
 }
 
-async fn update_status(
+async fn update_status<K>(
+    owner: &K,
     rs: &ReplicaSet,
     ctx: &Context,
     active: &[Arc<Pod>],
     failure: Option<&Error>,
-) -> Result<()> {
+) -> Result<()>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
     let min_ready = rs.spec.min_ready_seconds.unwrap_or(0);
     let template_labels = rs
         .spec
@@ -167,5 +205,5 @@ async fn update_status(
     if new == old_json {
         return Ok(());
     }
-    write_status(ctx, rs, new).await
+    write_status(ctx, owner, new).await
 }

@@ -23,6 +23,10 @@ pub async fn run_workloads_with(
     // them before any informer delivers its first list.
     let controllers: Vec<(&str, BoxFuture<'static, ()>)> = vec![
         ("replicaset", crate::replicaset::controller(ctx.clone())),
+        (
+            "replicationcontroller",
+            crate::replicationcontroller::controller(ctx.clone()),
+        ),
         ("deployment", crate::deployment::controller(ctx.clone())),
         ("job", crate::job::controller(ctx.clone())),
         ("cronjob", crate::cronjob::controller(ctx.clone())),
@@ -34,6 +38,7 @@ pub async fn run_workloads_with(
             Box::pin(ctx.pods.run()),
             Box::pin(ctx.nodes.run()),
             Box::pin(ctx.replicasets.run()),
+            Box::pin(ctx.replicationcontrollers.run()),
             Box::pin(ctx.deployments.run()),
             Box::pin(ctx.daemonsets.run()),
             Box::pin(ctx.statefulsets.run()),
@@ -49,6 +54,7 @@ pub async fn run_workloads_with(
             ctx.pods.store().wait_until_ready(),
             ctx.nodes.store().wait_until_ready(),
             ctx.replicasets.store().wait_until_ready(),
+            ctx.replicationcontrollers.store().wait_until_ready(),
             ctx.deployments.store().wait_until_ready(),
             ctx.daemonsets.store().wait_until_ready(),
             ctx.statefulsets.store().wait_until_ready(),

@@ -181,7 +181,7 @@ pub fn prepare_create(def: &ResourceDef, obj: &mut Value) {
         ("", "Pod") => Some(json!({"phase": "Pending"})),
         ("", "Service") => Some(json!({"loadBalancer": {}})),
         ("apps", "Deployment") | ("batch", "Job" | "CronJob") => Some(json!({})),
-        ("apps", "ReplicaSet") => Some(json!({"replicas": 0})),
+        ("apps", "ReplicaSet") | ("", "ReplicationController") => Some(json!({"replicas": 0})),
         ("apps", "StatefulSet") => Some(json!({"replicas": 0, "availableReplicas": 0})),
         ("apps", "DaemonSet") => Some(json!({
             "currentNumberScheduled": 0,
@@ -193,6 +193,9 @@ pub fn prepare_create(def: &ResourceDef, obj: &mut Value) {
     };
     if let (Some(s), Some(o)) = (status, obj.as_object_mut()) {
         o.insert("status".into(), s);
+    }
+    if (def.group, def.kind) == ("batch", "Job") {
+        crate::kinds::job::prepare_create(obj);
     }
     if (def.group, def.kind) == ("apiextensions.k8s.io", "CustomResourceDefinition") {
         // Deleting a CRD deletes its objects first.
@@ -238,6 +241,7 @@ pub fn set_defaults(def: &ResourceDef, obj: &mut Value) {
             }
         }
         ("batch", "CronJob") => crate::kinds::cronjob::set_defaults(obj),
+        ("", "ReplicationController") => crate::kinds::replicationcontroller::set_defaults(obj),
         ("scheduling.k8s.io", "PriorityClass") => {
             if let Some(o) = obj.as_object_mut() {
                 default(o, "preemptionPolicy", json!("PreemptLowerPriority"));
@@ -471,6 +475,19 @@ fn check_workload(obj: &Value, errs: &mut Vec<FieldError>, selector_required: bo
     );
 }
 
+/// `spec.replicas`, if set, is not negative.
+pub(crate) fn check_replicas(obj: &Value, errs: &mut Vec<FieldError>) {
+    if let Some(r) = obj.pointer("/spec/replicas").and_then(Value::as_i64)
+        && r < 0
+    {
+        errs.push(FieldError::invalid(
+            "spec.replicas",
+            &r.to_string(),
+            "must be greater than or equal to 0",
+        ));
+    }
+}
+
 /// Validate an object about to be stored. `old` is set on updates.
 pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
     let mut errs = Vec::new();
@@ -516,15 +533,7 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Result<(
             {
                 errs.push(FieldError::immutable("spec.selector"));
             }
-            if let Some(r) = obj.pointer("/spec/replicas").and_then(Value::as_i64)
-                && r < 0
-            {
-                errs.push(FieldError::invalid(
-                    "spec.replicas",
-                    &r.to_string(),
-                    "must be greater than or equal to 0",
-                ));
-            }
+            check_replicas(obj, &mut errs);
             if def.kind == "Job" {
                 let rp = str_at(obj, "/spec/template/spec/restartPolicy").unwrap_or("");
                 if rp != "Never" && rp != "OnFailure" {
@@ -544,6 +553,9 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Result<(
         ("apiregistration.k8s.io", "APIService") => crate::apiservice::validate(obj, &mut errs),
         ("policy", "PodDisruptionBudget") => crate::kinds::disruption::validate(obj, &mut errs),
         ("batch", "CronJob") => crate::kinds::cronjob::validate(obj, &mut errs),
+        ("", "ReplicationController") => {
+            crate::kinds::replicationcontroller::validate(obj, &mut errs);
+        }
         ("scheduling.k8s.io", "PriorityClass") => priority::validate_class(obj, old, &mut errs),
         ("", "PodTemplate") => {
             check_pod_spec(obj.pointer("/template/spec"), "template.spec", &mut errs);

@@ -8,7 +8,9 @@ mod componentstatus;
 pub mod cronjob;
 pub mod disruption;
 pub mod ingress;
+pub mod job;
 mod namespace;
+pub mod replicationcontroller;
 
 use std::sync::Arc;
 

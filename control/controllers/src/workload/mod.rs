@@ -16,7 +16,7 @@ use futures::{FutureExt as _, StreamExt as _};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, ReplicationController};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kestrel_api::labels::Selector;
@@ -67,6 +67,7 @@ pub struct Context {
     pub(crate) pods: Informer<Pod>,
     pub(crate) nodes: Informer<Node>,
     pub(crate) replicasets: Informer<ReplicaSet>,
+    pub(crate) replicationcontrollers: Informer<ReplicationController>,
     pub(crate) deployments: Informer<Deployment>,
     pub(crate) daemonsets: Informer<DaemonSet>,
     pub(crate) statefulsets: Informer<StatefulSet>,
@@ -91,6 +92,7 @@ impl std::fmt::Debug for Context {
 #[derive(Debug)]
 pub struct Recorders {
     pub(crate) replicaset: Recorder,
+    pub(crate) replicationcontroller: Recorder,
     pub(crate) deployment: Recorder,
     pub(crate) daemonset: Recorder,
     pub(crate) statefulset: Recorder,
@@ -106,6 +108,7 @@ impl Context {
             pods: Informer::new(kube::Api::all(client.clone())),
             nodes: Informer::new(kube::Api::all(client.clone())),
             replicasets: Informer::new(kube::Api::all(client.clone())),
+            replicationcontrollers: Informer::new(kube::Api::all(client.clone())),
             deployments: Informer::new(kube::Api::all(client.clone())),
             daemonsets: Informer::new(kube::Api::all(client.clone())),
             statefulsets: Informer::new(kube::Api::all(client.clone())),
@@ -114,6 +117,7 @@ impl Context {
             expectations: Expectations::default(),
             events: Recorders {
                 replicaset: rec("replicaset-controller"),
+                replicationcontroller: rec("replication-controller"),
                 deployment: rec("deployment-controller"),
                 daemonset: rec("daemonset-controller"),
                 statefulset: rec("statefulset-controller"),

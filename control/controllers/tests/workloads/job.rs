@@ -138,3 +138,53 @@ async fn a_job_past_its_deadline_fails_and_stops_its_pods() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_job_gets_a_generated_selector_that_picks_only_its_pods() {
+    let c = Cluster::start().await;
+    let jobs = c.api::<Job>();
+    let j = jobs
+        .create(&PostParams::default(), &job("gen", "succeed", json!({})))
+        .await
+        .expect("create");
+    let uid = j.uid().expect("uid");
+    let spec = j.spec.expect("spec");
+    let sel = spec
+        .selector
+        .and_then(|s| s.match_labels)
+        .unwrap_or_default();
+    assert_eq!(
+        sel.get("batch.kubernetes.io/controller-uid"),
+        Some(&uid),
+        "{sel:?}"
+    );
+    let labels = spec
+        .template
+        .metadata
+        .and_then(|m| m.labels)
+        .unwrap_or_default();
+    for (k, v) in [
+        ("batch.kubernetes.io/controller-uid", uid.as_str()),
+        ("controller-uid", uid.as_str()),
+        ("batch.kubernetes.io/job-name", "gen"),
+        ("job-name", "gen"),
+    ] {
+        assert_eq!(labels.get(k).map(String::as_str), Some(v), "{labels:?}");
+    }
+    // A manual selector is left as given.
+    let mut manual = job("manual", "succeed", json!({"manualSelector": true}));
+    if let Some(s) = manual.spec.as_mut() {
+        s.selector =
+            Some(serde_json::from_value(json!({"matchLabels": {"app": "manual"}})).expect("sel"));
+    }
+    let m = jobs
+        .create(&PostParams::default(), &manual)
+        .await
+        .expect("manual");
+    let sel = m
+        .spec
+        .and_then(|s| s.selector)
+        .and_then(|s| s.match_labels)
+        .unwrap_or_default();
+    assert_eq!(sel.len(), 1, "{sel:?}");
+}

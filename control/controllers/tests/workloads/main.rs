@@ -9,6 +9,7 @@ mod fake;
 mod job;
 mod kubectl;
 mod replicaset;
+mod replicationcontroller;
 mod statefulset;
 
 use std::time::Duration;
