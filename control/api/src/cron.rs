@@ -56,6 +56,15 @@ impl Schedule {
                 "cannot use TZ or CRON_TZ in schedule, use timeZone field instead".to_owned(),
             ));
         }
+        let fields: Vec<&str> = schedule.split_whitespace().collect();
+        if !schedule.trim_start().starts_with('@') && fields.len() != 5 {
+            // Upstream's parser's words.
+            return Err(ScheduleError::Schedule(format!(
+                "expected exactly 5 fields, found {}: [{}]",
+                fields.len(),
+                fields.join(" ")
+            )));
+        }
         let tz = time_zone(tz)?;
         let cron = CronParser::builder()
             .seconds(Seconds::Disallowed)
@@ -146,6 +155,12 @@ mod tests {
         ] {
             assert!(Schedule::parse(bad, None).is_err(), "{bad}");
         }
+        assert_eq!(
+            Schedule::parse("not a schedule", None).err(),
+            Some(ScheduleError::Schedule(
+                "expected exactly 5 fields, found 3: [not a schedule]".to_owned()
+            ))
+        );
         assert_eq!(
             Schedule::parse("0 * * * *", Some("Mars/Olympus")).err(),
             Some(ScheduleError::TimeZone(
