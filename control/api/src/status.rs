@@ -172,7 +172,7 @@ pub enum ApiError {
     #[error("the body of the request was in an unknown format - accepted media types include: {0}")]
     UnsupportedMediaType(String),
     /// 422: the object fails validation.
-    #[error("{kind} {name:?} is invalid: {}", join_causes(.causes))]
+    #[error("{kind}{}{group} {name:?} is invalid: {}", if group.is_empty() { "" } else { "." }, join_causes(.causes))]
     Invalid {
         /// API group of the kind.
         group: String,
@@ -513,6 +513,18 @@ mod tests {
         assert_eq!(
             two.to_string(),
             r#"Pod "p" is invalid: [spec.containers: Required value, spec.nodeName: field is immutable]"#
+        );
+        // Kinds of a named group are qualified with it, as upstream's
+        // GroupKind prints.
+        let grouped = ApiError::invalid(
+            "apps",
+            "Deployment",
+            "d",
+            vec![FieldError::required("spec.selector", "")],
+        );
+        assert_eq!(
+            grouped.to_string(),
+            r#"Deployment.apps "d" is invalid: spec.selector: Required value"#
         );
     }
 
