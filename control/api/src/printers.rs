@@ -433,6 +433,164 @@ fn int_or_string_or_na(v: Option<&Value>) -> Value {
     }
 }
 
+/// Access modes as kubectl abbreviates them (`RWO,ROX,RWX,RWOP`), in
+/// upstream's fixed order, each once.
+fn access_modes(modes: &[Value]) -> String {
+    let has = |m: &str| modes.iter().any(|x| x.as_str() == Some(m));
+    [
+        ("ReadWriteOnce", "RWO"),
+        ("ReadOnlyMany", "ROX"),
+        ("ReadWriteMany", "RWX"),
+        ("ReadWriteOncePod", "RWOP"),
+    ]
+    .iter()
+    .filter(|(m, _)| has(m))
+    .map(|(_, short)| *short)
+    .collect::<Vec<_>>()
+    .join(",")
+}
+
+/// The phase of a PV or PVC, `Terminating` while it is being deleted.
+fn volume_phase(v: &Value) -> Value {
+    if v.pointer("/metadata/deletionTimestamp").is_some() {
+        return json!("Terminating");
+    }
+    json!(s(v, "status.phase").unwrap_or_default())
+}
+
+/// A PV's or PVC's class: the beta annotation wins over
+/// `spec.storageClassName`, as upstream's helper reads it.
+fn volume_class(v: &Value) -> Value {
+    let beta = v
+        .pointer("/metadata/annotations/volume.beta.kubernetes.io~1storage-class")
+        .and_then(Value::as_str);
+    json!(
+        beta.map(str::to_owned)
+            .or_else(|| s(v, "spec.storageClassName"))
+            .unwrap_or_default()
+    )
+}
+
+fn unset_or(v: &Value, path: &str) -> Value {
+    json!(s(v, path).unwrap_or_else(|| "<unset>".to_owned()))
+}
+
+/// PersistentVolume: `capacity.storage`.
+pub fn pv_capacity(v: &Value) -> Value {
+    json!(s(v, "spec.capacity.storage").unwrap_or_default())
+}
+
+/// PersistentVolume: access modes.
+pub fn pv_access_modes(v: &Value) -> Value {
+    json!(access_modes(arr(v, "spec.accessModes")))
+}
+
+/// PersistentVolume: reclaim policy.
+pub fn pv_reclaim_policy(v: &Value) -> Value {
+    json!(s(v, "spec.persistentVolumeReclaimPolicy").unwrap_or_default())
+}
+
+/// PersistentVolume and PersistentVolumeClaim: phase, or `Terminating`.
+pub fn volume_status(v: &Value) -> Value {
+    volume_phase(v)
+}
+
+/// PersistentVolume: the claim it is bound to, `namespace/name`.
+pub fn pv_claim(v: &Value) -> Value {
+    match v.pointer("/spec/claimRef") {
+        Some(c) if c.is_object() => json!(format!(
+            "{}/{}",
+            c.get("namespace").and_then(Value::as_str).unwrap_or(""),
+            c.get("name").and_then(Value::as_str).unwrap_or("")
+        )),
+        _ => json!(""),
+    }
+}
+
+/// PersistentVolume and PersistentVolumeClaim: the storage class.
+pub fn storage_class_name(v: &Value) -> Value {
+    volume_class(v)
+}
+
+/// PersistentVolume and PersistentVolumeClaim: the VolumeAttributesClass,
+/// `<unset>` when none.
+pub fn volume_attributes_class(v: &Value) -> Value {
+    unset_or(v, "spec.volumeAttributesClassName")
+}
+
+/// PersistentVolume: `status.reason`.
+pub fn pv_reason(v: &Value) -> Value {
+    json!(s(v, "status.reason").unwrap_or_default())
+}
+
+/// PersistentVolume and PersistentVolumeClaim: volume mode, `<unset>` when
+/// none.
+pub fn volume_mode(v: &Value) -> Value {
+    unset_or(v, "spec.volumeMode")
+}
+
+/// PersistentVolumeClaim: the bound capacity, empty until bound.
+pub fn pvc_capacity(v: &Value) -> Value {
+    if s(v, "spec.volumeName").unwrap_or_default().is_empty() {
+        return json!("");
+    }
+    json!(s(v, "status.capacity.storage").unwrap_or_default())
+}
+
+/// PersistentVolumeClaim: the bound access modes, empty until bound.
+pub fn pvc_access_modes(v: &Value) -> Value {
+    if s(v, "spec.volumeName").unwrap_or_default().is_empty() {
+        return json!("");
+    }
+    json!(access_modes(arr(v, "status.accessModes")))
+}
+
+/// PersistentVolumeClaim: the volume's name.
+pub fn pvc_volume(v: &Value) -> Value {
+    json!(s(v, "spec.volumeName").unwrap_or_default())
+}
+
+/// Whether a StorageClass is marked the default (the annotation or its
+/// beta form set to `true`).
+pub fn is_default_class(v: &Value) -> bool {
+    let a = |k: &str| {
+        v.pointer(&format!("/metadata/annotations/{k}"))
+            .and_then(Value::as_str)
+            == Some("true")
+    };
+    a("storageclass.kubernetes.io~1is-default-class")
+        || a("storageclass.beta.kubernetes.io~1is-default-class")
+}
+
+/// StorageClass: the name, with ` (default)` after the default class's.
+pub fn storage_class_display_name(v: &Value) -> Value {
+    let name = s(v, "metadata.name").unwrap_or_default();
+    if is_default_class(v) {
+        json!(format!("{name} (default)"))
+    } else {
+        json!(name)
+    }
+}
+
+/// StorageClass: reclaim policy, `Delete` when unset.
+pub fn sc_reclaim_policy(v: &Value) -> Value {
+    json!(s(v, "reclaimPolicy").unwrap_or_else(|| "Delete".to_owned()))
+}
+
+/// StorageClass: binding mode, `Immediate` when unset.
+pub fn sc_binding_mode(v: &Value) -> Value {
+    json!(s(v, "volumeBindingMode").unwrap_or_else(|| "Immediate".to_owned()))
+}
+
+/// StorageClass: `allowVolumeExpansion`, false when unset.
+pub fn sc_allow_expansion(v: &Value) -> Value {
+    json!(
+        v.get("allowVolumeExpansion")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    )
+}
+
 /// Services: the selector map.
 pub fn service_selector(v: &Value) -> Value {
     none_if_empty(map_selector(v.pointer("/spec/selector")))

@@ -794,6 +794,72 @@ pub static RESOURCES: &[ResourceDef] = &[
         strategy: Strategy::DEFAULT,
         name_rule: NameRule::Subdomain,
     },
+    // Persistent storage: volumes (cluster-scoped) and the claims pods
+    // name; the PersistentVolume controller binds one to the other.
+    ResourceDef {
+        group: "",
+        version: "v1",
+        kind: "PersistentVolume",
+        types: Types::Typed(TypeOps::of::<k8s::core::v1::PersistentVolume>()),
+        list_kind: "PersistentVolumeList",
+        plural: "persistentvolumes",
+        singular: "persistentvolume",
+        short_names: &["pv"],
+        namespaced: false,
+        verbs: ALL_VERBS,
+        subresources: &[Subresource::Status],
+        categories: &[],
+        columns: &[
+            NAME,
+            col("Capacity", "string", 0, Cell::Func(printers::pv_capacity)),
+            col("Access Modes", "string", 0, Cell::Func(printers::pv_access_modes)),
+            col("Reclaim Policy", "string", 0, Cell::Func(printers::pv_reclaim_policy)),
+            col("Status", "string", 0, Cell::Func(printers::volume_status)),
+            col("Claim", "string", 0, Cell::Func(printers::pv_claim)),
+            col("StorageClass", "string", 0, Cell::Func(printers::storage_class_name)),
+            col("VolumeAttributesClass", "string", 0, Cell::Func(printers::volume_attributes_class)),
+            col("Reason", "string", 0, Cell::Func(printers::pv_reason)),
+            AGE,
+            col("VolumeMode", "string", 1, Cell::Func(printers::volume_mode)),
+        ],
+        field_selectors: &[],
+        strategy: Strategy {
+            generation: Generation::Never,
+            ..Strategy::DEFAULT
+        },
+        name_rule: NameRule::Subdomain,
+    },
+    ResourceDef {
+        group: "",
+        version: "v1",
+        kind: "PersistentVolumeClaim",
+        types: Types::Typed(TypeOps::of::<k8s::core::v1::PersistentVolumeClaim>()),
+        list_kind: "PersistentVolumeClaimList",
+        plural: "persistentvolumeclaims",
+        singular: "persistentvolumeclaim",
+        short_names: &["pvc"],
+        namespaced: true,
+        verbs: ALL_VERBS,
+        subresources: &[Subresource::Status],
+        categories: &[],
+        columns: &[
+            NAME,
+            col("Status", "string", 0, Cell::Func(printers::volume_status)),
+            col("Volume", "string", 0, Cell::Func(printers::pvc_volume)),
+            col("Capacity", "string", 0, Cell::Func(printers::pvc_capacity)),
+            col("Access Modes", "string", 0, Cell::Func(printers::pvc_access_modes)),
+            col("StorageClass", "string", 0, Cell::Func(printers::storage_class_name)),
+            col("VolumeAttributesClass", "string", 0, Cell::Func(printers::volume_attributes_class)),
+            AGE,
+            col("VolumeMode", "string", 1, Cell::Func(printers::volume_mode)),
+        ],
+        field_selectors: &[],
+        strategy: Strategy {
+            generation: Generation::Never,
+            ..Strategy::DEFAULT
+        },
+        name_rule: NameRule::Subdomain,
+    },
     // The deprecated ComponentStatus, computed on each read: the
     // scheduler's and controller manager's Leases and the store's health.
     ResourceDef {
@@ -1240,6 +1306,35 @@ pub static RESOURCES: &[ResourceDef] = &[
             col("Global-Default", "boolean", 0, Cell::Func(printers::global_default)),
             AGE,
             col("PreemptionPolicy", "string", 0, Cell::Path("preemptionPolicy")),
+        ],
+        field_selectors: &[],
+        strategy: Strategy::DEFAULT,
+        name_rule: NameRule::Subdomain,
+    },
+    // ---- storage.k8s.io/v1: classes of dynamically provisioned volumes
+    ResourceDef {
+        group: "storage.k8s.io",
+        version: "v1",
+        kind: "StorageClass",
+        types: Types::Typed(TypeOps::of::<k8s::storage::v1::StorageClass>()),
+        list_kind: "StorageClassList",
+        plural: "storageclasses",
+        singular: "storageclass",
+        short_names: &["sc"],
+        namespaced: false,
+        verbs: ALL_VERBS,
+        subresources: &[],
+        categories: &[],
+        columns: &[
+            Column {
+                cell: Cell::Func(printers::storage_class_display_name),
+                ..NAME
+            },
+            col("Provisioner", "string", 0, Cell::Path("provisioner")),
+            col("ReclaimPolicy", "string", 0, Cell::Func(printers::sc_reclaim_policy)),
+            col("VolumeBindingMode", "string", 0, Cell::Func(printers::sc_binding_mode)),
+            col("AllowVolumeExpansion", "boolean", 0, Cell::Func(printers::sc_allow_expansion)),
+            AGE,
         ],
         field_selectors: &[],
         strategy: Strategy::DEFAULT,
@@ -1749,7 +1844,7 @@ mod tests {
         for (i, a) in RESOURCES.iter().enumerate() {
             assert_eq!(a.list_kind, format!("{}List", a.kind));
             assert!(
-                a.columns.iter().any(|c| matches!(c.cell, Cell::Name)) || a.kind == "Event",
+                a.columns.iter().any(|c| c.format == "name") || a.kind == "Event",
                 "{}",
                 a.kind
             );

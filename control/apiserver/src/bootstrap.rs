@@ -1,7 +1,8 @@
 //! What a fresh (or restarted) server puts in place before serving: the
 //! system namespaces, the `kubernetes` Service and Endpoints, the cluster
 //! DNS Service `kube-system/kube-dns`, allocator state rebuilt from stored
-//! Services, and the local APIServices.
+//! Services, the local APIServices, and the default StorageClass
+//! `local-path` (the node agents' built-in provisioner).
 
 use std::sync::Arc;
 
@@ -15,7 +16,11 @@ use crate::write::{create_object, update_with};
 use crate::{Error, admission};
 
 fn target(plural: &str, ns: Option<&str>, name: &str) -> Result<Target, Error> {
-    let def = registry::lookup("", "v1", plural)
+    target_in("", plural, ns, name)
+}
+
+fn target_in(group: &str, plural: &str, ns: Option<&str>, name: &str) -> Result<Target, Error> {
+    let def = registry::lookup(group, "v1", plural)
         .ok_or_else(|| Error::Config(format!("{plural} missing from the registry")))?;
     Ok(Target {
         def,
@@ -106,6 +111,7 @@ pub async fn run(state: &Arc<AppState>) -> Result<(), Error> {
         )
         .await?;
     }
+    ensure_default_storage_class(state).await?;
     crate::apiservice::sync(state)
         .await
         .map_err(|e| Error::Bootstrap(e.to_string()))
@@ -188,4 +194,45 @@ fn service_holding(state: &AppState, ip: &str) -> Option<String> {
             )
         })
     })
+}
+
+/// The default StorageClass, served by the provisioner every node agent
+/// runs (k3s's `local-path`): volumes on the disk of the node the claim's
+/// first pod is scheduled to, so binding waits for that pod. Only created
+/// when absent, so a user's changes are kept.
+pub const DEFAULT_STORAGE_CLASS: &str = "local-path";
+/// Its provisioner, as the node agents name it.
+pub const LOCAL_PATH_PROVISIONER: &str = "kestrel.io/local-path";
+
+async fn ensure_default_storage_class(state: &Arc<AppState>) -> Result<(), Error> {
+    let t = target_in(
+        "storage.k8s.io",
+        "storageclasses",
+        None,
+        DEFAULT_STORAGE_CLASS,
+    )?;
+    if state.cache.get(&t.key()).is_some() {
+        return Ok(());
+    }
+    // Recreated after a user deleted it in favour of another default
+    // class, it does not take the default back (the newest default wins).
+    let (classes, _) = state.cache.list(&t.def.key_prefix());
+    let other_default =
+        admission::storage::default_class(classes.iter().map(|e| &*e.value)).is_some();
+    let annotations = if other_default {
+        json!({})
+    } else {
+        json!({admission::storage::DEFAULT_CLASS_ANNOTATIONS[0]: "true"})
+    };
+    ensure(
+        state,
+        &t,
+        json!({
+            "metadata": {"name": DEFAULT_STORAGE_CLASS, "annotations": annotations},
+            "provisioner": LOCAL_PATH_PROVISIONER,
+            "reclaimPolicy": "Delete",
+            "volumeBindingMode": "WaitForFirstConsumer",
+        }),
+    )
+    .await
 }

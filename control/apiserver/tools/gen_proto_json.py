@@ -36,6 +36,7 @@ PACKAGES = [
     "api/policy/v1",
     "api/scheduling/v1",
     "api/node/v1",
+    "api/storage/v1",
     "api/autoscaling/v1",
     "api/authorization/v1",
     "api/authentication/v1",

@@ -3,6 +3,7 @@
 //! validation, both before anything is stored:
 //!
 //! - mutating: LimitRanger (defaults), ServiceAccount, DefaultTolerationSeconds,
+//!   Priority, DefaultStorageClass, StorageObjectInUseProtection,
 //!   MutatingAdmissionWebhook;
 //! - validating: LimitRanger (limits), NodeRestriction and RBAC's escalation
 //!   check, PodSecurity, ValidatingAdmissionWebhook, ResourceQuota (last, so
@@ -111,6 +112,8 @@ pub const PLUGINS: &[&str] = &[
     "ServiceAccount",
     "DefaultTolerationSeconds",
     "Priority",
+    "DefaultStorageClass",
+    "StorageObjectInUseProtection",
     "MutatingAdmissionWebhook",
     "NodeRestriction",
     "PodSecurity",
@@ -147,6 +150,12 @@ pub async fn mutate(
         if enabled(state, "Priority") {
             super::priority::admit_pod(state, obj)?;
         }
+    }
+    if enabled(state, "DefaultStorageClass") {
+        super::storage::default_storage_class(state, a, obj);
+    }
+    if enabled(state, "StorageObjectInUseProtection") {
+        super::storage::protect(a, obj);
     }
     if enabled(state, "MutatingAdmissionWebhook") {
         super::webhook::mutate(state, a, obj, old).await?;

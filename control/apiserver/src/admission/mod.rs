@@ -7,6 +7,7 @@ pub mod limitranger;
 pub mod podsecurity;
 pub mod priority;
 pub mod quota;
+pub mod storage;
 pub mod webhook;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -197,6 +198,9 @@ pub fn prepare_create(def: &ResourceDef, obj: &mut Value) {
     if (def.group, def.kind) == ("batch", "Job") {
         crate::kinds::job::prepare_create(obj);
     }
+    if (def.group, def.kind) == ("", "PersistentVolume") {
+        crate::kinds::storage::prepare_volume(obj);
+    }
     if (def.group, def.kind) == ("apiextensions.k8s.io", "CustomResourceDefinition") {
         // Deleting a CRD deletes its objects first.
         let f = crate::crd::define::CLEANUP_FINALIZER;
@@ -241,6 +245,9 @@ pub fn set_defaults(def: &ResourceDef, obj: &mut Value) {
             }
         }
         ("batch", "CronJob") => crate::kinds::cronjob::set_defaults(obj),
+        ("", "PersistentVolume") => crate::kinds::storage::default_volume(obj),
+        ("", "PersistentVolumeClaim") => crate::kinds::storage::default_claim(obj),
+        ("storage.k8s.io", "StorageClass") => crate::kinds::storage::default_class(obj),
         ("", "ReplicationController") => crate::kinds::replicationcontroller::set_defaults(obj),
         ("scheduling.k8s.io", "PriorityClass") => {
             if let Some(o) = obj.as_object_mut() {
@@ -553,6 +560,13 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Result<(
         ("apiregistration.k8s.io", "APIService") => crate::apiservice::validate(obj, &mut errs),
         ("policy", "PodDisruptionBudget") => crate::kinds::disruption::validate(obj, &mut errs),
         ("batch", "CronJob") => crate::kinds::cronjob::validate(obj, &mut errs),
+        ("", "PersistentVolume") => crate::kinds::storage::validate_volume(obj, old, &mut errs),
+        ("", "PersistentVolumeClaim") => {
+            crate::kinds::storage::validate_claim(obj, old, &mut errs);
+        }
+        ("storage.k8s.io", "StorageClass") => {
+            crate::kinds::storage::validate_class(obj, old, &mut errs);
+        }
         ("", "ReplicationController") => {
             crate::kinds::replicationcontroller::validate(obj, &mut errs);
         }

@@ -1,13 +1,16 @@
 //! What a node may do: upstream's Node authorizer and NodeRestriction
 //! admission plugin, for users `system:node:NAME` in group `system:nodes`.
 //!
-//! - Secrets, ConfigMaps, PersistentVolumeClaims and ServiceAccount tokens
-//!   are readable only through a pod bound to the node that references them
-//!   (the graph below, kept from the watch cache's pods).
+//! - Secrets, ConfigMaps and ServiceAccount tokens are readable only
+//!   through a pod bound to the node that references them (the graph
+//!   below, kept from the watch cache's pods).
 //! - Everything else a node agent needs is a fixed rule set ([`node_rules`]),
 //!   upstream's `system:node` rules plus what Kestrel's agent does that
-//!   kube-proxy and a CNI plugin do upstream (Services, EndpointSlices,
-//!   Namespaces and NetworkPolicies, read-only).
+//!   kube-proxy, a CNI plugin and a local-path provisioner do upstream
+//!   (Services, EndpointSlices, Namespaces and NetworkPolicies, read-only;
+//!   PersistentVolumeClaims and StorageClasses read, PersistentVolumes read,
+//!   created and deleted). Claims are therefore not limited to the node's
+//!   pods as upstream's: every agent's provisioner watches them all.
 //! - NodeRestriction narrows the writes: a node changes only its own Node and
 //!   Lease, and only the pods bound to it.
 
@@ -36,7 +39,6 @@ pub fn node_name(user: &User) -> Option<&str> {
 enum RefKind {
     Secret,
     ConfigMap,
-    Claim,
     ServiceAccount,
 }
 
@@ -91,7 +93,6 @@ fn references(ns: &str, spec: &Value) -> Vec<Ref> {
     for vol in arr(spec, "volumes") {
         names(&vol, &["/secret/secretName"]).for_each(|n| add(RefKind::Secret, n));
         names(&vol, &["/configMap/name"]).for_each(|n| add(RefKind::ConfigMap, n));
-        names(&vol, &["/persistentVolumeClaim/claimName"]).for_each(|n| add(RefKind::Claim, n));
         for src in vol
             .pointer("/projected/sources")
             .and_then(Value::as_array)
@@ -195,6 +196,14 @@ pub fn node_rules() -> Vec<PolicyRule> {
         rule(&[""], &["pods/status"], &["patch", "update"]),
         rule(&[""], &["pods/eviction"], &["create"]),
         rule(&[""], &["services", "endpoints", "namespaces"], READ),
+        // The built-in local-path provisioner.
+        rule(&[""], &["persistentvolumeclaims"], READ),
+        rule(
+            &[""],
+            &["persistentvolumes"],
+            &["get", "list", "watch", "create", "delete"],
+        ),
+        rule(&["storage.k8s.io"], &["storageclasses"], READ),
         rule(
             &["", "events.k8s.io"],
             &["events"],
@@ -243,7 +252,6 @@ pub fn authorize(graph: &NodeGraph, rules: &[PolicyRule], user: &User, a: &Attri
     let kind = match (a.resource.as_str(), a.subresource.as_str()) {
         ("secrets", "") => RefKind::Secret,
         ("configmaps", "") => RefKind::ConfigMap,
-        ("persistentvolumeclaims", "") => RefKind::Claim,
         ("serviceaccounts", "token") => {
             if a.verb != "create" {
                 return Decision::Deny(
@@ -462,7 +470,6 @@ mod tests {
             ("secrets", "env-secret"),
             ("configmaps", "kube-root-ca.crt"),
             ("configmaps", "settings"),
-            ("persistentvolumeclaims", "data"),
         ] {
             assert_eq!(
                 authorize(&g, &rules, &node("n1"), &get(kind, name)),
@@ -500,7 +507,30 @@ mod tests {
             ),
             Decision::NoOpinion
         );
-        // Fixed rules.
+        // Fixed rules: claims, volumes and classes, for the provisioner.
+        for a in [
+            get("persistentvolumeclaims", "data"),
+            Attributes::resource("watch", "", "persistentvolumeclaims", "", ""),
+            Attributes::resource("list", "", "persistentvolumes", "", ""),
+            Attributes::resource("create", "", "persistentvolumes", "", ""),
+            Attributes::resource("delete", "", "persistentvolumes", "", "pvc-1"),
+            Attributes::resource("watch", "storage.k8s.io", "storageclasses", "", ""),
+        ] {
+            assert_eq!(
+                authorize(&g, &rules, &node("n2"), &a),
+                Decision::Allow,
+                "{a:?}"
+            );
+        }
+        assert_eq!(
+            authorize(
+                &g,
+                &rules,
+                &node("n2"),
+                &Attributes::resource("update", "", "persistentvolumeclaims", "app", "data")
+            ),
+            Decision::NoOpinion
+        );
         assert_eq!(
             authorize(
                 &g,

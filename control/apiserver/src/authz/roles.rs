@@ -344,16 +344,17 @@ fn cluster_roles() -> Vec<RoleSpec> {
                 ),
                 r(
                     &[""],
-                    &[
-                        "nodes",
-                        "namespaces",
-                        "services",
-                        "replicationcontrollers",
-                        "persistentvolumeclaims",
-                        "persistentvolumes",
-                    ],
+                    &["nodes", "namespaces", "services", "replicationcontrollers"],
                     READ,
                 ),
+                // Volume binding (upstream's system:volume-scheduler): the
+                // scheduler records its node choice on claims and volumes.
+                r(
+                    &[""],
+                    &["persistentvolumeclaims", "persistentvolumes"],
+                    &["get", "list", "patch", "update", "watch"],
+                ),
+                r(&["storage.k8s.io"], &["storageclasses"], READ),
                 r(&[""], &["pods"], &["delete", "get", "list", "watch"]),
                 r(&[""], &["bindings", "pods/binding"], &["create"]),
                 r(&[""], &["pods/status"], &["patch", "update"]),
@@ -398,6 +399,8 @@ fn cluster_roles() -> Vec<RoleSpec> {
                         "serviceaccounts",
                         "configmaps",
                         "secrets",
+                        "persistentvolumes",
+                        "persistentvolumeclaims",
                     ],
                     &["create"],
                 ),

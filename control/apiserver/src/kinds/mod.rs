@@ -11,6 +11,7 @@ pub mod ingress;
 pub mod job;
 mod namespace;
 pub mod replicationcontroller;
+pub mod storage;
 
 use std::sync::Arc;
 

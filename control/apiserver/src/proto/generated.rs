@@ -118,6 +118,20 @@ pub(super) fn decode_kind(
         ("scheduling.k8s.io/v1", "PriorityClass") => {
             decode_as::<k8s_pb::api::scheduling::v1::PriorityClass>(raw)
         }
+        ("storage.k8s.io/v1", "CSIDriver") => decode_as::<k8s_pb::api::storage::v1::CSIDriver>(raw),
+        ("storage.k8s.io/v1", "CSINode") => decode_as::<k8s_pb::api::storage::v1::CSINode>(raw),
+        ("storage.k8s.io/v1", "CSIStorageCapacity") => {
+            decode_as::<k8s_pb::api::storage::v1::CSIStorageCapacity>(raw)
+        }
+        ("storage.k8s.io/v1", "StorageClass") => {
+            decode_as::<k8s_pb::api::storage::v1::StorageClass>(raw)
+        }
+        ("storage.k8s.io/v1", "VolumeAttachment") => {
+            decode_as::<k8s_pb::api::storage::v1::VolumeAttachment>(raw)
+        }
+        ("storage.k8s.io/v1", "VolumeAttributesClass") => {
+            decode_as::<k8s_pb::api::storage::v1::VolumeAttributesClass>(raw)
+        }
         ("apiregistration.k8s.io/v1", "APIService") => {
             decode_as::<k8s_pb::kube_aggregator::pkg::apis::apiregistration::v1::APIService>(raw)
         }
@@ -3541,6 +3555,23 @@ impl ToJson for k8s_pb::api::core::v1::Toleration {
     }
 }
 
+impl ToJson for k8s_pb::api::core::v1::TopologySelectorLabelRequirement {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("key", &self.key);
+        o.strs("values", &self.values);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::core::v1::TopologySelectorTerm {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msgs("matchLabelExpressions", &self.match_label_expressions)?;
+        Ok(o.done())
+    }
+}
+
 impl ToJson for k8s_pb::api::core::v1::TopologySpreadConstraint {
     fn to_json(&self) -> Result<Value, ProtoError> {
         let mut o = Obj::default();
@@ -4245,6 +4276,170 @@ impl ToJson for k8s_pb::api::scheduling::v1::PriorityClass {
         o.bool("globalDefault", self.global_default);
         o.str("description", &self.description);
         o.str("preemptionPolicy", &self.preemption_policy);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::storage::v1::CSIDriver {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("metadata", &self.metadata)?;
+        o.msg("spec", &self.spec)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::storage::v1::CSIDriverSpec {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.bool("attachRequired", self.attach_required);
+        o.bool("podInfoOnMount", self.pod_info_on_mount);
+        o.strs("volumeLifecycleModes", &self.volume_lifecycle_modes);
+        o.bool("storageCapacity", self.storage_capacity);
+        o.str("fsGroupPolicy", &self.fs_group_policy);
+        o.msgs("tokenRequests", &self.token_requests)?;
+        o.bool("requiresRepublish", self.requires_republish);
+        o.bool("seLinuxMount", self.se_linux_mount);
+        o.int(
+            "nodeAllocatableUpdatePeriodSeconds",
+            self.node_allocatable_update_period_seconds,
+        );
+        o.bool(
+            "serviceAccountTokenInSecrets",
+            self.service_account_token_in_secrets,
+        );
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::storage::v1::CSINode {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("metadata", &self.metadata)?;
+        o.msg("spec", &self.spec)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::storage::v1::CSINodeDriver {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("name", &self.name);
+        o.str("nodeID", &self.node_id);
+        o.strs("topologyKeys", &self.topology_keys);
+        o.msg("allocatable", &self.allocatable)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::storage::v1::CSINodeSpec {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msgs("drivers", &self.drivers)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::storage::v1::CSIStorageCapacity {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("metadata", &self.metadata)?;
+        o.msg("nodeTopology", &self.node_topology)?;
+        o.str("storageClassName", &self.storage_class_name);
+        o.msg("capacity", &self.capacity)?;
+        o.msg("maximumVolumeSize", &self.maximum_volume_size)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::storage::v1::StorageClass {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("metadata", &self.metadata)?;
+        o.str("provisioner", &self.provisioner);
+        o.map_str("parameters", &self.parameters);
+        o.str("reclaimPolicy", &self.reclaim_policy);
+        o.strs("mountOptions", &self.mount_options);
+        o.bool("allowVolumeExpansion", self.allow_volume_expansion);
+        o.str("volumeBindingMode", &self.volume_binding_mode);
+        o.msgs("allowedTopologies", &self.allowed_topologies)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::storage::v1::TokenRequest {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("audience", &self.audience);
+        o.int("expirationSeconds", self.expiration_seconds);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::storage::v1::VolumeAttachment {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("metadata", &self.metadata)?;
+        o.msg("spec", &self.spec)?;
+        o.msg("status", &self.status)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::storage::v1::VolumeAttachmentSource {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("persistentVolumeName", &self.persistent_volume_name);
+        o.msg("inlineVolumeSpec", &self.inline_volume_spec)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::storage::v1::VolumeAttachmentSpec {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.str("attacher", &self.attacher);
+        o.msg("source", &self.source)?;
+        o.str("nodeName", &self.node_name);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::storage::v1::VolumeAttachmentStatus {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.bool("attached", self.attached);
+        o.map_str("attachmentMetadata", &self.attachment_metadata);
+        o.msg("attachError", &self.attach_error)?;
+        o.msg("detachError", &self.detach_error)?;
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::storage::v1::VolumeAttributesClass {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("metadata", &self.metadata)?;
+        o.str("driverName", &self.driver_name);
+        o.map_str("parameters", &self.parameters);
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::storage::v1::VolumeError {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.msg("time", &self.time)?;
+        o.str("message", &self.message);
+        o.int("errorCode", self.error_code.map(i64::from));
+        Ok(o.done())
+    }
+}
+
+impl ToJson for k8s_pb::api::storage::v1::VolumeNodeResources {
+    fn to_json(&self) -> Result<Value, ProtoError> {
+        let mut o = Obj::default();
+        o.int("count", self.count.map(i64::from));
         Ok(o.done())
     }
 }
