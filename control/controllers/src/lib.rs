@@ -33,5 +33,6 @@ pub mod nodelifecycle;
 pub mod resourcequota;
 pub mod rootca;
 pub mod serviceaccount;
+pub mod volume;
 
 pub use manager::{Manager, Options};

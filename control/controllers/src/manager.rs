@@ -29,7 +29,7 @@ use crate::rootca;
 
 use crate::{
     clusterdns, clusterroleaggregation, disruption, endpointslice, gc, namespace, nodeipam,
-    nodelifecycle, resourcequota, serviceaccount,
+    nodelifecycle, resourcequota, serviceaccount, volume,
 };
 
 /// Namespace of the leader-election Lease.
@@ -235,6 +235,10 @@ impl Manager {
         spawn!(|c, _o| clusterroleaggregation::run(c));
         spawn!(|c, _o| resourcequota::run(c));
         spawn!(|c, _o| disruption::run(c));
+        spawn!(|c, _o| volume::binder::run(c));
+        spawn!(|c, _o| volume::protection::run_pvc(c));
+        spawn!(|c, _o| volume::protection::run_pv(c));
+        spawn!(|c, _o| volume::ephemeral::run(c));
         spawn!(|c, _o| gc::run(c));
         spawn!(|c, _o| namespace::run(c));
         spawn!(|c, _o| serviceaccount::run(c));

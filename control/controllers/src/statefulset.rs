@@ -4,9 +4,12 @@
 //! the highest ordinal down, and rolled to a new template from the highest
 //! ordinal down to `partition`.
 //!
-//! Kestrel has no storage yet, so a StatefulSet with volumeClaimTemplates
-//! is refused: a Warning Event and a status condition say so, and no pod is
-//! created. Kestrel has no ControllerRevision objects yet either: a
+//! Each member gets a claim per volumeClaimTemplate,
+//! `<template>-<set>-<ordinal>`, created before the pod and mounted under
+//! the template's name; claims outlive their pods unless
+//! `persistentVolumeClaimRetentionPolicy` says Delete, which makes the set
+//! (whenDeleted) or the scaled-down pod (whenScaled) their owner, for the
+//! garbage collector. Kestrel has no ControllerRevision objects yet: a
 //! revision is `<set>-<template hash>`, and a pod below the partition that
 //! has to be recreated comes back on the update revision.
 
@@ -14,10 +17,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetCondition};
-use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{
+    PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodSpec, Volume,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kestrel_client::events::EventType;
 use kube::ResourceExt as _;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use serde_json::json;
 
@@ -25,7 +32,7 @@ use crate::workload::pods::{
     create_pod, delete_pod, is_available, is_ready, is_terminal, phase, pod_from_template,
 };
 use crate::workload::{
-    Context, Result, controller_ref, drive, now, owned_pods, owning_pods, template_hash,
+    Context, Error, Result, controller_ref, drive, owned_pods, owning_pods, template_hash,
     write_status,
 };
 
@@ -33,7 +40,8 @@ use crate::workload::{
 pub const REVISION_LABEL: &str = "controller-revision-hash";
 const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
-/// The condition (and Event reason) that refuses volumeClaimTemplates.
+/// The condition earlier versions set to refuse volumeClaimTemplates;
+/// cleared from status now that they are supported.
 const UNSUPPORTED: &str = "VolumeClaimTemplatesUnsupported";
 
 pub(crate) fn controller(ctx: Arc<Context>) -> BoxFuture<'static, ()> {
@@ -64,15 +72,6 @@ async fn sync(set: &StatefulSet, ctx: &Context) -> Result<Action> {
     let rec = &ctx.events.statefulset;
     let _ns = set.namespace().unwrap_or_default();
     let name = set.name_any();
-    let _uid = set.uid().unwrap_or_default();
-    if set
-        .spec
-        .volume_claim_templates
-        .as_ref()
-        .is_some_and(|v| !v.is_empty())
-    {
-        return refuse_volume_claims(set, ctx).await;
-    }
     let deleting = set.metadata.deletion_timestamp.is_some();
     let Some((satisfied, owned)) = owned_pods(ctx, rec, set, &set.spec.selector, |_| true).await?
     else {
@@ -96,6 +95,8 @@ async fn sync(set: &StatefulSet, ctx: &Context) -> Result<Action> {
     }
 
     if satisfied && !deleting {
+        // Claims of members about to go get their owners first.
+        update_claim_owners(set, ctx, &members, want).await?;
         step(set, ctx, &members, want, &update_revision).await?;
     }
 
@@ -216,10 +217,33 @@ async fn create_member(set: &StatefulSet, ctx: &Context, ord: i32, revision: &st
         None,
         &labels,
     );
+    // The member's claims come first, as upstream's CreateStatefulPod.
+    let claims = claims_for(set, ord);
+    create_claims(set, ctx, &name, &claims).await?;
     let spec = pod.spec.get_or_insert_with(PodSpec::default);
     spec.hostname = Some(name);
     if let Some(svc) = set.spec.service_name.as_ref().filter(|s| !s.is_empty()) {
         spec.subdomain = Some(svc.clone());
+    }
+    // A volume per template, in place of any of the same name.
+    let mut volumes: Vec<Volume> = claims
+        .iter()
+        .map(|(template, claim)| Volume {
+            name: template.clone(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.name_any(),
+                read_only: Some(false),
+            }),
+            ..Volume::default()
+        })
+        .collect();
+    if !claims.is_empty() {
+        for v in spec.volumes.take().unwrap_or_default() {
+            if !claims.iter().any(|(t, _)| *t == v.name) {
+                volumes.push(v);
+            }
+        }
+        spec.volumes = Some(volumes);
     }
     match create_pod(ctx, &ctx.events.statefulset, set, pod).await {
         Ok(_) => Ok(()),
@@ -229,37 +253,190 @@ async fn create_member(set: &StatefulSet, ctx: &Context, ord: i32, revision: &st
     }
 }
 
-/// volumeClaimTemplates need storage, which Kestrel does not have yet: say
-/// so where a user looks, and create nothing.
-async fn refuse_volume_claims(set: &StatefulSet, ctx: &Context) -> Result<Action> {
-    let message = "spec.volumeClaimTemplates is not supported yet: Kestrel has no persistent \
-                   volumes, so no pods are created; remove volumeClaimTemplates (and use \
-                   emptyDir or hostPath volumes) to run this StatefulSet";
-    let status = set.status.clone().unwrap_or_default();
-    let mut conditions: Vec<StatefulSetCondition> = status.conditions.clone().unwrap_or_default();
-    if !conditions
+/// The claims of member `ord`, by template name: each template named
+/// `<template>-<set>-<ordinal>`, with the set's selector labels added.
+fn claims_for(set: &StatefulSet, ord: i32) -> Vec<(String, PersistentVolumeClaim)> {
+    let selector = set.spec.selector.match_labels.clone().unwrap_or_default();
+    set.spec
+        .volume_claim_templates
         .iter()
-        .any(|c| c.type_.as_deref() == Some(UNSUPPORTED))
-    {
-        ctx.events
-            .statefulset
-            .publish(set, EventType::Warning, UNSUPPORTED, message)
-            .await;
-        conditions.push(StatefulSetCondition {
-            type_: Some(UNSUPPORTED.to_owned()),
-            status: Some("True".to_owned()),
-            reason: Some(UNSUPPORTED.to_owned()),
-            message: Some(message.to_owned()),
-            last_transition_time: Some(now()),
-        });
+        .flatten()
+        .map(|t| {
+            let template = t.name_any();
+            let mut claim = t.clone();
+            claim.metadata.name = Some(format!("{template}-{}-{ord}", set.name_any()));
+            claim.metadata.namespace = set.namespace();
+            let labels = claim.metadata.labels.get_or_insert_with(BTreeMap::new);
+            labels.extend(selector.clone());
+            claim.metadata.uid = None;
+            claim.metadata.resource_version = None;
+            claim.metadata.creation_timestamp = None;
+            claim.metadata.managed_fields = None;
+            claim.status = None;
+            (template, claim)
+        })
+        .collect()
+}
+
+/// `(whenDeleted, whenScaled)`, each Retain unless it says Delete.
+fn retention(set: &StatefulSet) -> (bool, bool) {
+    let p = set.spec.persistent_volume_claim_retention_policy.as_ref();
+    let delete = |v: Option<&String>| v.map(String::as_str) == Some("Delete");
+    (
+        delete(p.and_then(|p| p.when_deleted.as_ref())),
+        delete(p.and_then(|p| p.when_scaled.as_ref())),
+    )
+}
+
+fn owner_ref(api_version: &str, kind: &str, name: String, uid: Option<String>) -> OwnerReference {
+    OwnerReference {
+        api_version: api_version.to_owned(),
+        kind: kind.to_owned(),
+        name,
+        uid: uid.unwrap_or_default(),
+        controller: None,
+        block_owner_deletion: None,
     }
-    let new = json!({
-        "replicas": status.replicas,
-        "observedGeneration": set.metadata.generation,
-        "conditions": conditions,
-    });
-    update_status(set, ctx, new).await?;
-    Ok(Action::await_change())
+}
+
+fn set_ref(set: &StatefulSet) -> OwnerReference {
+    owner_ref("apps/v1", "StatefulSet", set.name_any(), set.uid())
+}
+
+/// Create the member's claims that do not exist yet, with the set as owner
+/// when whenDeleted is Delete. A claim being deleted holds the pod back.
+async fn create_claims(
+    set: &StatefulSet,
+    ctx: &Context,
+    pod: &str,
+    claims: &[(String, PersistentVolumeClaim)],
+) -> Result<()> {
+    let rec = &ctx.events.statefulset;
+    let api: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &set.namespace().unwrap_or_default());
+    let (when_deleted, _) = retention(set);
+    let mut errors = Vec::new();
+    for (_, claim) in claims {
+        let name = claim.name_any();
+        // (what failed, the error), reported once below.
+        let failed = match api.get(&name).await {
+            Ok(existing) => {
+                if existing.metadata.deletion_timestamp.is_some() {
+                    errors.push(format!("pvc {name} is being deleted"));
+                }
+                continue;
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                let mut claim = claim.clone();
+                if when_deleted {
+                    claim.metadata.owner_references = Some(vec![set_ref(set)]);
+                }
+                match api.create(&PostParams::default(), &claim).await {
+                    Ok(_) => {
+                        let message = format!(
+                            "create Claim {name} Pod {pod} in StatefulSet {} success",
+                            set.name_any()
+                        );
+                        rec.publish(set, EventType::Normal, "SuccessfulCreate", &message)
+                            .await;
+                        continue;
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                    Err(e) => ("create", e),
+                }
+            }
+            Err(e) => ("retrieve", e),
+        };
+        let (what, e) = failed;
+        let message = format!(
+            "create Claim {name} for Pod {pod} in StatefulSet {} failed error: {e}",
+            set.name_any()
+        );
+        rec.publish(set, EventType::Warning, "FailedCreate", &message)
+            .await;
+        errors.push(format!("failed to {what} PVC {name}: {e}"));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(errors.join(", ")))
+    }
+}
+
+/// Give every member's claims the owners the retention policy asks for
+/// (upstream's `updateClaimOwnerRefForSetAndPod`): the set while the
+/// member is in range and whenDeleted is Delete, the pod once it is
+/// scaled away and whenScaled is Delete.
+async fn update_claim_owners(
+    set: &StatefulSet,
+    ctx: &Context,
+    members: &BTreeMap<i32, Arc<Pod>>,
+    want: i32,
+) -> Result<()> {
+    let (when_deleted, when_scaled) = retention(set);
+    if !when_deleted && !when_scaled {
+        return Ok(());
+    }
+    if set
+        .spec
+        .volume_claim_templates
+        .as_ref()
+        .is_none_or(Vec::is_empty)
+    {
+        return Ok(());
+    }
+    let api: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &set.namespace().unwrap_or_default());
+    let set_uid = set.uid().unwrap_or_default();
+    for (ord, pod) in members {
+        let pod_uid = pod.uid().unwrap_or_default();
+        let scaled_down = *ord >= want;
+        let (own_set, own_pod) = match (when_deleted, when_scaled) {
+            (true, false) => (true, false),
+            (false, true) => (false, scaled_down),
+            _ => (!scaled_down, scaled_down),
+        };
+        for (_, claim) in claims_for(set, *ord) {
+            let existing = match api.get(&claim.name_any()).await {
+                Ok(c) => c,
+                Err(kube::Error::Api(s)) if s.code == 404 => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let old = existing
+                .metadata
+                .owner_references
+                .clone()
+                .unwrap_or_default();
+            let mut refs: Vec<OwnerReference> = old
+                .iter()
+                .filter(|r| {
+                    !((r.kind == "StatefulSet" && r.uid == set_uid && !own_set)
+                        || (r.kind == "Pod" && r.uid == pod_uid && !own_pod))
+                })
+                .cloned()
+                .collect();
+            if own_set && !refs.iter().any(|r| r.uid == set_uid) {
+                refs.push(set_ref(set));
+            }
+            if own_pod && !refs.iter().any(|r| r.uid == pod_uid) {
+                refs.push(owner_ref("v1", "Pod", pod.name_any(), pod.uid()));
+            }
+            if refs == old {
+                continue;
+            }
+            let patch = serde_json::json!({"metadata": {
+                "resourceVersion": existing.resource_version(),
+                "ownerReferences": refs,
+            }});
+            api.patch(
+                &claim.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Write `new` unless the status already says it.

@@ -15,3 +15,4 @@ mod nodeipam;
 mod nodelifecycle;
 mod resourcequota;
 mod serviceaccounttokens;
+mod volume;

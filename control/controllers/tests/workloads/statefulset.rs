@@ -2,7 +2,7 @@ use std::collections::HashMap;
 
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kestrel_testkit::eventually;
 use kube::ResourceExt as _;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -249,37 +249,137 @@ async fn a_partitioned_rolling_update_goes_from_the_highest_ordinal_down() {
     assert_eq!(order, ["db-0"]);
 }
 
+fn claim_template() -> serde_json::Value {
+    json!({"volumeClaimTemplates": [{
+        "metadata": {"name": "data", "labels": {"tier": "db"}},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "1Gi"}},
+            "storageClassName": "",
+        },
+    }]})
+}
+
 #[tokio::test]
-async fn volume_claim_templates_are_refused_where_users_look() {
+async fn members_get_their_own_claims_mounted_under_the_template_name() {
     let c = Cluster::start().await;
     let sets = c.api::<StatefulSet>();
     let pods = c.api::<Pod>();
-    let spec = json!({"volumeClaimTemplates": [{
-        "metadata": {"name": "data"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
-    }]});
+    let claims = c.api::<PersistentVolumeClaim>();
+    let mut spec = claim_template();
+    // A template volume of the same name is replaced by the claim.
+    spec["template"] = json!({
+        "metadata": {"labels": {"app": "db"}},
+        "spec": {
+            "containers": [{"name": "c", "image": "busybox:1.35"}],
+            "volumes": [
+                {"name": "data", "emptyDir": {}},
+                {"name": "cache", "emptyDir": {}},
+            ],
+        },
+    });
     sets.create(&PostParams::default(), &statefulset("db", 2, spec))
         .await
         .expect("create");
-    let cond = eventually(WAIT, "the refusal in status", || async {
-        let s = sets.get("db").await.ok()?.status?;
-        s.conditions?
-            .into_iter()
-            .find(|c| c.type_.as_deref() == Some("VolumeClaimTemplatesUnsupported"))
+    let ready = eventually(WAIT, "two ready members", || async {
+        let p = live_pods(&pods, "app=db").await;
+        (p.len() == 2 && p.iter().all(ready)).then_some(p)
     })
     .await;
-    assert_eq!(cond.status.as_deref(), Some("True"));
-    assert!(
-        cond.message
-            .unwrap_or_default()
-            .contains("volumeClaimTemplates is not supported")
-    );
+    for p in &ready {
+        let n = p.name_any();
+        let claim = claims
+            .get(&format!("data-{n}"))
+            .await
+            .expect("the member's claim");
+        let labels = claim.labels();
+        assert_eq!(labels.get("tier").map(String::as_str), Some("db"));
+        assert_eq!(labels.get("app").map(String::as_str), Some("db"));
+        assert!(claim.owner_references().is_empty(), "retained by default");
+        assert_eq!(
+            claim.spec.and_then(|s| s.access_modes),
+            Some(vec!["ReadWriteOnce".to_owned()])
+        );
+        let vols = p.spec.clone().and_then(|s| s.volumes).unwrap_or_default();
+        let data: Vec<_> = vols.iter().filter(|v| v.name == "data").collect();
+        assert_eq!(data.len(), 1, "{vols:?}");
+        assert_eq!(
+            data[0]
+                .persistent_volume_claim
+                .as_ref()
+                .map(|c| c.claim_name.clone()),
+            Some(format!("data-{n}"))
+        );
+        assert!(data[0].empty_dir.is_none());
+        assert!(
+            vols.iter()
+                .any(|v| v.name == "cache" && v.empty_dir.is_some())
+        );
+    }
     let events = events_about(&c, "db").await;
     assert!(
-        events
-            .iter()
-            .any(|(r, _)| r == "VolumeClaimTemplatesUnsupported"),
+        events.iter().any(|(r, m)| r == "SuccessfulCreate"
+            && m == "create Claim data-db-0 Pod db-0 in StatefulSet db success"),
         "{events:?}"
     );
-    assert!(live_pods(&pods, "app=db").await.is_empty(), "no pods");
+    // Scaling down keeps the claims (Retain).
+    sets.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .expect("scale");
+    eventually(WAIT, "one member", || async {
+        (live_pods(&pods, "app=db").await.len() == 1).then_some(())
+    })
+    .await;
+    assert!(claims.get("data-db-1").await.is_ok());
+}
+
+#[tokio::test]
+async fn the_retention_policy_makes_the_set_or_the_pod_the_claims_owner() {
+    let c = Cluster::start().await;
+    let sets = c.api::<StatefulSet>();
+    let pods = c.api::<Pod>();
+    let claims = c.api::<PersistentVolumeClaim>();
+    let mut spec = claim_template();
+    spec["persistentVolumeClaimRetentionPolicy"] =
+        json!({"whenDeleted": "Delete", "whenScaled": "Delete"});
+    let set = sets
+        .create(&PostParams::default(), &statefulset("web", 2, spec))
+        .await
+        .expect("create");
+    let set_uid = set.uid().expect("uid");
+    eventually(WAIT, "two ready members", || async {
+        let p = live_pods(&pods, "app=web").await;
+        (p.len() == 2 && p.iter().all(ready)).then_some(())
+    })
+    .await;
+    for n in ["data-web-0", "data-web-1"] {
+        let claim = claims.get(n).await.expect("claim");
+        let refs = claim.owner_references();
+        assert_eq!(refs.len(), 1, "{refs:?}");
+        assert_eq!(refs[0].kind, "StatefulSet");
+        assert_eq!(refs[0].uid, set_uid);
+    }
+    let doomed = pods.get("web-1").await.expect("pod");
+    sets.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .expect("scale");
+    // The scaled-away member's claim now belongs to its pod alone.
+    let refs = eventually(WAIT, "the claim owned by the pod", || async {
+        let claim = claims.get("data-web-1").await.ok()?;
+        let refs = claim.owner_references().to_vec();
+        (refs.len() == 1 && refs[0].kind == "Pod").then_some(refs)
+    })
+    .await;
+    assert_eq!(Some(&refs[0].uid), doomed.metadata.uid.as_ref());
+    assert_eq!(refs[0].name, "web-1");
+    let kept = claims.get("data-web-0").await.expect("claim");
+    assert_eq!(kept.owner_references()[0].uid, set_uid);
 }
