@@ -12,6 +12,7 @@ use kestrel_api::labels::Selector;
 use kestrel_api::quantity;
 
 use crate::pod_info::{HOSTNAME_KEY, HostPort, InvalidPod, PodInfo, Resources, ZONE_KEY};
+use crate::volumes::Volumes;
 use crate::workloads::Workloads;
 
 /// One node and what is placed on it.
@@ -236,6 +237,8 @@ pub struct Cache {
     pub next_start: usize,
     /// Selectors of Services and controllers, for default spreading.
     pub workloads: Workloads,
+    /// Claims, volumes and classes, for the volume plugins.
+    pub volumes: Volumes,
     /// Per-node counts for the spreading selectors recently asked about.
     /// Filled in from `&self` while a cycle reads the cache, hence the
     /// cell; the cache is only ever used under the scheduler's lock.

@@ -24,6 +24,7 @@ pub mod queue;
 mod report;
 mod run;
 pub mod sim;
+pub mod volumes;
 pub mod workloads;
 
 use std::time::Duration;

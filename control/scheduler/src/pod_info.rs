@@ -222,6 +222,16 @@ pub struct ControllerRef {
     pub name: String,
 }
 
+/// A volume of the pod that a PersistentVolumeClaim backs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodClaim {
+    /// The claim's name; for an ephemeral volume, `<pod>-<volume>`.
+    pub claim: String,
+    /// From `ephemeral` (the claim must be the pod's own), not from
+    /// `persistentVolumeClaim`.
+    pub ephemeral: bool,
+}
+
 /// The scheduling-relevant summary of a Pod.
 #[derive(Debug, Clone, Default)]
 pub struct PodInfo {
@@ -252,6 +262,8 @@ pub struct PodInfo {
     pub preferred_anti_affinity: Vec<AffinityTerm>,
     pub spread: Vec<SpreadConstraint>,
     pub host_ports: Vec<HostPort>,
+    /// Its volumes backed by claims, in `spec.volumes` order.
+    pub claims: Vec<PodClaim>,
     /// The PodScheduled condition as last seen: (status, reason, message).
     pub scheduled_condition: Option<(String, String, String)>,
 }
@@ -361,6 +373,26 @@ impl PodInfo {
             }
         }
 
+        let pod_name = meta.name.as_deref().unwrap_or_default();
+        let claims = spec
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| {
+                if let Some(c) = &v.persistent_volume_claim {
+                    Some(PodClaim {
+                        claim: c.claim_name.clone(),
+                        ephemeral: false,
+                    })
+                } else {
+                    v.ephemeral.as_ref().map(|_| PodClaim {
+                        claim: format!("{pod_name}-{}", v.name),
+                        ephemeral: true,
+                    })
+                }
+            })
+            .collect();
+
         let scheduled_condition = Self::scheduled_condition_of(pod);
 
         Ok(Arc::new(Self {
@@ -417,6 +449,7 @@ impl PodInfo {
                 .map(|c| SpreadConstraint::new(c, &labels))
                 .collect(),
             host_ports,
+            claims,
             scheduled_condition,
             namespace,
             labels,

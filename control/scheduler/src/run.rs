@@ -10,19 +10,21 @@ use std::time::{Duration, Instant};
 use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    Binding, Node, ObjectReference, Pod, ReplicationController, Service,
+    Binding, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod,
+    ReplicationController, Service,
 };
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kestrel_client::events::EventType;
 use kestrel_client::leader::LeaderElector;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::cache::Cache;
-use crate::plugins::Profile;
+use crate::plugins::{Plan, Profile};
 use crate::pod_info::PodInfo;
 use crate::queue::Queue;
 use crate::report::Reporter;
@@ -56,6 +58,9 @@ struct Shared {
     state: Mutex<State>,
     /// Woken when a pod becomes active.
     wake: Notify,
+    /// Woken (all waiters) on every claim, volume or class event, for
+    /// bindings that wait for the PV controller.
+    volume_events: Notify,
     reporter: Reporter,
     stats: Arc<Stats>,
 }
@@ -113,6 +118,7 @@ impl Scheduler {
             profile,
             state: Mutex::default(),
             wake: Notify::new(),
+            volume_events: Notify::new(),
             reporter,
             stats: self.stats,
             config: self.config,
@@ -129,6 +135,10 @@ impl Scheduler {
         tasks.spawn(watch::<StatefulSet>(shared.clone(), synced_tx.clone()));
         tasks.spawn(watch_replication_controllers(shared.clone(), synced_tx));
         let watchers = 6;
+        // Claims, volumes and classes: only pods that use claims wait for
+        // these, so a storage kind that is slow to list (or not served)
+        // holds up no other pod.
+        tasks.spawn(watch_storage(shared.clone()));
         tasks.spawn(report_worker);
         tasks.spawn(flush_loop(shared.clone()));
 
@@ -396,6 +406,135 @@ watched_workload!(
 watched_workload!(ReplicaSet, Kind::ReplicaSet, set_replica_set);
 watched_workload!(StatefulSet, Kind::StatefulSet, set_stateful_set);
 
+/// A claim, volume or class changed: pods waiting for one may fit now,
+/// and bindings waiting for the PV controller look again.
+fn storage_changed(shared: &Shared, mut st: MutexGuard<'_, State>) {
+    let woke = st.queue.move_all();
+    drop(st);
+    shared.volume_events.notify_waiters();
+    if woke {
+        shared.wake.notify_one();
+    }
+}
+
+impl Watched for PersistentVolumeClaim {
+    fn key(&self) -> String {
+        namespaced_key(&self.metadata)
+    }
+    fn applied(shared: &Shared, o: &Self) {
+        let mut st = shared.lock();
+        st.cache.volumes.set_claim(o);
+        storage_changed(shared, st);
+    }
+    fn gone(shared: &Shared, key: &str) {
+        let mut st = shared.lock();
+        st.cache.volumes.remove_claim(key);
+        storage_changed(shared, st);
+    }
+    fn known(st: &State) -> Vec<String> {
+        st.cache.volumes.claim_keys()
+    }
+}
+
+impl Watched for PersistentVolume {
+    fn key(&self) -> String {
+        self.metadata.name.clone().unwrap_or_default()
+    }
+    fn applied(shared: &Shared, o: &Self) {
+        let mut st = shared.lock();
+        st.cache.volumes.set_volume(o);
+        storage_changed(shared, st);
+    }
+    fn gone(shared: &Shared, key: &str) {
+        let mut st = shared.lock();
+        st.cache.volumes.remove_volume(key);
+        storage_changed(shared, st);
+    }
+    fn known(st: &State) -> Vec<String> {
+        st.cache.volumes.volume_names()
+    }
+}
+
+impl Watched for StorageClass {
+    fn key(&self) -> String {
+        self.metadata.name.clone().unwrap_or_default()
+    }
+    fn applied(shared: &Shared, o: &Self) {
+        let mut st = shared.lock();
+        st.cache.volumes.set_class(o);
+        storage_changed(shared, st);
+    }
+    fn gone(shared: &Shared, key: &str) {
+        let mut st = shared.lock();
+        st.cache.volumes.remove_class(key);
+        storage_changed(shared, st);
+    }
+    fn known(st: &State) -> Vec<String> {
+        st.cache.volumes.class_names()
+    }
+}
+
+/// Which of `names` the API server serves in `group_version` (`v1` for
+/// the core group), retrying discovery until it answers. A group it does
+/// not know serves none.
+async fn served(client: &kube::Client, group_version: &str, names: &[&str]) -> Vec<bool> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let list = if group_version == "v1" {
+            client.list_core_api_resources("v1").await
+        } else {
+            client.list_api_group_resources(group_version).await
+        };
+        match list {
+            Ok(list) => {
+                return names
+                    .iter()
+                    .map(|n| list.resources.iter().any(|r| r.name == *n))
+                    .collect();
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => return vec![false; names.len()],
+            Err(e) => {
+                tracing::warn!(%group_version, error = %e, "API discovery failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Watch claims, volumes and classes (those served), and mark the volume
+/// cache synced once each has listed; pods with claims wait until then.
+async fn watch_storage(shared: Arc<Shared>) {
+    let core = served(
+        &shared.client,
+        "v1",
+        &["persistentvolumeclaims", "persistentvolumes"],
+    )
+    .await;
+    let storage = served(&shared.client, "storage.k8s.io/v1", &["storageclasses"]).await;
+    let (tx, mut rx) = tokio::sync::watch::channel(0usize);
+    let tx = Arc::new(tx);
+    let mut set = JoinSet::new();
+    if core[0] {
+        set.spawn(watch::<PersistentVolumeClaim>(shared.clone(), tx.clone()));
+    }
+    if core[1] {
+        set.spawn(watch::<PersistentVolume>(shared.clone(), tx.clone()));
+    }
+    if storage[0] {
+        set.spawn(watch::<StorageClass>(shared.clone(), tx.clone()));
+    }
+    let n = set.len();
+    let _ = rx.wait_for(|&k| k >= n).await;
+    tracing::info!(kinds = n, "scheduler volume caches synced");
+    {
+        let mut st = shared.lock();
+        st.cache.volumes.synced = true;
+        storage_changed(&shared, st);
+    }
+    while set.join_next().await.is_some() {}
+}
+
 /// Watch ReplicationControllers if the API server serves them (Kestrel's
 /// does not, and the watch of a kind that is not served would never
 /// sync); if it does not, count them as synced at once.
@@ -502,11 +641,21 @@ async fn schedule_loop(shared: Arc<Shared>) {
             if !st.queue.contains(&key) {
                 continue;
             }
+            // Its claims are not known yet: it waits, unreported, for the
+            // volume caches to sync.
+            if !pod.claims.is_empty() && !st.cache.volumes.synced {
+                st.queue.unschedulable(&key);
+                continue;
+            }
             match shared.profile.schedule(&pod, &mut st.cache) {
                 Ok(node) => {
+                    let plan = crate::plugins::plan(&pod, &node, &st.cache);
+                    if let Some(p) = &plan {
+                        p.assume(&mut st.cache.volumes, &node);
+                    }
                     st.cache.assume(pod.clone(), &node);
                     st.queue.done(&key);
-                    Ok(node)
+                    Ok((node, plan))
                 }
                 Err(fit) => {
                     st.queue.unschedulable(&key);
@@ -515,8 +664,8 @@ async fn schedule_loop(shared: Arc<Shared>) {
             }
         };
         match chosen {
-            Ok(node) => {
-                binds.spawn(bind(shared.clone(), pod, node, permit));
+            Ok((node, plan)) => {
+                binds.spawn(bind(shared.clone(), pod, node, plan, permit));
             }
             Err(fit) => {
                 shared.stats.unschedulable.fetch_add(1, Ordering::Relaxed);
@@ -530,7 +679,94 @@ async fn schedule_loop(shared: Arc<Shared>) {
     }
 }
 
-async fn bind(shared: Arc<Shared>, pod: Arc<PodInfo>, node: String, _permit: OwnedSemaphorePermit) {
+/// How long a binding waits for the PV controller to bind the pod's
+/// claims (upstream's `bindTimeoutSeconds`).
+const VOLUME_BIND_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Upstream's VolumeBinding PreBind: write the plan (a volume's claimRef
+/// for a claim matched to it, the selected node on a claim to provision)
+/// and wait until the PV controller has bound every claim.
+async fn bind_volumes(shared: &Shared, node: &str, plan: &Plan) -> Result<(), String> {
+    let failed = |e: kube::Error| format!("binding volumes: {e}");
+    let pvs: Api<PersistentVolume> = Api::all(shared.client.clone());
+    for b in plan.bindings.iter().filter(|b| b.write) {
+        let mut patch = serde_json::json!({
+            "metadata": {"annotations": {crate::volumes::ANN_BOUND_BY_CONTROLLER: "yes"}},
+            "spec": {"claimRef": {
+                "kind": "PersistentVolumeClaim",
+                "apiVersion": "v1",
+                "namespace": b.claim.namespace,
+                "name": b.claim.name,
+                "uid": b.claim.uid,
+            }},
+        });
+        // Fails if the volume changed since it was chosen (taken by
+        // another claim, say).
+        if !b.resource_version.is_empty() {
+            patch["metadata"]["resourceVersion"] = b.resource_version.clone().into();
+        }
+        pvs.patch(&b.volume, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(failed)?;
+    }
+    for key in &plan.annotate {
+        let (ns, name) = key.split_once('/').unwrap_or(("", key));
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(shared.client.clone(), ns);
+        let patch = serde_json::json!({
+            "metadata": {"annotations": {crate::volumes::ANN_SELECTED_NODE: node}},
+        });
+        pvcs.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(failed)?;
+    }
+    let deadline = Instant::now() + VOLUME_BIND_TIMEOUT;
+    let mut seen = HashSet::new();
+    loop {
+        let changed = shared.volume_events.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if plan.check(&shared.lock().cache, node, &mut seen)? {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("binding volumes: context deadline exceeded".to_owned());
+        }
+        // Events wake it; the timer only bounds a missed one.
+        let _ = tokio::time::timeout(left.min(Duration::from_secs(5)), changed).await;
+    }
+}
+
+async fn bind(
+    shared: Arc<Shared>,
+    pod: Arc<PodInfo>,
+    node: String,
+    plan: Option<Plan>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let key = pod.key();
+    if let Some(plan) = &plan {
+        let r = bind_volumes(&shared, &node, plan).await;
+        {
+            let mut st = shared.lock();
+            // Bound or not, the watch now says what is true.
+            plan.forget(&mut st.cache.volumes);
+            if r.is_err() {
+                st.cache.forget(&key);
+                st.queue.error(pod.clone(), 0);
+            }
+        }
+        if let Err(e) = r {
+            shared.stats.bind_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(pod = %key, %node, error = %e, "binding volumes failed; will retry");
+            shared.reporter.not_scheduled(
+                &pod,
+                "SchedulerError",
+                format!("running PreBind plugin \"VolumeBinding\": {e}"),
+            );
+            return;
+        }
+    }
     let api: Api<Pod> = Api::namespaced(shared.client.clone(), &pod.namespace);
     let binding = Binding {
         metadata: ObjectMeta {
@@ -554,7 +790,6 @@ async fn bind(shared: Arc<Shared>, pod: Arc<PodInfo>, node: String, _permit: Own
             &binding,
         )
         .await;
-    let key = pod.key();
     match res {
         Ok(_) => {
             shared.stats.bound.fetch_add(1, Ordering::Relaxed);

@@ -1,11 +1,11 @@
 //! Filter and score plugins, and the cycle that runs them for one pod.
 //!
-//! The plugins and their order are upstream's default profile, minus the
-//! volume plugins (Kestrel has no volumes yet). Each filter says why a node
-//! does not fit in upstream's words, so the FailedScheduling message reads
-//! exactly as kube-scheduler's.
+//! The plugins and their order are upstream's default profile (of the
+//! volume plugins, VolumeRestrictions and VolumeBinding). Each filter says
+//! why a node does not fit in upstream's words, so the FailedScheduling
+//! message reads exactly as kube-scheduler's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use k8s_openapi::api::core::v1::{Taint, Toleration};
@@ -20,6 +20,7 @@ mod inter_pod;
 mod spread;
 #[cfg(test)]
 mod tests;
+mod volume;
 
 pub use basic::{
     BalancedAllocation, LeastAllocated, NodeAffinity, NodePorts, NodeResourcesFit,
@@ -27,6 +28,7 @@ pub use basic::{
 };
 pub use inter_pod::InterPodAffinity;
 pub use spread::PodTopologySpread;
+pub use volume::{Plan, VolumeBinding, VolumeRestrictions, plan};
 
 /// Why one node does not fit, in upstream's words.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,6 +53,32 @@ impl fmt::Display for Reason {
 pub struct CycleState {
     inter_pod: Option<inter_pod::State>,
     spread: Option<spread::State>,
+    volume: Option<volume::State>,
+    /// A pre-filter turned the pod down: upstream's message, and whether
+    /// the refusal is final for this cycle (UnschedulableAndUnresolvable:
+    /// the later pre-filters do not run).
+    rejected: Option<(String, bool)>,
+    /// Pre-filters narrowed the candidates to these node names (upstream's
+    /// PreFilterResult), and which plugins did.
+    node_names: Option<(HashSet<String>, Vec<&'static str>)>,
+}
+
+impl CycleState {
+    /// A pre-filter turns the pod down with upstream's `message`.
+    fn reject(&mut self, message: String, unresolvable: bool) {
+        self.rejected = Some((message, unresolvable));
+    }
+
+    /// A pre-filter allows only the nodes named in `names`.
+    fn restrict(&mut self, names: HashSet<String>, plugin: &'static str) {
+        self.node_names = Some(match self.node_names.take() {
+            None => (names, vec![plugin]),
+            Some((prev, mut plugins)) => {
+                plugins.push(plugin);
+                (prev.intersection(&names).cloned().collect(), plugins)
+            }
+        });
+    }
 }
 
 /// Decides whether one node can take the pod.
@@ -78,6 +106,8 @@ pub struct FitError {
     pub num_nodes: usize,
     /// Reason → number of nodes that gave it.
     pub reasons: HashMap<Reason, usize>,
+    /// A pre-filter turned the pod down before any node was looked at.
+    pub pre_filter: Option<String>,
 }
 
 impl fmt::Display for FitError {
@@ -87,6 +117,9 @@ impl fmt::Display for FitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.num_nodes == 0 {
             return f.write_str("no nodes available to schedule pods");
+        }
+        if let Some(m) = &self.pre_filter {
+            return write!(f, "0/{} nodes are available: {m}.", self.num_nodes);
         }
         let mut parts: Vec<String> = self
             .reasons
@@ -122,6 +155,8 @@ impl Default for Profile {
                 Box::new(NodeAffinity),
                 Box::new(NodePorts),
                 Box::new(NodeResourcesFit),
+                Box::new(VolumeRestrictions),
+                Box::new(VolumeBinding),
                 Box::new(PodTopologySpread),
                 Box::new(InterPodAffinity),
             ],
@@ -166,12 +201,50 @@ impl Profile {
             return Err(FitError {
                 num_nodes: 0,
                 reasons,
+                pre_filter: None,
             });
         }
         let mut state = CycleState::default();
         for f in &self.filters {
             f.pre_filter(pod, cache, &mut state);
+            if state.rejected.as_ref().is_some_and(|r| r.1) {
+                break;
+            }
         }
+        if state.rejected.is_none()
+            && let Some((names, plugins)) = &state.node_names
+            && names.is_empty()
+        {
+            let message = match plugins.as_slice() {
+                [one] => format!("node(s) didn't satisfy plugin {one}"),
+                many => format!(
+                    "node(s) didn't satisfy plugin(s) [{}] simultaneously",
+                    many.join(" ")
+                ),
+            };
+            state.reject(message, true);
+        }
+        if let Some((message, _)) = state.rejected.take() {
+            return Err(FitError {
+                num_nodes: n,
+                reasons,
+                pre_filter: Some(message),
+            });
+        }
+        // Nodes a pre-filter left out fail with one reason, as upstream
+        // gives them all one status.
+        let left_out = state.node_names.as_ref().map(|(names, plugins)| {
+            let mut plugins = plugins.clone();
+            plugins.sort_unstable();
+            plugins.dedup();
+            (
+                names,
+                Reason::Owned(format!(
+                    "node(s) didn't satisfy plugin(s) [{}]",
+                    plugins.join(" ")
+                )),
+            )
+        });
         let want = self.feasible_nodes_to_find(n);
         let start = cache.next_start % n;
         let mut feasible: Vec<usize> = Vec::with_capacity(want.min(n));
@@ -180,6 +253,12 @@ impl Profile {
             processed = i + 1;
             let idx = (start + i) % n;
             let node = cache.node_at(idx);
+            if let Some((names, reason)) = &left_out
+                && !names.contains(&node.name)
+            {
+                *reasons.entry(reason.clone()).or_default() += 1;
+                continue;
+            }
             let mut fit = true;
             for f in &self.filters {
                 if let Err(rs) = f.filter(pod, node, &state) {
@@ -202,6 +281,7 @@ impl Profile {
             return Err(FitError {
                 num_nodes: n,
                 reasons,
+                pre_filter: None,
             });
         }
         if feasible.len() == 1 {

@@ -102,6 +102,7 @@ fn reasons_are_counted_per_node_and_sorted_as_strings() {
             (Reason::Static("Too many pods"), 2),
         ]
         .into(),
+        pre_filter: None,
     };
     // "10 ..." sorts before "2 ...", as upstream's string sort does.
     assert_eq!(
@@ -111,7 +112,8 @@ fn reasons_are_counted_per_node_and_sorted_as_strings() {
     assert_eq!(
         FitError {
             num_nodes: 0,
-            reasons: HashMap::new()
+            reasons: HashMap::new(),
+            pre_filter: None,
         }
         .to_string(),
         "no nodes available to schedule pods"
