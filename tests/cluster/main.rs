@@ -18,6 +18,7 @@ mod identity;
 mod netpol;
 mod pods;
 mod services;
+mod storage;
 mod workloads;
 
 /// A cluster made by `kestrel up`; `kestrel down` runs on drop, even when
@@ -249,6 +250,7 @@ fn two_node_cluster_end_to_end() {
     pods::deleting_a_pod_removes_sandbox_veth_and_ip(&c);
     workloads::cronjob_runs_by_hand_and_logs_pick_its_own_pod(&c);
     workloads::replication_controller_scales_on_real_nodes(&c);
+    storage::statefulset_data_survives_its_pod(&c);
     identity::setup(&c);
     identity::pods_read_their_token_ca_and_namespace(&c);
     identity::in_cluster_kubectl_uses_the_mounted_token(&c);

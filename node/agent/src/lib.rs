@@ -16,6 +16,7 @@ pub mod observe;
 pub mod pods;
 pub mod routes;
 pub mod runtime;
+pub mod storage;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
@@ -133,6 +134,15 @@ pub async fn run(
     node::register(&client, &facts).await?;
     let (net_ready, net_rx) = tokio::sync::watch::channel(false);
     let heartbeat = tokio::spawn(node::heartbeat(client.clone(), facts, net_rx));
+    // The local-path provisioner: this node's share of dynamic volumes.
+    let provisioner = tokio::spawn({
+        let (client, node, dir) = (client.clone(), config.node_name.clone(), dir.clone());
+        async move {
+            if let Err(e) = storage::run(client, node, dir).await {
+                tracing::error!(error = %format!("{e:#}"), "the local-path provisioner stopped");
+            }
+        }
+    });
 
     let dp = dataplane::start(&config.dataplane)?;
 
@@ -230,6 +240,7 @@ pub async fn run(
         () = shutdown => Ok(()),
     };
     heartbeat.abort();
+    provisioner.abort();
     routes.abort();
     dp_gc.abort();
     dp_sync.abort();

@@ -2,6 +2,7 @@
 //! per pod, and a relist of CRI state every second (upstream's PLEG) that
 //! wakes the workers whose containers changed and finds orphaned sandboxes.
 
+mod claims;
 mod cri;
 pub mod dns;
 mod env;

@@ -1,6 +1,8 @@
 //! Pod volumes on the node: emptyDir (disk or tmpfs), configMap, secret,
 //! downwardAPI, projected (ServiceAccount tokens included, see
-//! [`super::tokens`]) and hostPath, under `<pods>/<uid>/volumes/`.
+//! [`super::tokens`]) under `<pods>/<uid>/volumes/`; hostPath, and
+//! persistentVolumeClaim and ephemeral volumes (see [`super::claims`]),
+//! where they are on the host.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::PermissionsExt as _;
@@ -10,9 +12,23 @@ use anyhow::{Context as _, bail};
 use k8s_openapi::api::core::v1::{Container, DownwardAPIVolumeFile, KeyToPath, Pod, Volume};
 use kestrel_cri::v1;
 
+use super::claims::{Claims, host_path_ready};
 use super::env::{ConfigError, Sources, field_ref};
 use super::resources;
 use super::tokens::TokenManager;
+
+/// A prepared volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    /// Where it is on the host.
+    pub path: PathBuf,
+    /// Every mount of it is read-only, whatever the mount says (a claim
+    /// volume with `readOnly`).
+    pub read_only: bool,
+}
+
+/// Volume name → the prepared volume.
+pub type Volumes = HashMap<String, Prepared>;
 
 /// Where a pod's volumes live.
 pub fn pod_dir(pods_root: &Path, uid: &str) -> PathBuf {
@@ -115,16 +131,20 @@ fn is_mountpoint(path: &Path) -> bool {
     info.lines().any(|l| l.split(' ').nth(4) == Some(&*p))
 }
 
-/// Prepare every volume of `pod`; returns volume name → host path.
+/// Prepare every volume of `pod`.
 pub async fn prepare(
     pod: &Pod,
     dir: &Path,
     sources: &mut Sources,
     tokens: &TokenManager,
+    claims: &mut Claims,
     pod_ip: &str,
     host_ip: &str,
-) -> anyhow::Result<HashMap<String, PathBuf>> {
-    let mut out = HashMap::new();
+) -> anyhow::Result<Volumes> {
+    let mut out = Volumes::new();
+    // Claim volumes first, all of them: the kubelet reports every one that
+    // is not ready in one FailedMount event.
+    claims.prepare(pod).await?;
     let vols: &[Volume] = pod
         .spec
         .as_ref()
@@ -250,37 +270,29 @@ pub async fn prepare(
             }
         } else if let Some(h) = &v.host_path {
             let hp = PathBuf::from(&h.path);
-            let kind = h.type_.as_deref().unwrap_or("");
-            let meta = std::fs::metadata(&hp);
-            match kind {
-                "" => {}
-                "DirectoryOrCreate" => {
-                    if meta.is_err() {
-                        std::fs::create_dir_all(&hp)?;
-                        std::fs::set_permissions(&hp, std::fs::Permissions::from_mode(0o755))?;
-                    }
-                }
-                "FileOrCreate" => {
-                    if meta.is_err() {
-                        if let Some(parent) = hp.parent() {
-                            std::fs::create_dir_all(parent)?;
-                        }
-                        std::fs::write(&hp, b"")?;
-                    }
-                }
-                "Directory" if meta.as_ref().is_ok_and(std::fs::Metadata::is_dir) => {}
-                "File" if meta.as_ref().is_ok_and(std::fs::Metadata::is_file) => {}
-                "Socket" | "CharDevice" | "BlockDevice" if meta.is_ok() => {}
-                other => {
-                    return Err(ConfigError(format!(
-                        "hostPath type check failed: {} is not a {}",
-                        h.path,
-                        if other.is_empty() { "path" } else { other }
-                    ))
-                    .into());
-                }
-            }
-            out.insert(v.name.clone(), hp);
+            host_path_ready(&hp, h.type_.as_deref().unwrap_or("")).map_err(ConfigError)?;
+            out.insert(
+                v.name.clone(),
+                Prepared {
+                    path: hp,
+                    read_only: false,
+                },
+            );
+            continue;
+        } else if v.persistent_volume_claim.is_some() || v.ephemeral.is_some() {
+            let Some(r) = claims.get(&v.name) else {
+                bail!(ConfigError(format!(
+                    "volume {:?}: its claim is not resolved",
+                    v.name
+                )));
+            };
+            out.insert(
+                v.name.clone(),
+                Prepared {
+                    path: r.path.clone(),
+                    read_only: r.read_only,
+                },
+            );
             continue;
         } else {
             bail!(ConfigError(format!(
@@ -288,16 +300,26 @@ pub async fn prepare(
                 v.name
             )));
         }
-        out.insert(v.name.clone(), path);
+        out.insert(
+            v.name.clone(),
+            Prepared {
+                path,
+                read_only: false,
+            },
+        );
     }
     Ok(out)
 }
 
 /// The CRI mounts of `c`.
-pub fn mounts(c: &Container, vols: &HashMap<String, PathBuf>) -> anyhow::Result<Vec<v1::Mount>> {
+pub fn mounts(c: &Container, vols: &Volumes) -> anyhow::Result<Vec<v1::Mount>> {
     let mut out = Vec::new();
     for m in c.volume_mounts.iter().flatten() {
-        let Some(base) = vols.get(&m.name) else {
+        let Some(Prepared {
+            path: base,
+            read_only,
+        }) = vols.get(&m.name)
+        else {
             return Err(
                 ConfigError(format!("volumeMount {:?}: no volume of that name", m.name)).into(),
             );
@@ -315,7 +337,7 @@ pub fn mounts(c: &Container, vols: &HashMap<String, PathBuf>) -> anyhow::Result<
         out.push(v1::Mount {
             container_path: m.mount_path.clone(),
             host_path: host.to_string_lossy().into_owned(),
-            readonly: m.read_only.unwrap_or(false),
+            readonly: *read_only || m.read_only.unwrap_or(false),
             ..Default::default()
         });
     }

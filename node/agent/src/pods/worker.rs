@@ -13,6 +13,7 @@ use kube::api::{Api, DeleteParams, Preconditions};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 
+use super::claims::Claims;
 use super::cri::{self as build, CONTAINER_NAME, POD_UID};
 use super::env::{ConfigError, Sources};
 use super::probe::{self, Kind};
@@ -74,6 +75,8 @@ pub(super) struct Worker {
     /// The pod failed for good (an init container failed under Never).
     failed: Option<String>,
     start_time: Option<String>,
+    /// Its claim volumes, resolved once.
+    claims: Claims,
 }
 
 impl Worker {
@@ -86,6 +89,7 @@ impl Worker {
     ) -> Self {
         let (failures_tx, failures) = mpsc::unbounded_channel();
         Self {
+            claims: Claims::new(shared.client.clone()),
             shared,
             uid,
             namespace,
@@ -454,6 +458,7 @@ impl Worker {
             &dir,
             &mut sources,
             &self.shared.tokens,
+            &mut self.claims,
             &pod_ip,
             &self.shared.node_ip,
         )
@@ -705,7 +710,7 @@ impl Worker {
         pod: &Pod,
         c: &Container,
         last: &Seen,
-        vols: &HashMap<String, std::path::PathBuf>,
+        vols: &volumes::Volumes,
         sources: &mut Sources,
         pod_ip: &str,
         sandbox: &v1::PodSandbox,
@@ -798,7 +803,7 @@ impl Worker {
         pod: &Pod,
         c: &Container,
         attempt: u32,
-        vols: &HashMap<String, std::path::PathBuf>,
+        vols: &volumes::Volumes,
         sources: &mut Sources,
         pod_ip: &str,
         sandbox: &v1::PodSandbox,
