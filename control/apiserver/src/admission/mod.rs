@@ -292,13 +292,7 @@ pub fn set_defaults(def: &ResourceDef, obj: &mut Value) {
             }
         }
         ("batch", "Job") => {
-            let spec = obj_mut(obj, "spec");
-            default(spec, "parallelism", json!(1));
-            default(spec, "completions", json!(1));
-            default(spec, "backoffLimit", json!(6));
-            default(spec, "completionMode", json!("NonIndexed"));
-            default(spec, "suspend", json!(false));
-            default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+            crate::kinds::job::set_defaults(obj);
             if let Some(t) = template_spec(obj) {
                 default_pod_spec(t);
             }
@@ -555,6 +549,7 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Result<(
                 {
                     errs.push(FieldError::immutable("spec.template"));
                 }
+                crate::kinds::job::validate(obj, old, &mut errs);
             }
         }
         ("apiregistration.k8s.io", "APIService") => crate::apiservice::validate(obj, &mut errs),

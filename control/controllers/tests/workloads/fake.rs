@@ -5,8 +5,12 @@
 //! names, as DaemonSet pods carry, else to `fake-node`), then reports a
 //! status chosen by the pod's `fake-kubelet/outcome` label: `fail` ends
 //! the pod Failed, `succeed` ends it Succeeded, `pending` leaves it
-//! Pending, and anything else makes it Running and Ready. It also finishes
-//! graceful deletes, as a kubelet does once containers have stopped.
+//! Pending, and anything else makes it Running and Ready. A failed
+//! container exits with the code in the `fake-kubelet/exit-code` label (1
+//! if none), and a pod of an Indexed Job whose index is listed in its
+//! `fake-kubelet/fail-indexes` annotation (`"1,3"`) fails whatever its
+//! outcome. It also finishes graceful deletes, as a kubelet does once
+//! containers have stopped.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -183,11 +187,28 @@ async fn step(client: &Client, p: &Pod) -> Result<(), kube::Error> {
     if phase != "Pending" && !phase.is_empty() {
         return Ok(());
     }
-    let outcome = p
+    let index = p
+        .annotations()
+        .get("batch.kubernetes.io/job-completion-index")
+        .cloned();
+    let index_fails = p
+        .annotations()
+        .get("fake-kubelet/fail-indexes")
+        .zip(index)
+        .is_some_and(|(list, i)| list.split(',').any(|x| x.trim() == i));
+    let outcome = if index_fails {
+        "fail".to_owned()
+    } else {
+        p.labels()
+            .get("fake-kubelet/outcome")
+            .cloned()
+            .unwrap_or_default()
+    };
+    let exit_code = p
         .labels()
-        .get("fake-kubelet/outcome")
-        .cloned()
-        .unwrap_or_default();
+        .get("fake-kubelet/exit-code")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(1);
     let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
     let container = p
         .spec
@@ -216,8 +237,10 @@ async fn step(client: &Client, p: &Pod) -> Result<(), kube::Error> {
     };
     let status = match outcome.as_str() {
         "pending" => return Ok(()),
-        "fail" => json!({"phase": "Failed", "containerStatuses": [cs(terminated(1), false)],
-            "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": now}]}),
+        "fail" => {
+            json!({"phase": "Failed", "containerStatuses": [cs(terminated(exit_code), false)],
+            "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": now}]})
+        }
         "succeed" => json!({"phase": "Succeeded", "containerStatuses": [cs(terminated(0), false)],
             "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": now}]}),
         _ => json!({
