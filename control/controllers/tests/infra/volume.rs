@@ -66,6 +66,15 @@ async fn events_about(c: &Cluster, name: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The events about `name` once one with `reason` is among them.
+async fn events_once(c: &Cluster, name: &str, reason: &str) -> Vec<(String, String)> {
+    eventually(WAIT, &format!("a {reason} event about {name}"), || async {
+        let e = events_about(c, name).await;
+        e.iter().any(|(r, _)| r == reason).then_some(e)
+    })
+    .await
+}
+
 async fn bound(claims: &Api<PersistentVolumeClaim>, name: &str) -> PersistentVolumeClaim {
     eventually(WAIT, &format!("claim {name} Bound"), || async {
         let c = claims.get(name).await.ok()?;
@@ -259,13 +268,7 @@ async fn claims_of_a_provisioner_class_are_handed_to_it() {
         ann(&im, "volume.beta.kubernetes.io/storage-provisioner").as_deref(),
         Some("example.com/now")
     );
-    let evs = eventually(WAIT, "an ExternalProvisioning event", || async {
-        let e = events_about(&c, "im").await;
-        e.iter()
-            .any(|(r, _)| r == "ExternalProvisioning")
-            .then_some(e)
-    })
-    .await;
+    let evs = events_once(&c, "im", "ExternalProvisioning").await;
     assert!(
         evs.iter().any(|(_, m)| m.contains(
             "Waiting for a volume to be created either by the external provisioner 'example.com/now'"
@@ -273,13 +276,7 @@ async fn claims_of_a_provisioner_class_are_handed_to_it() {
         "{evs:?}"
     );
     // WaitForFirstConsumer: nothing until the scheduler picks a node.
-    let evs = eventually(WAIT, "a WaitForFirstConsumer event", || async {
-        let e = events_about(&c, "wf").await;
-        e.iter()
-            .any(|(r, _)| r == "WaitForFirstConsumer")
-            .then_some(e)
-    })
-    .await;
+    let evs = events_once(&c, "wf", "WaitForFirstConsumer").await;
     assert!(
         evs.iter()
             .any(|(_, m)| m == "waiting for first consumer to be created before binding"),
@@ -549,11 +546,7 @@ async fn ephemeral_volumes_get_claims_owned_by_their_pod() {
         .await
         .expect("pvc");
     pods.create(&pp, &pod("taken")).await.expect("pod");
-    let evs = eventually(WAIT, "a Warning on the pod", || async {
-        let e = events_about(&c, "taken").await;
-        e.iter().any(|(r, _)| r == "FailedBinding").then_some(e)
-    })
-    .await;
+    let evs = events_once(&c, "taken", "FailedBinding").await;
     assert!(
         evs.iter().any(|(_, m)| m
             == "ephemeral volume scratch: PVC default/taken-scratch was not created for pod \
@@ -600,7 +593,7 @@ async fn a_claim_whose_volume_is_gone_is_lost() {
         (pvc_phase(&c).as_deref() == Some("Lost")).then_some(())
     })
     .await;
-    let evs = events_about(&c, "orphan").await;
+    let evs = events_once(&c, "orphan", "ClaimLost").await;
     assert!(
         evs.iter().any(|(r, m)| r == "ClaimLost"
             && m == "Bound claim has lost its PersistentVolume. Data on the volume is lost!"),

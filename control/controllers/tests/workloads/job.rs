@@ -402,7 +402,7 @@ async fn too_many_failed_indexes_fail_the_job() {
         Some("0,2")
     );
     assert!(
-        events_about(&c, "maxf")
+        events_once(&c, "maxf", "MaxFailedIndexesExceeded")
             .await
             .iter()
             .any(|(r, m)| r == "MaxFailedIndexesExceeded"

@@ -15,6 +15,7 @@ mod statefulset;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Pod};
+use kestrel_testkit::eventually;
 use kube::ResourceExt as _;
 use kube::api::{Api, ListParams};
 
@@ -52,6 +53,16 @@ pub async fn events_about(c: &Cluster, name: &str) -> Vec<(String, String)> {
         .into_iter()
         .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
         .collect()
+}
+
+/// The events about `name` once one with `reason` is among them (events
+/// are written after the change they report, so they are polled for).
+pub async fn events_once(c: &Cluster, name: &str, reason: &str) -> Vec<(String, String)> {
+    eventually(WAIT, &format!("a {reason} event about {name}"), || async {
+        let e = events_about(c, name).await;
+        e.iter().any(|(r, _)| r == reason).then_some(e)
+    })
+    .await
 }
 
 /// The name of the controller owner of `p`, if it is of `kind`.

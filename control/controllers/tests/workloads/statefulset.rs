@@ -316,7 +316,7 @@ async fn members_get_their_own_claims_mounted_under_the_template_name() {
                 .any(|v| v.name == "cache" && v.empty_dir.is_some())
         );
     }
-    let events = events_about(&c, "db").await;
+    let events = events_once(&c, "db", "SuccessfulCreate").await;
     assert!(
         events.iter().any(|(r, m)| r == "SuccessfulCreate"
             && m == "create Claim data-db-0 Pod db-0 in StatefulSet db success"),
