@@ -145,6 +145,13 @@ pub enum Subresource {
     /// `token`: serviceaccounts only, an authentication.k8s.io/v1
     /// TokenRequest creates a token for the ServiceAccount.
     Token,
+    /// `portforward`: pods only, tunnelled to the node agent.
+    PortForward,
+    /// `proxy`: pods, services and nodes, HTTP proxied to them.
+    Proxy,
+    /// `ephemeralcontainers`: pods only, get/update/patch of
+    /// `spec.ephemeralContainers`.
+    EphemeralContainers,
 }
 
 impl Subresource {
@@ -160,16 +167,20 @@ impl Subresource {
             Self::Attach => "attach",
             Self::Finalize => "finalize",
             Self::Token => "token",
+            Self::PortForward => "portforward",
+            Self::Proxy => "proxy",
+            Self::EphemeralContainers => "ephemeralcontainers",
         }
     }
 
     /// Verbs as upstream advertises them in discovery.
     pub fn verbs(self) -> &'static [&'static str] {
         match self {
-            Self::Status | Self::Scale => &["get", "patch", "update"],
+            Self::Status | Self::Scale | Self::EphemeralContainers => &["get", "patch", "update"],
             Self::Binding | Self::Eviction | Self::Token => &["create"],
             Self::Log => &["get"],
-            Self::Exec | Self::Attach => &["create", "get"],
+            Self::Exec | Self::Attach | Self::PortForward => &["create", "get"],
+            Self::Proxy => &["create", "delete", "get", "patch", "update"],
             Self::Finalize => &["update"],
         }
     }
@@ -177,12 +188,20 @@ impl Subresource {
     /// (group, version, kind) of the subresource's body.
     pub fn kind(self, parent: &ResourceDef) -> (&'static str, &'static str, &'static str) {
         match self {
-            Self::Status | Self::Finalize => (parent.group, parent.version, parent.kind),
+            Self::Status | Self::Finalize | Self::EphemeralContainers => {
+                (parent.group, parent.version, parent.kind)
+            }
             Self::Scale => ("autoscaling", "v1", "Scale"),
             Self::Binding => ("", "v1", "Binding"),
             Self::Eviction => ("policy", "v1", "Eviction"),
             Self::Token => ("authentication.k8s.io", "v1", "TokenRequest"),
             Self::Log | Self::Exec | Self::Attach => ("", "v1", "Pod"),
+            Self::PortForward => ("", "v1", "PodPortForwardOptions"),
+            Self::Proxy => match parent.kind {
+                "Service" => ("", "v1", "ServiceProxyOptions"),
+                "Node" => ("", "v1", "NodeProxyOptions"),
+                _ => ("", "v1", "PodProxyOptions"),
+            },
         }
     }
 }
@@ -456,7 +475,7 @@ pub static RESOURCES: &[ResourceDef] = &[
         short_names: &["no"],
         namespaced: false,
         verbs: ALL_VERBS,
-        subresources: &[Subresource::Status],
+        subresources: &[Subresource::Status, Subresource::Proxy],
         categories: &[],
         columns: &[
             NAME,
@@ -526,6 +545,9 @@ pub static RESOURCES: &[ResourceDef] = &[
             Subresource::Attach,
             Subresource::Exec,
             Subresource::Log,
+            Subresource::PortForward,
+            Subresource::Proxy,
+            Subresource::EphemeralContainers,
         ],
         categories: CORE_ALL,
         columns: &[
@@ -585,7 +607,7 @@ pub static RESOURCES: &[ResourceDef] = &[
             "update",
             "watch",
         ],
-        subresources: &[Subresource::Status],
+        subresources: &[Subresource::Status, Subresource::Proxy],
         categories: CORE_ALL,
         columns: &[
             NAME,

@@ -158,7 +158,9 @@ pub async fn resource(
     match (verb, sub) {
         ("watch", None) => watch::serve(state, &ctx, &t).await,
         ("list", None) => list(state, &ctx, &t).await,
-        ("get", None) | ("get", Some(Subresource::Status)) => get(state, &ctx, &t),
+        ("get", None | Some(Subresource::Status | Subresource::EphemeralContainers)) => {
+            get(state, &ctx, &t)
+        }
         ("get", Some(Subresource::Scale)) => {
             let obj = current(state, &t)?;
             Ok(json_response(StatusCode::OK, &scale_of(&t, &obj.value)))

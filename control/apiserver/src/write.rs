@@ -422,6 +422,9 @@ fn merge_update(t: &Target, old: &Value, mut new: Value, sub: Option<Subresource
         out["spec"]["finalizers"] = f;
         return out;
     }
+    if sub == Some(Subresource::EphemeralContainers) {
+        return crate::kinds::pod::merge_ephemeral(old, &new);
+    }
     if sub == Some(Subresource::Status) {
         let mut out = old.clone();
         if let Some(o) = out.as_object_mut() {
@@ -527,7 +530,20 @@ pub async fn update_with(
         admission::set_defaults(t.def, &mut new);
         let attrs = admission_attrs(ctx, t, Operation::Update, sub, dry);
         admission::chain::mutate(state, &attrs, &mut new, Some(&cur.value)).await?;
-        admission::validate(t.def, &new, Some(&cur.value))?;
+        if sub == Some(Subresource::EphemeralContainers) {
+            // Only the ephemeral containers changed; upstream's own rules.
+            let errs = crate::kinds::pod::validate_update(&new, &cur.value);
+            if !errs.is_empty() {
+                return Err(ApiError::invalid(
+                    t.def.group,
+                    t.def.kind,
+                    t.name.as_deref().unwrap_or(""),
+                    errs,
+                ));
+            }
+        } else {
+            admission::validate(t.def, &new, Some(&cur.value))?;
+        }
         admission::chain::validate(state, &attrs, &new, Some(&cur.value)).await?;
         if let Some(ctx) = ctx.filter(|c| !is_apply(c)) {
             let manager = crate::managed::manager_of(ctx);

@@ -154,6 +154,7 @@ fn editable() -> Vec<Value> {
             &[
                 "pods",
                 "pods/attach",
+                "pods/ephemeralcontainers",
                 "pods/exec",
                 "pods/portforward",
                 "pods/proxy",

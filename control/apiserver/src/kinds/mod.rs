@@ -10,6 +10,7 @@ pub mod disruption;
 pub mod ingress;
 pub mod job;
 mod namespace;
+pub mod pod;
 pub mod replicationcontroller;
 pub mod storage;
 

@@ -124,3 +124,204 @@ pub async fn writer(client: kube::Client, mut rx: mpsc::UnboundedReceiver<Update
         }
     }
 }
+
+/// Whether an init container is a sidecar: `restartPolicy: Always` makes
+/// it run beside the main containers (upstream's restartable init
+/// container).
+pub fn is_sidecar(c: &k8s_openapi::api::core::v1::Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
+}
+
+fn has(v: &Value, p: &str) -> bool {
+    v.pointer(p).is_some_and(|x| !x.is_null())
+}
+
+fn code(v: &Value, p: &str) -> Option<i64> {
+    v.pointer(p).and_then(Value::as_i64)
+}
+
+/// Whether any main container has started (is running or has run): the
+/// pod has been initialized before, and restarting sidecars do not make
+/// it Pending or uninitialized again (upstream's
+/// `HasAnyRegularContainerStarted`).
+pub fn any_regular_started(containers: &[Value]) -> bool {
+    containers.iter().any(|s| {
+        has(s, "/state/running") || has(s, "/state/terminated") || has(s, "/lastState/terminated")
+    })
+}
+
+/// The Initialized condition: every plain init container succeeded and
+/// every sidecar has started, or a main container has already started.
+/// `inits` pairs each init container's status with whether it is a sidecar.
+pub fn initialized(inits: &[(bool, Value)], containers: &[Value]) -> bool {
+    any_regular_started(containers)
+        || inits.iter().all(|(sidecar, s)| {
+            if *sidecar {
+                s.get("started") == Some(&json!(true))
+            } else {
+                code(s, "/state/terminated/exitCode") == Some(0)
+            }
+        })
+}
+
+/// The pod phase from its container statuses, as upstream's `getPhase`:
+/// sidecars keep a pod Running while they run but never decide whether it
+/// succeeded; only the main containers do.
+pub fn phase(inits: &[(bool, Value)], containers: &[Value], policy: &str) -> &'static str {
+    let (mut pending_init, mut failed_init, mut pending_sidecar) = (0, 0, 0);
+    let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
+    for (sidecar, s) in inits {
+        if *sidecar {
+            if has(s, "/state/running") {
+                if s.get("started") != Some(&json!(true)) {
+                    pending_sidecar += 1;
+                }
+                running += 1;
+            } else if !has(s, "/state/terminated") && !has(s, "/lastState/terminated") {
+                // Exited sidecars do not count toward the phase.
+                pending_sidecar += 1;
+                waiting += 1;
+            }
+        } else if has(s, "/state/running") {
+            pending_init += 1;
+        } else if let Some(c) = code(s, "/state/terminated/exitCode") {
+            if c != 0 {
+                failed_init += 1;
+            }
+        } else if let Some(c) = code(s, "/lastState/terminated/exitCode") {
+            if c != 0 {
+                failed_init += 1;
+            }
+        } else {
+            pending_init += 1;
+        }
+    }
+    for s in containers {
+        if has(s, "/state/running") {
+            running += 1;
+        } else if let Some(c) = code(s, "/state/terminated/exitCode")
+            .or_else(|| code(s, "/lastState/terminated/exitCode"))
+        {
+            stopped += 1;
+            if c == 0 {
+                succeeded += 1;
+            }
+        } else {
+            waiting += 1;
+        }
+    }
+    if failed_init > 0 && policy == "Never" {
+        return "Failed";
+    }
+    if pending_init > 0 || (pending_sidecar > 0 && !any_regular_started(containers)) || waiting > 0
+    {
+        "Pending"
+    } else if running > 0 {
+        "Running"
+    } else if stopped > 0 {
+        if policy == "Always" {
+            "Running"
+        } else if stopped == succeeded {
+            "Succeeded"
+        } else if policy == "Never" {
+            "Failed"
+        } else {
+            "Running"
+        }
+    } else {
+        "Pending"
+    }
+}
+
+/// Whether the main containers are all done for good: they exited and the
+/// restart policy brings none back. `exits` has each main container's exit
+/// code, `None` while it has not exited. Then the sidecars are stopped.
+pub fn main_containers_done(policy: &str, exits: &[Option<i32>]) -> bool {
+    policy != "Always"
+        && !exits.is_empty()
+        && exits
+            .iter()
+            .all(|e| e.is_some_and(|c| policy == "Never" || c == 0))
+}
+
+/// Sidecars stop after the main containers, last started first.
+pub fn sidecar_stop_order(inits: &[k8s_openapi::api::core::v1::Container]) -> Vec<String> {
+    inits
+        .iter()
+        .rev()
+        .filter(|c| is_sidecar(c))
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Container;
+
+    fn running(started: bool) -> Value {
+        json!({"state": {"running": {}}, "lastState": {}, "started": started})
+    }
+    fn exited(code: i64) -> Value {
+        json!({"state": {"terminated": {"exitCode": code}}, "lastState": {}, "started": false})
+    }
+    fn creating() -> Value {
+        json!({"state": {"waiting": {"reason": "ContainerCreating"}}, "lastState": {}})
+    }
+
+    #[test]
+    fn sidecars_do_not_decide_the_phase() {
+        // Main done, sidecar still running: Running until it is stopped.
+        let inits = vec![(true, running(true))];
+        assert_eq!(phase(&inits, &[exited(0)], "Never"), "Running");
+        // Sidecar stopped (143 on SIGTERM): the main container decides.
+        let inits = vec![(true, exited(143))];
+        assert_eq!(phase(&inits, &[exited(0)], "Never"), "Succeeded");
+        assert_eq!(phase(&inits, &[exited(1)], "Never"), "Failed");
+        assert_eq!(phase(&inits, &[exited(1)], "OnFailure"), "Running");
+        assert_eq!(phase(&inits, &[exited(0)], "Always"), "Running");
+    }
+
+    #[test]
+    fn unstarted_sidecars_keep_the_pod_pending() {
+        let inits = vec![(true, running(false)), (false, creating())];
+        assert_eq!(phase(&inits, &[creating()], "Never"), "Pending");
+        assert!(!initialized(&inits, &[creating()]));
+        let inits = vec![(true, running(true)), (false, exited(0))];
+        assert_eq!(phase(&inits, &[running(true)], "Never"), "Running");
+        assert!(initialized(&inits, &[creating()]));
+        // A restarting sidecar does not undo initialization.
+        let inits = vec![(true, running(false)), (false, exited(0))];
+        assert!(initialized(&inits, &[running(true)]));
+        assert_eq!(phase(&inits, &[running(true)], "Always"), "Running");
+    }
+
+    #[test]
+    fn failed_init_containers_fail_never_pods() {
+        let inits = vec![(false, exited(2))];
+        assert_eq!(phase(&inits, &[creating()], "Never"), "Failed");
+        assert_eq!(phase(&inits, &[creating()], "OnFailure"), "Pending");
+        assert!(!initialized(&inits, &[creating()]));
+    }
+
+    #[test]
+    fn main_containers_done_follows_the_restart_policy() {
+        assert!(main_containers_done("Never", &[Some(0), Some(1)]));
+        assert!(!main_containers_done("Never", &[Some(0), None]));
+        assert!(main_containers_done("OnFailure", &[Some(0)]));
+        assert!(!main_containers_done("OnFailure", &[Some(1)]));
+        assert!(!main_containers_done("Always", &[Some(0)]));
+    }
+
+    #[test]
+    fn sidecars_stop_in_reverse_order() {
+        let c = |name: &str, always: bool| Container {
+            name: name.into(),
+            restart_policy: always.then(|| "Always".into()),
+            ..Default::default()
+        };
+        let inits = [c("a", true), c("setup", false), c("b", true)];
+        assert_eq!(sidecar_stop_order(&inits), ["b", "a"]);
+        assert!(is_sidecar(&inits[0]) && !is_sidecar(&inits[1]));
+    }
+}

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, EphemeralContainer, LifecycleHandler, Pod};
 use kestrel_client::events::EventType;
 use kestrel_cri::v1;
 use kube::ResourceExt as _;
@@ -17,7 +17,7 @@ use super::claims::Claims;
 use super::cri::{self as build, CONTAINER_NAME, POD_UID};
 use super::env::{ConfigError, Sources};
 use super::probe::{self, Kind};
-use super::status::{Update, now, time_of};
+use super::status::{self, Update, now, time_of};
 use super::{Shared, volumes};
 
 /// Upstream's crash-loop backoff: 10 s doubling to 5 min, reset after a
@@ -27,6 +27,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// How long an idle worker waits before re-checking on its own.
 const RESYNC: Duration = Duration::from_secs(10);
+/// How long a postStart exec or httpGet hook may take.
+const POST_START_TIMEOUT: i64 = 300;
 
 #[derive(Debug, Default)]
 struct Backoff {
@@ -201,16 +203,35 @@ impl Worker {
             tasks.iter().for_each(tokio::task::JoinHandle::abort);
         }
         let sandboxes = self.sandboxes().await?;
+        let deadline =
+            Instant::now() + Duration::from_secs(u64::try_from(grace.max(0)).unwrap_or(0));
+        // Main (and ephemeral) containers first, side by side; then the
+        // sidecars, last started first, each once the later ones are gone.
+        let order = pod
+            .and_then(|p| p.spec.as_ref())
+            .map(|s| {
+                super::status::sidecar_stop_order(s.init_containers.as_deref().unwrap_or_default())
+            })
+            .unwrap_or_default();
         let mut kills = Vec::new();
+        let mut sidecars: Vec<(usize, String, Option<Container>)> = Vec::new();
         for s in &sandboxes {
             for c in self.containers(&s.id).await? {
                 if c.state == v1::ContainerState::ContainerRunning as i32 {
                     let spec = pod.and_then(|p| spec_container(p, &c.name)).cloned();
-                    kills.push(self.kill_container(pod, c.id.clone(), spec, grace));
+                    match order.iter().position(|n| *n == c.name) {
+                        Some(i) => sidecars.push((i, c.id.clone(), spec)),
+                        None => kills.push(self.kill_container(pod, c.id.clone(), spec, grace)),
+                    }
                 }
             }
         }
         futures::future::join_all(kills).await;
+        sidecars.sort_by_key(|s| s.0);
+        for (_, id, spec) in sidecars {
+            self.kill_container(pod, id, spec, remaining(deadline, grace))
+                .await;
+        }
         let mut cri = self.shared.cri.clone();
         for s in sandboxes {
             cri.stop_pod_sandbox(v1::StopPodSandboxRequest {
@@ -246,26 +267,9 @@ impl Worker {
             )
             .await;
             if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
-                let as_probe = k8s_openapi::api::core::v1::Probe {
-                    exec: hook.exec.clone(),
-                    http_get: hook.http_get.clone(),
-                    tcp_socket: hook.tcp_socket.clone(),
-                    timeout_seconds: Some(i32::try_from(grace.max(1)).unwrap_or(30)),
-                    ..Default::default()
-                };
-                let target = probe::Target {
-                    cri: self.shared.cri.clone(),
-                    container_id: id.clone(),
-                    pod_ip: pod_ip_of(pod),
-                    ports: c.ports.clone().unwrap_or_default(),
-                };
-                if let Some(sleep) = &hook.sleep {
-                    let d = Duration::from_secs(u64::try_from(sleep.seconds.max(0)).unwrap_or(0));
-                    let _ = tokio::time::timeout_at(deadline.into(), tokio::time::sleep(d)).await;
-                } else if let Ok(Err(msg)) =
-                    tokio::time::timeout_at(deadline.into(), probe::run_once(&as_probe, &target))
-                        .await
-                {
+                let ip = pod_ip_of(pod);
+                let run = self.run_handler(hook, &id, &ip, c, grace);
+                if let Ok(Err(msg)) = tokio::time::timeout_at(deadline.into(), run).await {
                     self.event(
                         pod,
                         EventType::Warning,
@@ -287,6 +291,65 @@ impl Worker {
         {
             tracing::warn!(container = %id, error = %e, "stopping a container");
         }
+    }
+
+    /// Run a lifecycle hook (exec, httpGet, tcpSocket or sleep) in or
+    /// against the container, within `timeout` seconds.
+    async fn run_handler(
+        &self,
+        hook: &LifecycleHandler,
+        id: &str,
+        pod_ip: &str,
+        c: &Container,
+        timeout: i64,
+    ) -> Result<(), String> {
+        if let Some(sleep) = &hook.sleep {
+            let d = Duration::from_secs(u64::try_from(sleep.seconds.max(0)).unwrap_or(0));
+            tokio::time::sleep(d).await;
+            return Ok(());
+        }
+        let as_probe = k8s_openapi::api::core::v1::Probe {
+            exec: hook.exec.clone(),
+            http_get: hook.http_get.clone(),
+            tcp_socket: hook.tcp_socket.clone(),
+            timeout_seconds: Some(i32::try_from(timeout.max(1)).unwrap_or(30)),
+            ..Default::default()
+        };
+        let target = probe::Target {
+            cri: self.shared.cri.clone(),
+            container_id: id.to_owned(),
+            pod_ip: pod_ip.to_owned(),
+            ports: c.ports.clone().unwrap_or_default(),
+        };
+        probe::run_once(&as_probe, &target).await
+    }
+
+    /// Restart a running container whose liveness (or startup) probe
+    /// failed; true when it was killed.
+    async fn restart_if_unhealthy(&mut self, pod: &Pod, c: &Container, id: &str) -> bool {
+        let failed = self
+            .shared
+            .probe_results
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .is_some_and(|r| r.liveness_failed);
+        if !failed {
+            return false;
+        }
+        let grace = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30);
+        let msg = format!(
+            "Container {} failed liveness probe, will be restarted",
+            c.name
+        );
+        self.event(pod, EventType::Normal, "Killing", &msg).await;
+        self.stop_probes(id);
+        self.kill_container(None, id.to_owned(), None, grace).await;
+        true
     }
 
     async fn sync(&mut self) -> anyhow::Result<Next> {
@@ -491,15 +554,52 @@ impl Worker {
             return Ok(Next::After(Duration::from_secs(2)));
         };
 
-        // 3. Init containers, in order.
+        // The main containers' exits: once they are all done for good
+        // (restartPolicy Never or OnFailure), the sidecars stop.
+        let mut exits = Vec::new();
+        for c in &spec.containers {
+            exits.push(match latest(&c.name) {
+                Some(s) if s.state == v1::ContainerState::ContainerExited as i32 => {
+                    Some(self.exit_code(&s.id).await)
+                }
+                _ => None,
+            });
+        }
+        let main_done = status::main_containers_done(&policy, &exits);
+        // Initialized before: a restarting sidecar blocks nothing.
+        let main_started = spec.containers.iter().any(|c| latest(&c.name).is_some());
+
+        // 3. Init containers, in order. A sidecar (restartPolicy Always)
+        // lets the next one start once it has started (postStart done,
+        // startup probe passed) and runs on, restarted whenever it exits.
         let mut init_done = true;
         for c in spec.init_containers.iter().flatten() {
+            let sidecar = status::is_sidecar(c);
             match latest(&c.name) {
+                None if sidecar && (main_done || main_started) => {
+                    if !main_done {
+                        self.start(pod, c, 0, &vols, &mut sources, &pod_ip, &sandbox, None)
+                            .await;
+                    }
+                }
                 None => {
                     init_done = false;
-                    self.start(pod, c, 0, &vols, &mut sources, &pod_ip, &sandbox)
+                    self.start(pod, c, 0, &vols, &mut sources, &pod_ip, &sandbox, None)
                         .await;
                     break;
+                }
+                Some(s) if s.state == v1::ContainerState::ContainerRunning as i32 && sidecar => {
+                    if main_done {
+                        continue;
+                    }
+                    self.ensure_probes(c, &s.id, &pod_ip);
+                    if self.restart_if_unhealthy(pod, c, &s.id).await {
+                        next = Duration::ZERO;
+                    }
+                    if !(main_started || self.started(c, &s.id)) {
+                        init_done = false;
+                        break;
+                    }
                 }
                 Some(s) if s.state != v1::ContainerState::ContainerExited as i32 => {
                     if s.state == v1::ContainerState::ContainerCreated as i32 {
@@ -511,6 +611,33 @@ impl Worker {
                     }
                     init_done = false;
                     break;
+                }
+                Some(s) if sidecar => {
+                    // Sidecars come back whatever the pod's restartPolicy,
+                    // until the main containers are done.
+                    self.stop_probes(&s.id);
+                    if main_done {
+                        continue;
+                    }
+                    if let Some(d) = self
+                        .restart_after_backoff(
+                            pod,
+                            c,
+                            &s,
+                            &vols,
+                            &mut sources,
+                            &pod_ip,
+                            &sandbox,
+                            &seen,
+                        )
+                        .await
+                    {
+                        next = next.min(d);
+                    }
+                    if !main_started {
+                        init_done = false;
+                        break;
+                    }
                 }
                 Some(s) => {
                     let code = self.exit_code(&s.id).await;
@@ -551,8 +678,8 @@ impl Worker {
             for c in &spec.containers {
                 match latest(&c.name) {
                     None => {
-                        self.start(pod, c, 0, &vols, &mut sources, &pod_ip, &sandbox)
-                            .await
+                        self.start(pod, c, 0, &vols, &mut sources, &pod_ip, &sandbox, None)
+                            .await;
                     }
                     Some(s) if s.state == v1::ContainerState::ContainerCreated as i32 => {
                         let _ = cri
@@ -563,22 +690,7 @@ impl Worker {
                     }
                     Some(s) if s.state == v1::ContainerState::ContainerRunning as i32 => {
                         self.ensure_probes(c, &s.id, &pod_ip);
-                        let failed = self
-                            .shared
-                            .probe_results
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get(&s.id)
-                            .is_some_and(|r| r.liveness_failed);
-                        if failed {
-                            let grace = spec.termination_grace_period_seconds.unwrap_or(30);
-                            let msg = format!(
-                                "Container {} failed liveness probe, will be restarted",
-                                c.name
-                            );
-                            self.event(pod, EventType::Normal, "Killing", &msg).await;
-                            self.stop_probes(&s.id);
-                            self.kill_container(None, s.id.clone(), None, grace).await;
+                        if self.restart_if_unhealthy(pod, c, &s.id).await {
                             next = Duration::ZERO;
                         }
                     }
@@ -604,6 +716,65 @@ impl Worker {
                         }
                     }
                 }
+            }
+        }
+
+        // 5. Ephemeral containers: started once each, in the pod's
+        // sandbox, never restarted; `targetContainerName` shares that
+        // container's process namespace.
+        if self.failed.is_none() && !main_done {
+            for e in spec.ephemeral_containers.iter().flatten() {
+                match latest(&e.name) {
+                    None => {
+                        let c = ephemeral_as_container(e);
+                        let target = e
+                            .target_container_name
+                            .as_deref()
+                            .and_then(&latest)
+                            .filter(|s| s.state == v1::ContainerState::ContainerRunning as i32)
+                            .map(|s| s.id);
+                        self.start(
+                            pod,
+                            &c,
+                            0,
+                            &vols,
+                            &mut sources,
+                            &pod_ip,
+                            &sandbox,
+                            target.as_deref(),
+                        )
+                        .await;
+                    }
+                    Some(s) if s.state == v1::ContainerState::ContainerCreated as i32 => {
+                        let _ = cri
+                            .start_container(v1::StartContainerRequest {
+                                container_id: s.id.clone(),
+                            })
+                            .await;
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+
+        // 6. The main containers are done for good: stop the sidecars
+        // after them, last started first, within the grace period.
+        if main_done {
+            let grace = spec.termination_grace_period_seconds.unwrap_or(30);
+            let deadline =
+                Instant::now() + Duration::from_secs(u64::try_from(grace.max(0)).unwrap_or(0));
+            let order =
+                status::sidecar_stop_order(spec.init_containers.as_deref().unwrap_or_default());
+            for name in order {
+                let Some(s) = latest(&name)
+                    .filter(|s| s.state == v1::ContainerState::ContainerRunning as i32)
+                else {
+                    continue;
+                };
+                self.stop_probes(&s.id);
+                let c = spec_container(pod, &name).cloned();
+                self.kill_container(Some(pod), s.id.clone(), c, remaining(deadline, grace))
+                    .await;
             }
         }
         let seen = self.containers(&sandbox.id).await?;
@@ -790,8 +961,17 @@ impl Worker {
                 })
                 .await;
         }
-        self.start(pod, c, last.attempt + 1, vols, sources, pod_ip, sandbox)
-            .await;
+        self.start(
+            pod,
+            c,
+            last.attempt + 1,
+            vols,
+            sources,
+            pod_ip,
+            sandbox,
+            None,
+        )
+        .await;
         None
     }
 
@@ -807,6 +987,7 @@ impl Worker {
         sources: &mut Sources,
         pod_ip: &str,
         sandbox: &v1::PodSandbox,
+        pid_target: Option<&str>,
     ) {
         if let Err((reason, msg)) = self.ensure_image(pod, c).await {
             self.waiting.insert(c.name.clone(), (reason, msg));
@@ -827,7 +1008,19 @@ impl Worker {
         }
         .await;
         let cfg = match built {
-            Ok(cfg) => cfg,
+            Ok(mut cfg) => {
+                if let Some(target) = pid_target
+                    && let Some(ns) = cfg
+                        .linux
+                        .as_mut()
+                        .and_then(|l| l.security_context.as_mut())
+                        .and_then(|s| s.namespace_options.as_mut())
+                {
+                    ns.pid = v1::NamespaceMode::Target as i32;
+                    ns.target_id = target.to_owned();
+                }
+                cfg
+            }
             Err(e) => {
                 let msg = format!("{e:#}");
                 let reason = if e.downcast_ref::<ConfigError>().is_some() {
@@ -894,6 +1087,31 @@ impl Worker {
             &format!("Started container {}", c.name),
         )
         .await;
+        // postStart runs before anything counts the container as started;
+        // a failure kills it, and its restartPolicy decides what follows.
+        if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+            let grace = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30);
+            if let Err(msg) = self
+                .run_handler(hook, &id, pod_ip, c, POST_START_TIMEOUT)
+                .await
+            {
+                tracing::info!(container = %c.name, pod = %self.name, error = %msg, "postStart hook failed");
+                // Upstream keeps the hook's output out of the event.
+                self.event(
+                    pod,
+                    EventType::Warning,
+                    "FailedPostStartHook",
+                    "PostStartHook failed",
+                )
+                .await;
+                self.kill_container(Some(pod), id, Some(c.clone()), grace)
+                    .await;
+            }
+        }
     }
 
     async fn ensure_image(&mut self, pod: &Pod, c: &Container) -> Result<(), (String, String)> {
@@ -1039,80 +1257,87 @@ impl Worker {
                 _ => json!({"waiting": {"reason": "ContainerCreating"}}),
             }
         };
-        let mut all_ready = true;
-        let mut any_running = false;
-        let mut all_terminated = true;
-        let mut all_succeeded = true;
-        let mut build_list = |list: &[Container], init: bool, waiting: &Waiting| -> Vec<Value> {
-            list.iter()
-                .map(|c| {
-                    let (cur, prev) = statuses.get(&c.name).cloned().unwrap_or_default();
-                    let mut state = cur.as_ref().map_or_else(|| json!({"waiting": {"reason": "ContainerCreating"}}), &state_json);
-                    let running = cur.as_ref().is_some_and(|s| s.state == v1::ContainerState::ContainerRunning as i32);
-                    let exited = cur.as_ref().filter(|s| s.state == v1::ContainerState::ContainerExited as i32);
-                    if let Some((reason, message)) = waiting.get(&c.name)
-                        && !running {
-                            state = json!({"waiting": {"reason": reason, "message": message}});
-                        }
-                    let id = cur.as_ref().map(|s| s.id.clone()).unwrap_or_default();
-                    let ready = running && (init || self.ready(c, &id));
-                    if !init {
-                        any_running |= running;
-                        all_ready &= ready;
-                        match exited {
-                            Some(s) => all_succeeded &= s.exit_code == 0,
-                            None => {
-                                all_terminated = false;
-                                all_succeeded = false;
-                            }
-                        }
-                        // A container that will restart is not finished.
-                        if let Some(s) = exited
-                            && (policy == "Always" || (policy == "OnFailure" && s.exit_code != 0)) {
-                                all_terminated = false;
-                            }
-                    } else if exited.is_none_or(|s| s.exit_code != 0) {
-                        all_ready = false;
-                    }
-                    let mut v = json!({
-                        "name": c.name,
-                        "image": c.image,
-                        "imageID": cur.as_ref().map(|s| s.image_ref.clone()).unwrap_or_default(),
-                        "ready": ready,
-                        "started": running && self.started(c, &id),
-                        "restartCount": cur.as_ref().and_then(|s| s.metadata.as_ref()).map_or(0, |m| m.attempt),
-                        "state": state,
-                        "lastState": prev.as_ref().map_or(json!({}), &state_json),
-                    });
-                    if !id.is_empty() {
-                        v["containerID"] = json!(format!("containerd://{id}"));
-                    }
-                    v
-                })
-                .collect()
+        #[derive(Clone, Copy, PartialEq, Eq)]
+        enum Role {
+            Init,
+            Sidecar,
+            Main,
+            Ephemeral,
+        }
+        let waiting = &self.waiting;
+        let build = |c: &Container, role: Role| -> Value {
+            let (cur, prev) = statuses.get(&c.name).cloned().unwrap_or_default();
+            let mut state = cur.as_ref().map_or_else(
+                || json!({"waiting": {"reason": "ContainerCreating"}}),
+                &state_json,
+            );
+            let running = cur
+                .as_ref()
+                .is_some_and(|s| s.state == v1::ContainerState::ContainerRunning as i32);
+            let exited = cur
+                .as_ref()
+                .filter(|s| s.state == v1::ContainerState::ContainerExited as i32);
+            if let Some((reason, message)) = waiting.get(&c.name)
+                && !running
+            {
+                state = json!({"waiting": {"reason": reason, "message": message}});
+            }
+            let id = cur.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+            // As upstream: a plain init container is ready once it
+            // succeeded; sidecars and main containers while they run and
+            // pass their readiness probe; ephemeral containers never.
+            let ready = match role {
+                Role::Init => exited.is_some_and(|s| s.exit_code == 0),
+                Role::Sidecar | Role::Main => running && self.ready(c, &id),
+                Role::Ephemeral => false,
+            };
+            let mut v = json!({
+                "name": c.name,
+                "image": c.image,
+                "imageID": cur.as_ref().map(|s| s.image_ref.clone()).unwrap_or_default(),
+                "ready": ready,
+                "started": running && self.started(c, &id),
+                "restartCount": cur.as_ref().and_then(|s| s.metadata.as_ref()).map_or(0, |m| m.attempt),
+                "state": state,
+                "lastState": prev.as_ref().map_or(json!({}), &state_json),
+            });
+            if role == Role::Ephemeral
+                && let Some(o) = v.as_object_mut()
+            {
+                o.remove("started");
+            }
+            if !id.is_empty() {
+                v["containerID"] = json!(format!("containerd://{id}"));
+            }
+            v
         };
-        let inits = build_list(
-            spec.init_containers.as_deref().unwrap_or_default(),
-            true,
-            &self.waiting,
-        );
-        let initialized = inits
+        let inits: Vec<(bool, Value)> = spec
+            .init_containers
             .iter()
-            .all(|s| s.pointer("/state/terminated/exitCode") == Some(&json!(0)));
-        let containers = build_list(&spec.containers, false, &self.waiting);
-        let mut phase = if !initialized {
-            "Pending"
-        } else if all_terminated && !spec.containers.is_empty() {
-            if all_succeeded { "Succeeded" } else { "Failed" }
-        } else if any_running
-            || containers
-                .iter()
-                .any(|c| c.pointer("/lastState/terminated").is_some())
-        {
-            "Running"
-        } else {
-            "Pending"
-        };
+            .flatten()
+            .map(|c| {
+                let sidecar = status::is_sidecar(c);
+                let role = if sidecar { Role::Sidecar } else { Role::Init };
+                (sidecar, build(c, role))
+            })
+            .collect();
+        let containers: Vec<Value> = spec
+            .containers
+            .iter()
+            .map(|c| build(c, Role::Main))
+            .collect();
+        let ephemerals: Vec<Value> = spec
+            .ephemeral_containers
+            .iter()
+            .flatten()
+            .map(|e| build(&ephemeral_as_container(e), Role::Ephemeral))
+            .collect();
+        let initialized = status::initialized(&inits, &containers);
+        let all_ready = containers
+            .iter()
+            .chain(inits.iter().filter(|(s, _)| *s).map(|(_, v)| v))
+            .all(|v| v["ready"] == json!(true));
+        let mut phase = status::phase(&inits, &containers, &policy);
         let mut reason = None;
         if !failed.is_empty() {
             phase = "Failed";
@@ -1148,8 +1373,9 @@ impl Worker {
             "podIP": if pod_ip.is_empty() { None } else { Some(pod_ip) },
             "podIPs": if pod_ip.is_empty() { Value::Null } else { json!([{"ip": pod_ip}]) },
             "startTime": self.start_time,
-            "initContainerStatuses": if inits.is_empty() { Value::Null } else { json!(inits) },
+            "initContainerStatuses": if inits.is_empty() { Value::Null } else { json!(inits.into_iter().map(|(_, v)| v).collect::<Vec<_>>()) },
             "containerStatuses": containers,
+            "ephemeralContainerStatuses": if ephemerals.is_empty() { Value::Null } else { json!(ephemerals) },
         });
         let _ = self.shared.status_tx.send(Update {
             namespace: self.namespace.clone(),
@@ -1161,12 +1387,48 @@ impl Worker {
     }
 }
 
+/// An ephemeral container as the container it runs as: the same fields,
+/// less the target (and the hooks, ports and probes it may not have).
+fn ephemeral_as_container(e: &EphemeralContainer) -> Container {
+    let mut v = serde_json::to_value(e).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        for k in [
+            "targetContainerName",
+            "lifecycle",
+            "ports",
+            "livenessProbe",
+            "readinessProbe",
+            "startupProbe",
+            "restartPolicy",
+            "resizePolicy",
+            "resources",
+        ] {
+            o.remove(k);
+        }
+    }
+    serde_json::from_value(v).unwrap_or_else(|_| Container {
+        name: e.name.clone(),
+        image: e.image.clone(),
+        ..Default::default()
+    })
+}
+
 fn spec_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
     let spec = pod.spec.as_ref()?;
     spec.containers
         .iter()
         .chain(spec.init_containers.iter().flatten())
         .find(|c| c.name == name)
+}
+
+/// What is left of a shared grace period; sidecars stopped after the main
+/// containers get at least upstream's minimum of 2 s when there was one.
+fn remaining(deadline: Instant, grace: i64) -> i64 {
+    if grace <= 0 {
+        return 0;
+    }
+    let left = deadline.saturating_duration_since(Instant::now()).as_secs();
+    i64::try_from(left).unwrap_or(0).max(2)
 }
 
 fn pod_ip_of(pod: &Pod) -> String {
