@@ -1,5 +1,6 @@
-//! `pods/log`, `pods/exec` and `pods/attach`: proxied to the node API of the
-//! pod's node, as upstream proxies them to the kubelet.
+//! `pods/log`, `pods/exec`, `pods/attach` and `pods/portforward`: proxied to
+//! the node API of the pod's node, as upstream proxies them to the kubelet.
+//! The `proxy` subresources of pods, Services and nodes are in [`resource`].
 //!
 //! The pod names its node; the Node names its address (`InternalIP`, then
 //! `ExternalIP`, then `Hostname`) and port
@@ -9,7 +10,7 @@
 //! generate theirs self-signed, and upstream skips the check too unless
 //! `--kubelet-certificate-authority` is set.
 //!
-//! Logs stream the node's body through. Exec and attach forward the client's
+//! Logs stream the node's body through. Exec, attach and port-forward forward the client's
 //! upgrade request (Connection, Upgrade, `Sec-WebSocket-*`,
 //! `X-Stream-Protocol-Version`) and answer with the node's response; after a
 //! `101` the two connections are spliced, so SPDY and WebSocket subprotocols
@@ -33,6 +34,8 @@ use serde_json::Value;
 
 use crate::state::AppState;
 
+mod resource;
+
 /// The kubelet's default port.
 const DEFAULT_KUBELET_PORT: u16 = 10250;
 /// How long dialling a node and its TLS handshake may take.
@@ -44,6 +47,7 @@ pub(crate) enum Sub {
     Log,
     Exec,
     Attach,
+    PortForward,
 }
 
 /// `/api/v1/namespaces/{ns}/pods/{name}/{log|exec|attach}`.
@@ -54,8 +58,24 @@ pub(crate) struct Target {
     sub: Sub,
 }
 
-/// The proxied subresource a path names, if any.
-pub(crate) fn match_path(path: &str) -> Option<Target> {
+/// A request this module serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// `pods/{log,exec,attach,portforward}`.
+    Pod(Target),
+    /// `{pods,services,nodes}/proxy`.
+    Proxy(resource::ProxyTarget),
+}
+
+/// The proxied subresource a (still escaped) path names, if any.
+pub(crate) fn match_path(path: &str) -> Option<Route> {
+    if let Some(t) = resource::match_path(path) {
+        return Some(Route::Proxy(t));
+    }
+    match_pod_path(path).map(Route::Pod)
+}
+
+fn match_pod_path(path: &str) -> Option<Target> {
     let segs = crate::state::path_segments(path.trim_end_matches('/'));
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     match segs.as_slice() {
@@ -64,6 +84,7 @@ pub(crate) fn match_path(path: &str) -> Option<Target> {
                 "log" => Sub::Log,
                 "exec" => Sub::Exec,
                 "attach" => Sub::Attach,
+                "portforward" => Sub::PortForward,
                 _ => return None,
             };
             Some(Target {
@@ -104,15 +125,33 @@ fn flag(q: &[(String, String)], k: &str) -> Result<bool, ApiError> {
     }
 }
 
-/// Serve a proxied subresource. `parts` still holds the client's upgrade.
+/// Serve a proxied subresource. `parts` still holds the client's upgrade;
+/// only `proxy` reads the body.
 pub(crate) async fn serve(
+    state: &Arc<AppState>,
+    route: &Route,
+    parts: &mut Parts,
+    body: hyper::body::Incoming,
+) -> Result<Response<Body>, ApiError> {
+    match route {
+        Route::Proxy(t) => resource::serve(state, t, parts, body).await,
+        Route::Pod(t) => {
+            drop(body);
+            serve_pod(state, t, parts).await
+        }
+    }
+}
+
+async fn serve_pod(
     state: &Arc<AppState>,
     target: &Target,
     parts: &mut Parts,
 ) -> Result<Response<Body>, ApiError> {
     let allowed = match target.sub {
         Sub::Log => parts.method == Method::GET,
-        Sub::Exec | Sub::Attach => matches!(parts.method, Method::GET | Method::POST),
+        Sub::Exec | Sub::Attach | Sub::PortForward => {
+            matches!(parts.method, Method::GET | Method::POST)
+        }
     };
     if !allowed {
         return Err(ApiError::MethodNotAllowed);
@@ -124,8 +163,20 @@ pub(crate) async fn serve(
         .ok_or_else(|| ApiError::NotFound(ObjectRef::new("", "pods", &target.pod)))?;
     let pod = pod.value.clone();
     let q = query_pairs(parts);
-    let container = pick_container(&pod, &target.pod, last(&q, "container").unwrap_or(""))?;
+    let container = if target.sub == Sub::PortForward {
+        String::new()
+    } else {
+        pick_container(&pod, &target.pod, last(&q, "container").unwrap_or(""))?
+    };
     let (node_path, node_query) = match target.sub {
+        Sub::PortForward => (
+            format!(
+                "/portForward/{}/{}",
+                seg(&target.namespace),
+                seg(&target.pod)
+            ),
+            port_forward_query(&q)?,
+        ),
         Sub::Log => (
             format!(
                 "/containerLogs/{}/{}/{}",
@@ -185,7 +236,7 @@ pub(crate) async fn serve(
         format!("{node_path}?{node_query}")
     };
     tracing::debug!(node = node_name, %ip, port, %uri, "proxying to the node API");
-    let mut sender = dial(state, node_name, ip, port).await?;
+    let mut sender = dial::<Empty<Bytes>>(state, node_name, ip, port).await?;
     let mut req = Request::builder()
         .method(if target.sub == Sub::Log {
             Method::GET
@@ -212,7 +263,7 @@ pub(crate) async fn serve(
     })?;
     match target.sub {
         Sub::Log => log_response(resp).await,
-        Sub::Exec | Sub::Attach => upgrade_response(parts, resp).await,
+        Sub::Exec | Sub::Attach | Sub::PortForward => upgrade_response(parts, resp).await,
     }
 }
 
@@ -229,6 +280,28 @@ fn forwarded_on_upgrade(name: &header::HeaderName) -> bool {
         header::CONNECTION | header::UPGRADE | header::ORIGIN | header::USER_AGENT
     ) || n.starts_with("sec-websocket-")
         || n.starts_with("x-stream-protocol-version")
+}
+
+/// The node query of a port forward: upstream's `PodPortForwardOptions`,
+/// each `port` a number from 1 to 65535, passed on.
+fn port_forward_query(q: &[(String, String)]) -> Result<String, ApiError> {
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in q {
+        if k != "port" {
+            continue;
+        }
+        match v.parse::<u16>() {
+            Ok(p) if p != 0 => {
+                out.append_pair("port", &p.to_string());
+            }
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "ports: invalid integer value {v:?}"
+                )));
+            }
+        }
+    }
+    Ok(out.finish())
 }
 
 /// The container a request means: the named one, which must exist, or the
@@ -363,12 +436,41 @@ fn host_port(ip: IpAddr, port: u16) -> String {
 
 /// Open an HTTP/1.1 connection to a node API over TLS with the kubelet
 /// client certificate.
-async fn dial(
+async fn dial<B>(
     state: &AppState,
     node: &str,
     ip: IpAddr,
     port: u16,
-) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, ApiError> {
+) -> Result<hyper::client::conn::http1::SendRequest<B>, ApiError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tls = connect_node(state, node, ip, port).await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| {
+            ApiError::ServiceUnavailable(format!(
+                "talking to node {node} ({}): {e}",
+                host_port(ip, port)
+            ))
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "node API connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// A TLS connection to a node API with the kubelet client certificate.
+async fn connect_node(
+    state: &AppState,
+    node: &str,
+    ip: IpAddr,
+    port: u16,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ApiError> {
     let unavailable = |what: &str, e: &dyn std::fmt::Display| {
         ApiError::ServiceUnavailable(format!("{what} node {node} ({}): {e}", host_port(ip, port)))
     };
@@ -383,18 +485,9 @@ async fn dial(
             .await
             .map_err(|e| unavailable("TLS handshake with", &e))
     };
-    let tls = tokio::time::timeout(DIAL_TIMEOUT, connect)
+    tokio::time::timeout(DIAL_TIMEOUT, connect)
         .await
-        .map_err(|_| unavailable("timed out dialing", &"no answer"))??;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| unavailable("talking to", &e))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "node API connection ended with an error");
-        }
-    });
-    Ok(sender)
+        .map_err(|_| unavailable("timed out dialing", &"no answer"))?
 }
 
 fn client_config(state: &AppState) -> Result<Arc<rustls::ClientConfig>, ApiError> {
@@ -527,7 +620,7 @@ async fn log_response(resp: Response<hyper::body::Incoming>) -> Result<Response<
 /// the client's connection with the node's.
 async fn upgrade_response(
     parts: &mut Parts,
-    mut resp: Response<hyper::body::Incoming>,
+    resp: Response<hyper::body::Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // A refused protocol is the client's cue to fall back (kubectl tries
@@ -535,20 +628,29 @@ async fn upgrade_response(
         let (p, body) = resp.into_parts();
         return Ok(Response::from_parts(p, Body::new(body)));
     }
+    splice(parts, resp)
+}
+
+/// After a backend's `101`: answer the client with it, and copy bytes both
+/// ways between the client's upgraded connection and the backend's.
+pub(crate) fn splice(
+    parts: &mut Parts,
+    mut resp: Response<hyper::body::Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let Some(client) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
         return Err(ApiError::BadRequest("Upgrade request required".to_owned()));
     };
-    let node = hyper::upgrade::on(&mut resp);
+    let backend = hyper::upgrade::on(&mut resp);
     tokio::spawn(async move {
-        let (client, node) = match tokio::try_join!(client, node) {
+        let (client, backend) = match tokio::try_join!(client, backend) {
             Ok(x) => x,
             Err(e) => {
                 tracing::debug!(error = %e, "stream upgrade failed");
                 return;
             }
         };
-        let (mut client, mut node) = (TokioIo::new(client), TokioIo::new(node));
-        match tokio::io::copy_bidirectional(&mut client, &mut node).await {
+        let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+        match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
             Ok((up, down)) => tracing::debug!(up, down, "stream ended"),
             Err(e) => tracing::debug!(error = %e, "stream ended with an error"),
         }
@@ -566,12 +668,30 @@ mod tests {
     fn paths() {
         assert_eq!(
             match_path("/api/v1/namespaces/default/pods/web/log"),
-            Some(Target {
+            Some(Route::Pod(Target {
                 namespace: "default".into(),
                 pod: "web".into(),
                 sub: Sub::Log
-            })
+            }))
         );
+        assert_eq!(
+            match_path("/api/v1/namespaces/default/pods/web/portforward"),
+            Some(Route::Pod(Target {
+                namespace: "default".into(),
+                pod: "web".into(),
+                sub: Sub::PortForward
+            }))
+        );
+        assert!(matches!(
+            match_path("/api/v1/namespaces/default/pods/web:80/proxy/x"),
+            Some(Route::Proxy(_))
+        ));
+        assert_eq!(
+            port_forward_query(&[("port".into(), "80".into()), ("x".into(), "1".into())])
+                .expect("ok"),
+            "port=80"
+        );
+        assert!(port_forward_query(&[("port".into(), "0".into())]).is_err());
         assert!(match_path("/api/v1/namespaces/default/pods/web/exec/").is_some());
         assert!(match_path("/api/v1/namespaces/default/pods/web/status").is_none());
         assert!(match_path("/api/v1/namespaces/default/pods/web").is_none());

@@ -411,12 +411,12 @@ async fn handle_inner(
     decision?;
     crate::authz::node::restrict(&user, &attrs, current_object(&state, &attrs).as_deref())?;
 
-    // pods/log, exec and attach go to the node API; exec and attach keep
-    // the connection for its upgrade, so they never read a body.
-    if let Some(target) = crate::proxy::match_path(&path) {
+    // pods/log, exec, attach and portforward go to the node API; the
+    // streams keep the connection for its upgrade, so they never read a
+    // body. The proxy subresources stream the body on.
+    if let Some(route) = crate::proxy::match_path(&path) {
         let mut parts = parts;
-        drop(body);
-        return crate::proxy::serve(&state, &target, &mut parts).await;
+        return crate::proxy::serve(&state, &route, &mut parts, body).await;
     }
 
     // Body: refuse oversize early, then read with a hard cap.

@@ -353,7 +353,16 @@ fn every_served_kind_decodes() {
     let json_only = |r: &&kestrel_api::registry::ResourceDef| r.kind != "CustomResourceDefinition";
     for r in kestrel_api::registry::RESOURCES.iter().filter(json_only) {
         let mut kinds = vec![(r.api_version(), r.kind)];
-        for sub in r.subresources {
+        // Connect subresources take their options as query parameters,
+        // never as a body.
+        let bodies = r.subresources.iter().filter(|s| {
+            !matches!(
+                s,
+                kestrel_api::registry::Subresource::Proxy
+                    | kestrel_api::registry::Subresource::PortForward
+            )
+        });
+        for sub in bodies {
             let (g, v, k) = sub.kind(r);
             kinds.push((
                 if g.is_empty() {

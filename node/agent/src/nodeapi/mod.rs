@@ -12,6 +12,13 @@
 //!   streaming server, and the client's HTTP upgrade request is proxied to
 //!   it; after the `101` the bytes are copied both ways, whatever SPDY or
 //!   WebSocket subprotocol the two ends agreed on.
+//! - `/portForward/{namespace}/{pod}` (also with the pod UID after it): CRI
+//!   `PortForward` on the pod's ready sandbox, then the upgrade is proxied
+//!   to the runtime the same way (SPDY/3.1 `portforward.k8s.io`);
+//! - `/podTunnel/{namespace}/{pod}/{port}` (Kestrel's own, for the API
+//!   server's `pods/proxy` and `services/proxy`): an upgrade answered with
+//!   `101`, then raw bytes to and from that port of the pod, dialled from the
+//!   node's network namespace; only pods running on this node are reached.
 //!
 //! Authentication is by TLS client certificate only: it must chain to the
 //! cluster CA and name [`API_SERVER_CLIENT_CN`]. Anything else gets no TLS
@@ -30,6 +37,7 @@
 
 mod crilog;
 mod logs;
+mod portforward;
 mod stream;
 mod tls;
 
@@ -87,6 +95,9 @@ type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 #[derive(Debug)]
 struct Ctx {
     runtime: RuntimeClient,
+    /// The address the node API listens on: the node's, where host-network
+    /// pods are reached.
+    node_ip: Option<std::net::IpAddr>,
 }
 
 /// Serve the node API on `listener` until `shutdown` completes. Connections
@@ -102,7 +113,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let acceptor = tls.acceptor()?;
-    let ctx = Arc::new(Ctx { runtime });
+    let node_ip = listener
+        .local_addr()
+        .ok()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified());
+    let ctx = Arc::new(Ctx { runtime, node_ip });
     tokio::pin!(shutdown);
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -177,6 +193,8 @@ enum Route {
     Logs(PodContainer),
     Exec(PodContainer),
     Attach(PodContainer),
+    PortForward(portforward::PodRef),
+    PodTunnel(portforward::PodRef, String),
     NotFound,
 }
 
@@ -231,6 +249,22 @@ fn parse_route(path: &str) -> Route {
         }
         Some((first, rest)) if first == "exec" => pc(rest).map_or(Route::NotFound, Route::Exec),
         Some((first, rest)) if first == "attach" => pc(rest).map_or(Route::NotFound, Route::Attach),
+        Some((first, rest)) if first == "portForward" => match rest {
+            [ns, pod] | [ns, pod, _] => Route::PortForward(portforward::PodRef {
+                namespace: ns.clone(),
+                pod: pod.clone(),
+                uid: rest.get(2).cloned(),
+            }),
+            _ => Route::NotFound,
+        },
+        Some((first, [ns, pod, port])) if first == "podTunnel" => Route::PodTunnel(
+            portforward::PodRef {
+                namespace: ns.clone(),
+                pod: pod.clone(),
+                uid: None,
+            },
+            port.clone(),
+        ),
         _ => Route::NotFound,
     }
 }
@@ -252,6 +286,16 @@ async fn route(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
         }
         (Route::Attach(pc), &Method::GET | &Method::POST) => {
             stream::serve(ctx, stream::Kind::Attach, &pc, req)
+                .await
+                .unwrap_or_else(HttpError::into_response)
+        }
+        (Route::PortForward(pod), &Method::GET | &Method::POST) => {
+            portforward::serve_port_forward(ctx, &pod, req)
+                .await
+                .unwrap_or_else(HttpError::into_response)
+        }
+        (Route::PodTunnel(pod, port), &Method::GET) => {
+            portforward::serve_tunnel(ctx, &pod, &port, req)
                 .await
                 .unwrap_or_else(HttpError::into_response)
         }
@@ -340,8 +384,29 @@ mod tests {
             parse_route("/exec/default/we%20b/app"),
             Route::Exec(pc("default", "we b", None, "app"))
         );
+        assert_eq!(
+            parse_route("/portForward/default/web"),
+            Route::PortForward(portforward::PodRef {
+                namespace: "default".into(),
+                pod: "web".into(),
+                uid: None
+            })
+        );
+        assert_eq!(
+            parse_route("/podTunnel/default/web/8080"),
+            Route::PodTunnel(
+                portforward::PodRef {
+                    namespace: "default".into(),
+                    pod: "web".into(),
+                    uid: None
+                },
+                "8080".into()
+            )
+        );
         for bad in [
             "/",
+            "/portForward/default",
+            "/podTunnel/default/web",
             "/containerLogs/default/web",
             "/containerLogs/default/web/u/app",
             "/containerLogs/default//app",

@@ -78,7 +78,7 @@ impl StreamOptions {
 }
 
 /// Whether a request asks for a connection upgrade.
-fn is_upgrade(req: &Request<Incoming>) -> bool {
+pub(crate) fn is_upgrade(req: &Request<Incoming>) -> bool {
     let has_token = req
         .headers()
         .get_all(header::CONNECTION)
@@ -142,7 +142,10 @@ pub(crate) async fn serve(
 
 /// Send the upgrade request to the runtime's streaming server; on `101`,
 /// answer the client with the same `101` and splice the two connections.
-async fn proxy_upgrade(mut req: Request<Incoming>, url: &Uri) -> Result<Response<Body>, HttpError> {
+pub(crate) async fn proxy_upgrade(
+    mut req: Request<Incoming>,
+    url: &Uri,
+) -> Result<Response<Body>, HttpError> {
     let bad_gateway = |what: &str, e: &dyn std::fmt::Display| {
         HttpError::new(StatusCode::BAD_GATEWAY, format!("{what} {url}: {e}"))
     };
