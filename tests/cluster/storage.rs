@@ -106,7 +106,9 @@ spec:
                 .clone();
             (cond["status"] == "False"
                 && cond["message"]
-                    == "0/2 nodes are available: persistentvolumeclaim \"nope\" not found.")
+                    == "0/2 nodes are available: persistentvolumeclaim \"nope\" not found. \
+                       preemption: 0/2 nodes are available: 2 Preemption is not helpful for \
+                       scheduling.")
                 .then_some(())
         },
     );

@@ -105,6 +105,16 @@ impl NodeInfo {
         Ok(())
     }
 
+    /// A copy with `pods` added, for filtering with nominated pods
+    /// counted (upstream's addNominatedPods).
+    pub fn with_pods(&self, pods: &[Arc<PodInfo>]) -> Self {
+        let mut n = self.clone();
+        for p in pods {
+            n.add_pod(p.clone());
+        }
+        n
+    }
+
     fn add_pod(&mut self, p: Arc<PodInfo>) {
         self.requested.add(&p.requests);
         self.non_zero_requested.add(&p.non_zero);
@@ -245,6 +255,12 @@ pub struct Cache {
     selector_counts: RefCell<SelectorIndex>,
     /// Numbered values of the topology keys recently asked about.
     label_indexes: RefCell<(Vec<LabelIndex>, u64)>,
+    /// Pending pods with a nominated node (`status.nominatedNodeName`),
+    /// by node name: they hold their room there against pods of lower or
+    /// equal priority.
+    nominated: HashMap<String, Vec<Arc<PodInfo>>>,
+    /// Pod key → its nominated node.
+    nominated_of: HashMap<String, String>,
 }
 
 impl Cache {
@@ -392,6 +408,9 @@ impl Cache {
     fn place(&mut self, pod: Arc<PodInfo>, node: &str, assumed: bool) {
         let key = pod.key();
         self.remove_pod(&key);
+        if !self.nominated_of.is_empty() {
+            self.unnominate(&key);
+        }
         let i = self.slot(node);
         self.count_pod(i, &pod, true);
         self.slots[i].add_pod(pod);
@@ -454,6 +473,71 @@ impl Cache {
         }
         index.counts.push(c);
         out
+    }
+
+    /// Record where a pending pod is nominated (`None` clears it).
+    pub fn nominate(&mut self, pod: &Arc<PodInfo>, node: Option<&str>) {
+        let key = pod.key();
+        self.unnominate(&key);
+        if let Some(node) = node {
+            self.nominated
+                .entry(node.to_owned())
+                .or_default()
+                .push(pod.clone());
+            self.nominated_of.insert(key, node.to_owned());
+        }
+    }
+
+    /// The pod is no longer nominated anywhere (bound, deleted, cleared).
+    pub fn unnominate(&mut self, key: &str) {
+        let Some(node) = self.nominated_of.remove(key) else {
+            return;
+        };
+        if let Some(v) = self.nominated.get_mut(&node) {
+            v.retain(|p| p.key() != key);
+            if v.is_empty() {
+                self.nominated.remove(&node);
+            }
+        }
+    }
+
+    /// Whether any pod is nominated anywhere (cheap; checked each cycle).
+    pub fn has_nominated(&self) -> bool {
+        !self.nominated_of.is_empty()
+    }
+
+    /// The node `key` is nominated to.
+    pub fn nominated_node(&self, key: &str) -> Option<&str> {
+        self.nominated_of.get(key).map(String::as_str)
+    }
+
+    /// Pods nominated to `node`.
+    pub fn nominated_on(&self, node: &str) -> &[Arc<PodInfo>] {
+        self.nominated.get(node).map_or(&[], Vec::as_slice)
+    }
+
+    /// Take a placed pod off its node for a preemption dry run: the pod,
+    /// its slot and whether it was assumed, to [`Cache::put_back`].
+    pub(crate) fn take_out(&mut self, key: &str) -> Option<(Arc<PodInfo>, usize, bool)> {
+        let p = self.placed.remove(key)?;
+        let (ns, name) = key.split_once('/').unwrap_or(("", key));
+        let pod = self.slots[p.node].remove_pod(ns, name)?;
+        self.count_pod(p.node, &pod, false);
+        Some((pod, p.node, p.assumed))
+    }
+
+    /// Undo [`Cache::take_out`].
+    pub(crate) fn put_back(&mut self, pod: Arc<PodInfo>, slot: usize, assumed: bool) {
+        let key = pod.key();
+        self.count_pod(slot, &pod, true);
+        self.slots[slot].add_pod(pod);
+        self.placed.insert(
+            key,
+            PlacedPod {
+                node: slot,
+                assumed,
+            },
+        );
     }
 
     /// Undo an assumption whose binding failed (no-op if it was observed).

@@ -245,7 +245,18 @@ pub struct PodInfo {
     pub controller: Option<Box<ControllerRef>>,
     /// Has a deletionTimestamp: spreading no longer counts it, as upstream.
     pub terminating: bool,
+    /// `spec.priority` (0 when unset, as upstream's PodPriority).
     pub priority: i32,
+    /// `spec.preemptionPolicy: Never`: it may not preempt others.
+    pub never_preempts: bool,
+    /// `status.nominatedNodeName`, where an earlier preemption made room.
+    pub nominated_node: Option<String>,
+    /// `status.startTime` in Unix nanoseconds; preemption takes a pod
+    /// without one as started now, as upstream.
+    pub start_time: Option<i128>,
+    /// Terminating with a `DisruptionTarget` condition of reason
+    /// `PreemptionByScheduler`: being preempted.
+    pub preempted: bool,
     /// Requests, as the fit filter counts them.
     pub requests: Resources,
     /// Requests with upstream's non-zero defaults, for scoring.
@@ -413,6 +424,26 @@ impl PodInfo {
             terminating: meta.deletion_timestamp.is_some(),
             resource_version: meta.resource_version.clone().unwrap_or_default(),
             priority: spec.priority.unwrap_or(0),
+            never_preempts: spec.preemption_policy.as_deref() == Some("Never"),
+            nominated_node: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.nominated_node_name.clone())
+                .filter(|n| !n.is_empty()),
+            start_time: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.start_time.as_ref())
+                .map(|t| t.0.as_nanosecond()),
+            preempted: meta.deletion_timestamp.is_some()
+                && pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .and_then(|cs| cs.iter().find(|c| c.type_ == "DisruptionTarget"))
+                    .is_some_and(|c| {
+                        c.status == "True" && c.reason.as_deref() == Some("PreemptionByScheduler")
+                    }),
             requests,
             non_zero,
             node_selector: spec.node_selector.clone().unwrap_or_default(),

@@ -148,6 +148,11 @@ impl Queue {
         self.entries.contains_key(key)
     }
 
+    /// The queued pod `key`, as last seen.
+    pub fn get(&self, key: &str) -> Option<&Arc<PodInfo>> {
+        self.entries.get(key).map(|e| &e.pod)
+    }
+
     /// Keys of every queued pod.
     pub fn keys(&self) -> impl Iterator<Item = &String> {
         self.entries.keys()

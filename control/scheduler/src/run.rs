@@ -259,7 +259,9 @@ fn on_pod(shared: &Shared, pod: &Pod) {
         return;
     }
     if pod.metadata.deletion_timestamp.is_some() {
-        shared.lock().queue.remove(&key);
+        let mut st = shared.lock();
+        st.queue.remove(&key);
+        st.cache.unnominate(&key);
         return;
     }
     match PodInfo::new(pod) {
@@ -269,6 +271,17 @@ fn on_pod(shared: &Shared, pod: &Pod) {
             // Assumed by us and being bound: not pending any more.
             if st.cache.is_placed(&key) {
                 return;
+            }
+            // status.nominatedNodeName: set holds room on that node; a
+            // cleared one (seen set before) releases it.
+            let was_nominated = st
+                .queue
+                .get(&key)
+                .is_some_and(|p| p.nominated_node.is_some());
+            if let Some(n) = info.nominated_node.as_deref() {
+                st.cache.nominate(&info, Some(n));
+            } else if was_nominated {
+                st.cache.unnominate(&key);
             }
             if st.queue.upsert(info, fp) {
                 drop(st);
@@ -295,6 +308,7 @@ fn on_pod(shared: &Shared, pod: &Pod) {
 fn on_pod_gone(shared: &Shared, key: &str) {
     let mut st = shared.lock();
     st.queue.remove(key);
+    st.cache.unnominate(key);
     // Its resources are free: pods waiting for room may fit now.
     if st.cache.remove_pod(key) && st.queue.move_all() {
         drop(st);
@@ -659,7 +673,15 @@ async fn schedule_loop(shared: Arc<Shared>) {
                 }
                 Err(fit) => {
                     st.queue.unschedulable(&key);
-                    Err(fit)
+                    // Upstream's PostFilter: only after a failed cycle.
+                    let pre = (fit.num_nodes > 0).then(|| {
+                        let pre = shared.profile.preempt(&pod, &mut st.cache);
+                        if pre.clear_own {
+                            st.cache.unnominate(&key);
+                        }
+                        pre
+                    });
+                    Err((fit, pre))
                 }
             }
         };
@@ -667,14 +689,109 @@ async fn schedule_loop(shared: Arc<Shared>) {
             Ok((node, plan)) => {
                 binds.spawn(bind(shared.clone(), pod, node, plan, permit));
             }
-            Err(fit) => {
+            Err((mut fit, pre)) => {
                 shared.stats.unschedulable.fetch_add(1, Ordering::Relaxed);
+                if let Some(pre) = pre {
+                    fit.post_filter = pre.message.clone();
+                    if pre.node.is_some() || pre.clear_own {
+                        binds.spawn(preempt(shared.clone(), pod.clone(), pre));
+                    }
+                }
                 let message = fit.to_string();
                 tracing::debug!(pod = %key, %message, "unschedulable");
                 shared
                     .reporter
                     .not_scheduled(&pod, "Unschedulable", message);
             }
+        }
+    }
+}
+
+/// Set (or clear, with `None`) a pending pod's `status.nominatedNodeName`.
+async fn patch_nominated(shared: &Shared, p: &PodInfo, node: Option<&str>) {
+    let api: Api<Pod> = Api::namespaced(shared.client.clone(), &p.namespace);
+    let patch = serde_json::json!({"status": {"nominatedNodeName": node}});
+    if let Err(e) = api
+        .patch_status(&p.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        tracing::debug!(pod = %p.key(), error = %e, "could not set nominatedNodeName");
+    }
+}
+
+/// Carry out a preemption: as upstream's prepareCandidate, mark each
+/// victim with a `DisruptionTarget` condition, delete it and record a
+/// `Preempted` Event on it; clear the nomination of lower-priority pods
+/// nominated to the node; then nominate the preemptor. Deletions bring
+/// the preemptor back to the queue (a placed pod gone moves pods).
+async fn preempt(shared: Arc<Shared>, pod: Arc<PodInfo>, pre: crate::plugins::Preemption) {
+    let Some(node) = pre.node else {
+        if pre.clear_own {
+            patch_nominated(&shared, &pod, None).await;
+        }
+        return;
+    };
+    let mut failed = false;
+    for v in pre.victims.iter().filter(|v| !v.terminating) {
+        let api: Api<Pod> = Api::namespaced(shared.client.clone(), &v.namespace);
+        let patch = serde_json::json!({"status": {"conditions": [{
+            "type": "DisruptionTarget",
+            "status": "True",
+            "reason": "PreemptionByScheduler",
+            "message": format!(
+                "{}: preempting to accommodate a higher priority pod",
+                shared.config.scheduler_name
+            ),
+            "lastTransitionTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::now()
+            ),
+        }]}});
+        match api
+            .patch_status(&v.name, &PatchParams::default(), &Patch::Strategic(patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => continue,
+            Err(e) => {
+                tracing::warn!(victim = %v.key(), error = %e, "could not add DisruptionTarget condition");
+                failed = true;
+                continue;
+            }
+        }
+        let mut dp = kube::api::DeleteParams::default();
+        if !v.uid.is_empty() {
+            dp.preconditions = Some(kube::api::Preconditions {
+                uid: Some(v.uid.clone()),
+                resource_version: None,
+            });
+        }
+        match api.delete(&v.name, &dp).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => continue,
+            Err(e) => {
+                tracing::warn!(victim = %v.key(), error = %e, "could not preempt");
+                failed = true;
+                continue;
+            }
+        }
+        tracing::debug!(preemptor = %pod.key(), victim = %v.key(), %node, "preempted");
+        shared.reporter.event(
+            v,
+            EventType::Normal,
+            "Preempted",
+            format!("Preempted by pod {} on node {node}", pod.uid),
+        );
+    }
+    for p in &pre.clear_nominated {
+        patch_nominated(&shared, p, None).await;
+    }
+    patch_nominated(&shared, &pod, Some(&node)).await;
+    if failed {
+        // Upstream activates the preemptor when a victim could not be
+        // deleted, rather than leave it waiting for a deletion.
+        let mut st = shared.lock();
+        if st.queue.contains(&pod.key()) {
+            st.queue.error(pod.clone(), 0);
         }
     }
 }

@@ -276,7 +276,8 @@ async fn node_selector_and_taints_steer_pods() {
     assert_eq!(
         message,
         "0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: gpu}, \
-         2 node(s) didn't match Pod's node affinity/selector."
+         2 node(s) didn't match Pod's node affinity/selector. preemption: 0/3 nodes are \
+         available: 3 Preemption is not helpful for scheduling."
     );
     c.server.stop().await;
 }
@@ -316,7 +317,8 @@ async fn required_anti_affinity_over_hostname_puts_one_per_node() {
     assert_eq!(reason, "Unschedulable");
     assert_eq!(
         message,
-        "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules."
+        "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules. \
+         preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod."
     );
     c.server.stop().await;
 }
@@ -357,7 +359,8 @@ async fn unschedulable_pod_reports_upstreams_message_then_fits_a_new_node() {
     }
     let _s = c.with_scheduler();
     c.pod("big", json!({}), requests("4")).await;
-    let want = "0/3 nodes are available: 3 Insufficient cpu.";
+    let want = "0/3 nodes are available: 3 Insufficient cpu. preemption: 0/3 nodes are \
+                available: 3 No preemption victims found for incoming pod.";
     let (status, reason, message) = c.condition("big").await;
     assert_eq!(
         (status.as_str(), reason.as_str(), message.as_str()),

@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Taint, Toleration};
 use kestrel_api::labels::{self, NodeTerm};
@@ -17,6 +18,7 @@ use crate::pod_info::PodInfo;
 
 mod basic;
 mod inter_pod;
+mod preempt;
 mod spread;
 #[cfg(test)]
 mod tests;
@@ -27,6 +29,7 @@ pub use basic::{
     NodeUnschedulable, TaintToleration,
 };
 pub use inter_pod::InterPodAffinity;
+pub use preempt::Preemption;
 pub use spread::PodTopologySpread;
 pub use volume::{Plan, VolumeBinding, VolumeRestrictions, plan};
 
@@ -108,6 +111,9 @@ pub struct FitError {
     pub reasons: HashMap<Reason, usize>,
     /// A pre-filter turned the pod down before any node was looked at.
     pub pre_filter: Option<String>,
+    /// What preemption (upstream's PostFilter) said, appended as
+    /// upstream appends it: `preemption: ...`.
+    pub post_filter: Option<String>,
 }
 
 impl fmt::Display for FitError {
@@ -119,21 +125,28 @@ impl fmt::Display for FitError {
             return f.write_str("no nodes available to schedule pods");
         }
         if let Some(m) = &self.pre_filter {
-            return write!(f, "0/{} nodes are available: {m}.", self.num_nodes);
+            write!(f, "0/{} nodes are available: {m}.", self.num_nodes)?;
+        } else {
+            write!(
+                f,
+                "0/{} nodes are available: {}.",
+                self.num_nodes,
+                histogram(&self.reasons)
+            )?;
         }
-        let mut parts: Vec<String> = self
-            .reasons
-            .iter()
-            .map(|(r, n)| format!("{n} {r}"))
-            .collect();
-        parts.sort();
-        write!(
-            f,
-            "0/{} nodes are available: {}.",
-            self.num_nodes,
-            parts.join(", ")
-        )
+        if let Some(m) = &self.post_filter {
+            write!(f, " {m}")?;
+        }
+        Ok(())
     }
+}
+
+/// `n reason` parts, sorted as strings (count included), as upstream
+/// sorts them.
+fn histogram(reasons: &HashMap<Reason, usize>) -> String {
+    let mut parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    parts.sort();
+    parts.join(", ")
 }
 
 /// The plugins one scheduler runs, and how many nodes it looks at.
@@ -202,6 +215,7 @@ impl Profile {
                 num_nodes: 0,
                 reasons,
                 pre_filter: None,
+                post_filter: None,
             });
         }
         let mut state = CycleState::default();
@@ -229,6 +243,7 @@ impl Profile {
                 num_nodes: n,
                 reasons,
                 pre_filter: Some(message),
+                post_filter: None,
             });
         }
         // Nodes a pre-filter left out fail with one reason, as upstream
@@ -245,6 +260,20 @@ impl Profile {
                 )),
             )
         });
+        // Pods nominated to a node (after preempting there) hold their
+        // room against pods of lower or equal priority; a nominated pod
+        // tries its own node first (upstream's evaluateNominatedNode).
+        let nominated = cache.has_nominated();
+        if nominated
+            && let Some(node) = cache.nominated_node(&pod.key()).and_then(|n| cache.node(n))
+            && node.present
+            && left_out
+                .as_ref()
+                .is_none_or(|(names, _)| names.contains(&node.name))
+            && self.fits(pod, node, &state, cache).is_ok()
+        {
+            return Ok(node.name.clone());
+        }
         let want = self.feasible_nodes_to_find(n);
         let start = cache.next_start % n;
         let mut feasible: Vec<usize> = Vec::with_capacity(want.min(n));
@@ -260,13 +289,22 @@ impl Profile {
                 continue;
             }
             let mut fit = true;
-            for f in &self.filters {
-                if let Err(rs) = f.filter(pod, node, &state) {
+            if nominated {
+                if let Err(rs) = self.fits(pod, node, &state, cache) {
                     for r in rs {
                         *reasons.entry(r).or_default() += 1;
                     }
                     fit = false;
-                    break;
+                }
+            } else {
+                for f in &self.filters {
+                    if let Err(rs) = f.filter(pod, node, &state) {
+                        for r in rs {
+                            *reasons.entry(r).or_default() += 1;
+                        }
+                        fit = false;
+                        break;
+                    }
                 }
             }
             if fit {
@@ -282,6 +320,7 @@ impl Profile {
                 num_nodes: n,
                 reasons,
                 pre_filter: None,
+                post_filter: None,
             });
         }
         if feasible.len() == 1 {
@@ -299,6 +338,45 @@ impl Profile {
             }
         }
         Ok(nodes[select_best(&total)].name.clone())
+    }
+
+    /// Run the filters on one node with the pods nominated there of
+    /// priority at least the pod's counted, then without them (both must
+    /// pass, as upstream's RunFilterPluginsWithNominatedPods). The
+    /// nominated pods count on the node itself (resources, pod count,
+    /// host ports), not in the cycle's spreading and affinity counts.
+    fn fits(
+        &self,
+        pod: &PodInfo,
+        node: &NodeInfo,
+        state: &CycleState,
+        cache: &Cache,
+    ) -> Result<(), Vec<Reason>> {
+        let extra: Vec<Arc<PodInfo>> = cache
+            .nominated_on(&node.name)
+            .iter()
+            .filter(|p| {
+                p.priority >= pod.priority && !(p.name == pod.name && p.namespace == pod.namespace)
+            })
+            .cloned()
+            .collect();
+        if !extra.is_empty() {
+            let with = node.with_pods(&extra);
+            self.run_filters(pod, &with, state)?;
+        }
+        self.run_filters(pod, node, state)
+    }
+
+    fn run_filters(
+        &self,
+        pod: &PodInfo,
+        node: &NodeInfo,
+        state: &CycleState,
+    ) -> Result<(), Vec<Reason>> {
+        for f in &self.filters {
+            f.filter(pod, node, state)?;
+        }
+        Ok(())
     }
 }
 

@@ -103,6 +103,7 @@ fn reasons_are_counted_per_node_and_sorted_as_strings() {
         ]
         .into(),
         pre_filter: None,
+        post_filter: None,
     };
     // "10 ..." sorts before "2 ...", as upstream's string sort does.
     assert_eq!(
@@ -114,6 +115,7 @@ fn reasons_are_counted_per_node_and_sorted_as_strings() {
             num_nodes: 0,
             reasons: HashMap::new(),
             pre_filter: None,
+            post_filter: None,
         }
         .to_string(),
         "no nodes available to schedule pods"
@@ -722,4 +724,208 @@ fn replicas_spread_evenly_over_equal_nodes() {
     }
     let most = c.nodes().map(|n| n.pods.len()).max().unwrap_or(0);
     assert_eq!(most, 4, "200 replicas on 50 nodes");
+}
+
+// Preemption (upstream's DefaultPreemption PostFilter).
+
+fn prio_pod(name: &str, priority: i32, cpu: &str, started: Option<&str>) -> Arc<PodInfo> {
+    let mut p = json!({
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
+        "spec": {"priority": priority,
+                 "containers": [{"name": "c", "resources": {"requests": {"cpu": cpu}}}]}
+    });
+    if let Some(t) = started {
+        p["status"] = json!({"startTime": t});
+    }
+    PodInfo::new(&serde_json::from_value(p).expect("pod")).expect("valid pod")
+}
+
+/// Schedule; on failure preempt, as the loop does, and give the message.
+fn schedule_or_preempt(c: &mut Cache, p: &Arc<PodInfo>) -> (Result<String, String>, Preemption) {
+    let profile = Profile::default();
+    match profile.schedule(p, c) {
+        Ok(n) => (Ok(n), Preemption::default()),
+        Err(mut fit) => {
+            let pre = profile.preempt(p, c);
+            fit.post_filter = pre.message.clone();
+            (Err(fit.to_string()), pre)
+        }
+    }
+}
+
+fn names(pods: &[Arc<PodInfo>]) -> Vec<&str> {
+    pods.iter().map(|p| p.name.as_str()).collect()
+}
+
+#[test]
+fn preemption_takes_the_fewest_lower_priority_victims_and_leaves_the_cache_alone() {
+    let mut c = cache_of(vec![node("a", "4", json!({}))]);
+    c.assume(prio_pod("low1", 1, "1", None), "a");
+    c.assume(prio_pod("low2", 2, "1", None), "a");
+    c.assume(prio_pod("high", 100, "2", None), "a");
+    let before = c.node("a").expect("a").requested;
+    let p = prio_pod("p", 10, "1", None);
+    let (r, pre) = schedule_or_preempt(&mut c, &p);
+    assert_eq!(
+        r,
+        Err("0/1 nodes are available: 1 Insufficient cpu.".into())
+    );
+    assert_eq!(pre.node.as_deref(), Some("a"));
+    // low2 (the more important) is reprieved; "high" is never a victim.
+    assert_eq!(names(&pre.victims), ["low1"]);
+    assert_eq!(pre.message, None);
+    let n = c.node("a").expect("a");
+    assert_eq!(n.requested, before);
+    assert_eq!(n.pods.len(), 3);
+    // Equal priority is not lower: nothing to take.
+    let same = prio_pod("same", 2, "3", None);
+    let (r, pre) = schedule_or_preempt(&mut c, &same);
+    assert_eq!(
+        r,
+        Err(
+            "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: \
+             1 Insufficient cpu."
+                .into()
+        )
+    );
+    assert!(pre.node.is_none() && pre.victims.is_empty());
+}
+
+#[test]
+fn preemption_picks_the_node_as_upstream() {
+    // Lowest highest-priority victim.
+    let mut c = cache_of(vec![node("a", "2", json!({})), node("b", "2", json!({}))]);
+    c.assume(prio_pod("a1", 5, "2", None), "a");
+    c.assume(prio_pod("b1", 3, "2", None), "b");
+    let (_, pre) = schedule_or_preempt(&mut c, &prio_pod("p", 10, "2", None));
+    assert_eq!(
+        (pre.node.as_deref(), names(&pre.victims)),
+        (Some("b"), vec!["b1"])
+    );
+    // Same highest priority: the smaller sum (here, fewer victims) wins.
+    let mut c = cache_of(vec![node("a", "2", json!({})), node("b", "2", json!({}))]);
+    c.assume(prio_pod("a1", 3, "1", None), "a");
+    c.assume(prio_pod("a2", 1, "1", None), "a");
+    c.assume(prio_pod("b1", 3, "2", None), "b");
+    let (_, pre) = schedule_or_preempt(&mut c, &prio_pod("p", 10, "2", None));
+    assert_eq!(
+        (pre.node.as_deref(), names(&pre.victims)),
+        (Some("b"), vec!["b1"])
+    );
+    // All else equal: the latest-started highest-priority victim.
+    let mut c = cache_of(vec![node("a", "2", json!({})), node("b", "2", json!({}))]);
+    c.assume(prio_pod("old", 3, "2", Some("2020-01-01T00:00:00Z")), "a");
+    c.assume(prio_pod("new", 3, "2", Some("2024-01-01T00:00:00Z")), "b");
+    let (_, pre) = schedule_or_preempt(&mut c, &prio_pod("p", 10, "2", None));
+    assert_eq!(
+        (pre.node.as_deref(), names(&pre.victims)),
+        (Some("b"), vec!["new"])
+    );
+    // Reprieve goes by priority, then the longest-running first.
+    let mut c = cache_of(vec![node("a", "2", json!({}))]);
+    c.assume(prio_pod("young", 3, "1", Some("2024-01-01T00:00:00Z")), "a");
+    c.assume(prio_pod("aged", 3, "1", Some("2020-01-01T00:00:00Z")), "a");
+    let (_, pre) = schedule_or_preempt(&mut c, &prio_pod("p", 10, "1", None));
+    assert_eq!(names(&pre.victims), ["young"]);
+}
+
+#[test]
+fn preemption_policy_never_and_nothing_to_take_read_like_upstream() {
+    let mut c = cache_of(vec![
+        node("a", "1", json!({})),
+        node("b", "1", json!({})),
+        node("c", "1", json!({})),
+    ]);
+    for n in ["a", "b", "c"] {
+        c.assume(prio_pod(&format!("{n}1"), 10, "1", None), n);
+    }
+    let (r, _) = schedule_or_preempt(&mut c, &prio_pod("p", 10, "1", None));
+    assert_eq!(
+        r,
+        Err(
+            "0/3 nodes are available: 3 Insufficient cpu. preemption: 0/3 nodes are available: \
+             3 No preemption victims found for incoming pod."
+                .into()
+        )
+    );
+    let never: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "never", "namespace": "default"},
+        "spec": {"priority": 100, "preemptionPolicy": "Never",
+                 "containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}]}
+    }))
+    .expect("pod");
+    let never = PodInfo::new(&never).expect("valid");
+    let (r, pre) = schedule_or_preempt(&mut c, &never);
+    assert_eq!(
+        r,
+        Err(
+            "0/3 nodes are available: 3 Insufficient cpu. preemption: not eligible due to \
+             preemptionPolicy=Never."
+                .into()
+        )
+    );
+    assert!(pre.node.is_none());
+}
+
+#[test]
+fn preemption_skips_nodes_it_cannot_help() {
+    let mut tainted = node("t", "1", json!({}));
+    tainted["spec"]["taints"] = json!([{"key": "k", "value": "v", "effect": "NoSchedule"}]);
+    let mut c = cache_of(vec![tainted, node("full", "1", json!({}))]);
+    // Lower-priority pods on the tainted node do not help...
+    c.assume(prio_pod("low", 1, "1", None), "t");
+    c.assume(prio_pod("peer", 10, "1", None), "full");
+    let (r, pre) = schedule_or_preempt(&mut c, &prio_pod("p", 10, "1", None));
+    assert_eq!(
+        r,
+        Err(
+            "0/2 nodes are available: 1 Insufficient cpu, 1 node(s) had untolerated taint \
+             {k: v}. preemption: 0/2 nodes are available: 1 No preemption victims found for \
+             incoming pod, 1 Preemption is not helpful for scheduling."
+                .into()
+        )
+    );
+    assert!(pre.node.is_none());
+    // ...nor on a node the pod's selector rules out.
+    let mut c = cache_of(vec![node("x", "1", json!({"disk": "hdd"}))]);
+    c.assume(prio_pod("low", 1, "1", None), "x");
+    let p: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "p", "namespace": "default"},
+        "spec": {"priority": 10, "nodeSelector": {"disk": "ssd"}, "containers": [{"name": "c"}]}
+    }))
+    .expect("pod");
+    let (r, _) = schedule_or_preempt(&mut c, &PodInfo::new(&p).expect("valid"));
+    assert_eq!(
+        r,
+        Err(
+            "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector. \
+             preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."
+                .into()
+        )
+    );
+}
+
+#[test]
+fn a_nominated_pod_holds_its_room_and_goes_there() {
+    let mut c = cache_of(vec![node("a", "2", json!({})), node("b", "2", json!({}))]);
+    c.assume(prio_pod("a-low", 1, "2", None), "a");
+    c.assume(prio_pod("b-high", 100, "2", None), "b");
+    let p = prio_pod("p", 10, "2", None);
+    let (_, pre) = schedule_or_preempt(&mut c, &p);
+    assert_eq!(pre.node.as_deref(), Some("a"));
+    assert_eq!(c.nominated_node("default/p"), Some("a"));
+    // The victim goes; a pod of lower priority may not take the room...
+    c.remove_pod("default/a-low");
+    assert_eq!(
+        schedule(&mut c, &prio_pod("sneak", 5, "1", None)),
+        Err("0/2 nodes are available: 2 Insufficient cpu.".into())
+    );
+    // ...one of higher priority may, and the preemptor goes to its node.
+    assert_eq!(
+        schedule(&mut c, &prio_pod("vip", 50, "1", None)),
+        Ok("a".into())
+    );
+    assert_eq!(schedule(&mut c, &p), Ok("a".into()));
+    c.assume(p, "a");
+    assert!(!c.has_nominated());
 }
