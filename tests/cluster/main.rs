@@ -17,7 +17,10 @@ mod dns;
 mod identity;
 mod netpol;
 mod pods;
+mod portforward;
+mod preemption;
 mod services;
+mod sidecars;
 mod storage;
 mod workloads;
 
@@ -244,6 +247,7 @@ fn two_node_cluster_end_to_end() {
     pods::readiness_failure_leaves_the_endpointslice(&c);
     pods::pod_to_pod_across_nodes_keeps_the_client_ip(&c);
     pods::logs_and_exec_reach_the_container(&c);
+    portforward::port_forward_and_proxy(&c);
     pods::crash_loop_backs_off(&c);
     pods::liveness_failure_restarts(&c);
     pods::oom_is_reported(&c);
@@ -251,6 +255,8 @@ fn two_node_cluster_end_to_end() {
     workloads::cronjob_runs_by_hand_and_logs_pick_its_own_pod(&c);
     workloads::replication_controller_scales_on_real_nodes(&c);
     storage::statefulset_data_survives_its_pod(&c);
+    sidecars::sidecars_hooks_and_ephemeral_containers(&c);
+    preemption::a_high_priority_pod_preempts_a_low_priority_one(&c);
     identity::setup(&c);
     identity::pods_read_their_token_ca_and_namespace(&c);
     identity::in_cluster_kubectl_uses_the_mounted_token(&c);
