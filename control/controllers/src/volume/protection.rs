@@ -139,23 +139,9 @@ async fn reconcile_pvc(c: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result<A
             tracing::debug!(claim = %name, pod = %p.name_any(), "claim still in use");
             return Ok(Action::await_change());
         }
-        remove_finalizer(
-            &api,
-            &name,
-            c.resource_version(),
-            c.finalizers(),
-            PVC_PROTECTION,
-        )
-        .await
+        set_finalizer(&api, c.as_ref(), PVC_PROTECTION, false).await
     } else if !has {
-        add_finalizer(
-            &api,
-            &name,
-            c.resource_version(),
-            c.finalizers(),
-            PVC_PROTECTION,
-        )
-        .await
+        set_finalizer(&api, c.as_ref(), PVC_PROTECTION, true).await
     } else {
         Ok(())
     };
@@ -174,38 +160,28 @@ fn settle(r: Result<()>, ctx: &Ctx, key: &str) -> Result<Action> {
     }
 }
 
-async fn remove_finalizer<K>(
-    api: &Api<K>,
-    name: &str,
-    rv: Option<String>,
-    finalizers: &[String],
-    which: &str,
-) -> Result<()>
+/// Add (`keep`) or remove finalizer `which` on `obj`, at the
+/// resourceVersion it was read at.
+async fn set_finalizer<K>(api: &Api<K>, obj: &K, which: &str, keep: bool) -> Result<()>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let rest: Vec<&String> = finalizers.iter().filter(|f| *f != which).collect();
-    let patch = json!({"metadata": {"resourceVersion": rv, "finalizers": rest}});
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
-}
-
-async fn add_finalizer<K>(
-    api: &Api<K>,
-    name: &str,
-    rv: Option<String>,
-    finalizers: &[String],
-    which: &str,
-) -> Result<()>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let mut all: Vec<&str> = finalizers.iter().map(String::as_str).collect();
-    all.push(which);
-    let patch = json!({"metadata": {"resourceVersion": rv, "finalizers": all}});
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
+    let mut all: Vec<&str> = obj
+        .finalizers()
+        .iter()
+        .map(String::as_str)
+        .filter(|f| *f != which)
+        .collect();
+    if keep {
+        all.push(which);
+    }
+    let patch = json!({"metadata": {"resourceVersion": obj.resource_version(), "finalizers": all}});
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
     Ok(())
 }
 
@@ -237,23 +213,9 @@ async fn reconcile_pv(v: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Action>
         if !has || bound {
             return Ok(Action::await_change());
         }
-        remove_finalizer(
-            &api,
-            &name,
-            v.resource_version(),
-            v.finalizers(),
-            PV_PROTECTION,
-        )
-        .await
+        set_finalizer(&api, v.as_ref(), PV_PROTECTION, false).await
     } else if !has {
-        add_finalizer(
-            &api,
-            &name,
-            v.resource_version(),
-            v.finalizers(),
-            PV_PROTECTION,
-        )
-        .await
+        set_finalizer(&api, v.as_ref(), PV_PROTECTION, true).await
     } else {
         Ok(())
     };
